@@ -1,0 +1,44 @@
+//! Settings shared by every process, read from the environment.
+//!
+//! Defaults point at the local services of a development machine, so that
+//! `make demo` needs no configuration at all.
+
+use std::env;
+
+/// `DATABASE_URL` when unset.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/assay";
+/// `REDIS_URL` when unset.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+/// `ASSAY_QUEUE_PREFIX` when unset.
+pub const DEFAULT_QUEUE_PREFIX: &str = "assay";
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub database_url: String,
+    pub redis_url: String,
+    /// Prefix of every Redis key Assay writes; lets several deployments (or
+    /// test runs) share one Redis.
+    pub queue_prefix: String,
+    /// Connections in the PostgreSQL pool of this process.
+    pub database_pool_size: usize,
+}
+
+impl Settings {
+    pub fn from_env() -> Self {
+        Self {
+            database_url: var_or("DATABASE_URL", DEFAULT_DATABASE_URL),
+            redis_url: var_or("REDIS_URL", DEFAULT_REDIS_URL),
+            queue_prefix: var_or("ASSAY_QUEUE_PREFIX", DEFAULT_QUEUE_PREFIX),
+            database_pool_size: var_or("ASSAY_DATABASE_POOL_SIZE", "16")
+                .parse()
+                .unwrap_or(16),
+        }
+    }
+}
+
+fn var_or(name: &str, default: &str) -> String {
+    env::var(name)
+        .ok()
+        .filter(|value| !value.is_empty())
+        .unwrap_or_else(|| default.to_owned())
+}

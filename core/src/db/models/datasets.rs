@@ -1,0 +1,185 @@
+//! Datasets and their items. Items are written in multi-row batches inside
+//! one transaction: a dataset exists whole or not at all.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::Page;
+use super::events::{self, NewEvent};
+use crate::db::schema::{dataset_items, datasets};
+use crate::domain::ParsedDataset;
+
+/// Rows per INSERT: 6 columns each, well under PostgreSQL's 65,535 bind parameters.
+const ITEM_BATCH: usize = 5_000;
+
+#[derive(Debug, Clone, Queryable, Selectable, serde::Serialize)]
+#[diesel(table_name = datasets, check_for_backend(diesel::pg::Pg))]
+pub struct Dataset {
+    pub id: Uuid,
+    #[serde(skip)]
+    pub tenant_id: Uuid,
+    pub name: String,
+    pub description: Option<String>,
+    pub item_count: i32,
+    /// Variables every item defines.
+    pub variables: Value,
+    /// Whether every item has an expected output.
+    pub all_expected: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Dataset {
+    pub fn variable_names(&self) -> Vec<String> {
+        serde_json::from_value(self.variables.clone()).unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, serde::Serialize)]
+#[diesel(table_name = dataset_items, check_for_backend(diesel::pg::Pg))]
+pub struct DatasetItem {
+    pub position: i32,
+    #[serde(rename = "id")]
+    pub item_key: String,
+    pub vars: Value,
+    pub expected: Option<Value>,
+}
+
+impl DatasetItem {
+    /// What templates and graders see: the item's variables plus `expected`.
+    pub fn template_context(&self) -> Value {
+        let mut context = match &self.vars {
+            Value::Object(vars) => vars.clone(),
+            _ => serde_json::Map::new(),
+        };
+        if let Some(expected) = &self.expected {
+            context.insert("expected".to_owned(), expected.clone());
+        }
+        Value::Object(context)
+    }
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = dataset_items)]
+struct NewItem<'a> {
+    dataset_id: Uuid,
+    position: i32,
+    tenant_id: Uuid,
+    item_key: &'a str,
+    vars: &'a Value,
+    expected: Option<&'a Value>,
+}
+
+pub async fn create(
+    conn: &mut AsyncPgConnection,
+    tenant_id: Uuid,
+    actor: &str,
+    name: &str,
+    description: Option<&str>,
+    parsed: &ParsedDataset,
+) -> QueryResult<Dataset> {
+    let item_count = i32::try_from(parsed.items.len()).expect("item count is validated");
+    conn.transaction(async |conn| {
+        let dataset: Dataset = diesel::insert_into(datasets::table)
+            .values((
+                datasets::id.eq(Uuid::now_v7()),
+                datasets::tenant_id.eq(tenant_id),
+                datasets::name.eq(name),
+                datasets::description.eq(description),
+                datasets::item_count.eq(item_count),
+                datasets::variables.eq(serde_json::json!(parsed.variables)),
+                datasets::all_expected.eq(parsed.all_expected),
+            ))
+            .returning(Dataset::as_returning())
+            .get_result(conn)
+            .await?;
+        for (batch_index, batch) in parsed.items.chunks(ITEM_BATCH).enumerate() {
+            let rows: Vec<NewItem<'_>> = batch
+                .iter()
+                .enumerate()
+                .map(|(offset, (key, vars, expected))| NewItem {
+                    dataset_id: dataset.id,
+                    position: i32::try_from(batch_index * ITEM_BATCH + offset).expect("validated"),
+                    tenant_id,
+                    item_key: key,
+                    vars,
+                    expected: expected.as_ref(),
+                })
+                .collect();
+            diesel::insert_into(dataset_items::table)
+                .values(&rows)
+                .execute(conn)
+                .await?;
+        }
+        events::record(
+            conn,
+            NewEvent {
+                tenant_id,
+                actor,
+                action: "dataset.created",
+                resource_type: "dataset",
+                resource_id: dataset.id,
+                data: serde_json::json!({ "name": name, "items": item_count }),
+            },
+        )
+        .await?;
+        Ok(dataset)
+    })
+    .await
+}
+
+pub async fn get(
+    conn: &mut AsyncPgConnection,
+    tenant_id: Uuid,
+    id: Uuid,
+) -> QueryResult<Option<Dataset>> {
+    datasets::table
+        .filter(datasets::tenant_id.eq(tenant_id))
+        .filter(datasets::id.eq(id))
+        .select(Dataset::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// Newest first; `after` is the id of the last dataset of the previous page.
+pub async fn list(
+    conn: &mut AsyncPgConnection,
+    tenant_id: Uuid,
+    after: Option<Uuid>,
+    limit: i64,
+) -> QueryResult<Page<Dataset>> {
+    let mut query = datasets::table
+        .filter(datasets::tenant_id.eq(tenant_id))
+        .order(datasets::id.desc())
+        .limit(limit + 1)
+        .select(Dataset::as_select())
+        .into_boxed();
+    if let Some(after) = after {
+        query = query.filter(datasets::id.lt(after));
+    }
+    Ok(Page::from_overfetched(query.load(conn).await?, limit))
+}
+
+/// Items in position order, after position `after`: what the API pages
+/// through and what a job streams, so no one loads a whole dataset.
+pub async fn items_page(
+    conn: &mut AsyncPgConnection,
+    tenant_id: Uuid,
+    dataset_id: Uuid,
+    after: Option<i32>,
+    limit: i64,
+) -> QueryResult<Page<DatasetItem>> {
+    let rows = dataset_items::table
+        .filter(dataset_items::tenant_id.eq(tenant_id))
+        .filter(dataset_items::dataset_id.eq(dataset_id))
+        .filter(dataset_items::position.gt(after.unwrap_or(-1)))
+        .order(dataset_items::position.asc())
+        .limit(limit + 1)
+        .select(DatasetItem::as_select())
+        .load(conn)
+        .await?;
+    Ok(Page::from_overfetched(rows, limit))
+}

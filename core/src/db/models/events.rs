@@ -1,0 +1,56 @@
+//! The append-only audit trail (a trigger refuses UPDATE and DELETE).
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::db::schema::events;
+
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = events)]
+pub struct NewEvent<'a> {
+    pub tenant_id: Uuid,
+    pub actor: &'a str,
+    pub action: &'a str,
+    pub resource_type: &'a str,
+    pub resource_id: Uuid,
+    pub data: Value,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, serde::Serialize)]
+#[diesel(table_name = events, check_for_backend(diesel::pg::Pg))]
+pub struct Event {
+    pub id: i64,
+    pub tenant_id: Uuid,
+    pub actor: String,
+    pub action: String,
+    pub resource_type: String,
+    pub resource_id: Uuid,
+    pub data: Value,
+    pub created_at: DateTime<Utc>,
+}
+
+pub async fn record(conn: &mut AsyncPgConnection, event: NewEvent<'_>) -> QueryResult<()> {
+    diesel::insert_into(events::table)
+        .values(&event)
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+/// Events about one resource, oldest first.
+pub async fn for_resource(
+    conn: &mut AsyncPgConnection,
+    tenant_id: Uuid,
+    resource_id: Uuid,
+) -> QueryResult<Vec<Event>> {
+    events::table
+        .filter(events::tenant_id.eq(tenant_id))
+        .filter(events::resource_id.eq(resource_id))
+        .order(events::id.asc())
+        .select(Event::as_select())
+        .load(conn)
+        .await
+}

@@ -1,0 +1,32 @@
+//! One file per table family: the row types (`Foo`, `NewFoo`) and the queries
+//! on them. Every query on a tenant-owned table takes the tenant id.
+
+pub mod api_keys;
+pub mod datasets;
+pub mod evaluations;
+pub mod events;
+pub mod prompts;
+pub mod results;
+
+/// Pages hold at most this many rows.
+pub const MAX_PAGE_SIZE: i64 = 1000;
+
+/// A page of rows and whether more follow.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Page<T> {
+    pub data: Vec<T>,
+    pub has_more: bool,
+}
+
+impl<T> Page<T> {
+    /// Builds a page from up to `limit + 1` rows: the extra row only says that more follow.
+    pub fn from_overfetched(mut rows: Vec<T>, limit: i64) -> Self {
+        let limit = usize::try_from(limit).unwrap_or(0);
+        let has_more = rows.len() > limit;
+        rows.truncate(limit);
+        Self {
+            data: rows,
+            has_more,
+        }
+    }
+}

@@ -1,0 +1,145 @@
+// @generated automatically by Diesel CLI.
+
+diesel::table! {
+    api_keys (id) {
+        id -> Uuid,
+        tenant_id -> Uuid,
+        key_hash -> Bytea,
+        key_prefix -> Text,
+        created_at -> Timestamptz,
+        revoked_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    dataset_items (dataset_id, position) {
+        dataset_id -> Uuid,
+        position -> Int4,
+        tenant_id -> Uuid,
+        item_key -> Text,
+        vars -> Jsonb,
+        expected -> Nullable<Jsonb>,
+    }
+}
+
+diesel::table! {
+    datasets (id) {
+        id -> Uuid,
+        tenant_id -> Uuid,
+        name -> Text,
+        description -> Nullable<Text>,
+        item_count -> Int4,
+        variables -> Jsonb,
+        all_expected -> Bool,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    evaluation_results (evaluation_id, item_position, model) {
+        evaluation_id -> Uuid,
+        model -> Text,
+        item_position -> Int4,
+        tenant_id -> Uuid,
+        item_key -> Text,
+        status -> Text,
+        output -> Nullable<Text>,
+        score -> Nullable<Float8>,
+        grades -> Jsonb,
+        latency_ms -> Nullable<Int4>,
+        input_tokens -> Int4,
+        output_tokens -> Int4,
+        cost_usd -> Float8,
+        attempts -> Int4,
+        error -> Nullable<Text>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    evaluations (id) {
+        id -> Uuid,
+        tenant_id -> Uuid,
+        prompt_version_id -> Uuid,
+        dataset_id -> Uuid,
+        models -> Jsonb,
+        graders -> Jsonb,
+        status -> Text,
+        total -> Int4,
+        completed -> Int4,
+        passed -> Int4,
+        failed -> Int4,
+        errored -> Int4,
+        summary -> Nullable<Jsonb>,
+        error -> Nullable<Text>,
+        created_at -> Timestamptz,
+        started_at -> Nullable<Timestamptz>,
+        finished_at -> Nullable<Timestamptz>,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    events (id) {
+        id -> Int8,
+        tenant_id -> Uuid,
+        actor -> Text,
+        action -> Text,
+        resource_type -> Text,
+        resource_id -> Uuid,
+        data -> Jsonb,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    prompt_versions (id) {
+        id -> Uuid,
+        tenant_id -> Uuid,
+        prompt_id -> Uuid,
+        version -> Int4,
+        parent_id -> Nullable<Uuid>,
+        messages -> Jsonb,
+        params -> Jsonb,
+        content_hash -> Text,
+        commit_message -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    prompts (id) {
+        id -> Uuid,
+        tenant_id -> Uuid,
+        name -> Text,
+        description -> Nullable<Text>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    tenants (id) {
+        id -> Uuid,
+        name -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(api_keys -> tenants (tenant_id));
+diesel::joinable!(dataset_items -> datasets (dataset_id));
+diesel::joinable!(datasets -> tenants (tenant_id));
+diesel::joinable!(evaluation_results -> evaluations (evaluation_id));
+diesel::joinable!(events -> tenants (tenant_id));
+diesel::joinable!(prompts -> tenants (tenant_id));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    api_keys,
+    dataset_items,
+    datasets,
+    evaluation_results,
+    evaluations,
+    events,
+    prompt_versions,
+    prompts,
+    tenants,
+);

@@ -1,0 +1,25 @@
+//! Assay's domain, shared by the API, the worker and the tests.
+//!
+//! Layout:
+//! - [`config`]: settings read from the environment, with defaults that work
+//!   against a local PostgreSQL and Redis.
+//! - [`domain`]: validated inputs ("parse, don't validate"): chat messages,
+//!   model names, dataset items, evaluation requests.
+//! - [`templates`]: Jinja prompt templates (strict: an undefined variable is an
+//!   error, never an empty string sent to a model).
+//! - [`graders`]: the checks an output is scored with.
+//! - [`providers`]: the LLM provider trait and its implementations.
+//! - [`db`]: the schema, the pool and every query; each query filters on the tenant.
+//! - [`queue`]: job payloads and the Redis queue they travel on.
+//! - [`telemetry`]: logging and the Prometheus recorder.
+//!
+//! `core` knows nothing about HTTP routing or how workers run jobs.
+
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod graders;
+pub mod providers;
+pub mod queue;
+pub mod telemetry;
+pub mod templates;

@@ -1,0 +1,10 @@
+DROP TABLE events;
+DROP TABLE evaluation_results;
+DROP TABLE evaluations;
+DROP TABLE dataset_items;
+DROP TABLE datasets;
+DROP TABLE prompt_versions;
+DROP TABLE prompts;
+DROP TABLE api_keys;
+DROP TABLE tenants;
+DROP FUNCTION assay_refuse_change();
