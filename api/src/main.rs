@@ -1,1 +1,76 @@
-fn main() {}
+//! `assay-api`: the HTTP API, its migrations and its key management.
+
+use assay_api::startup::{ApiConfig, Application};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "assay-api", version, about = "Assay's HTTP API")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API on ASSAY_BIND (default 127.0.0.1:8080).
+    Serve {
+        /// Apply pending migrations before serving.
+        #[arg(long, env = "ASSAY_MIGRATE_ON_START")]
+        migrate: bool,
+    },
+    /// Apply pending migrations to DATABASE_URL.
+    Migrate,
+    /// Manage API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key for a tenant (created if new) and print it once.
+    Create {
+        #[arg(long)]
+        tenant: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    assay_core::telemetry::init_logging();
+    let cli = Cli::parse();
+    let config = ApiConfig::from_env();
+    match cli.command {
+        Command::Serve { migrate } => {
+            if migrate {
+                migrate_database(&config.settings.database_url).await?;
+            }
+            let application = Application::build(config.clone()).await?;
+            tracing::info!(bind = %config.bind, port = application.port(), "assay-api listening");
+            application.run_until_stopped().await?;
+        }
+        Command::Migrate => migrate_database(&config.settings.database_url).await?,
+        Command::Keys {
+            command: KeysCommand::Create { tenant },
+        } => {
+            assay_core::domain::validate_name("--tenant", &tenant)?;
+            let pool = assay_core::db::pool(&config.settings.database_url, 1)?;
+            let mut conn = pool.get().await?;
+            let (tenant, key) =
+                assay_core::db::models::api_keys::create_key(&mut conn, &tenant).await?;
+            eprintln!(
+                "Created a key for tenant {:?} ({}). It is shown once:",
+                tenant.name, tenant.id
+            );
+            println!("{key}");
+        }
+    }
+    Ok(())
+}
+
+async fn migrate_database(database_url: &str) -> anyhow::Result<()> {
+    let applied = assay_core::db::run_migrations(database_url).await?;
+    tracing::info!(applied = ?applied, "migrations applied");
+    Ok(())
+}

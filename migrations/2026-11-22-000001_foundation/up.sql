@@ -85,6 +85,8 @@ CREATE TABLE evaluations (
     -- Model names, in the order the user gave them.
     models            jsonb NOT NULL CHECK (jsonb_typeof(models) = 'array' AND jsonb_array_length(models) >= 1),
     graders           jsonb NOT NULL,
+    -- Model parameters that override the prompt version's defaults.
+    params            jsonb NOT NULL DEFAULT '{}'::jsonb,
     status            text NOT NULL DEFAULT 'queued'
                       CHECK (status IN ('queued', 'running', 'succeeded', 'failed', 'canceled')),
     total             integer NOT NULL CHECK (total >= 0),

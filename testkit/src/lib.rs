@@ -1,1 +1,179 @@
-//! placeholder
+//! Test helpers shared by every crate's integration tests.
+//!
+//! - [`TestDatabase`]: a freshly created, migrated PostgreSQL database with
+//!   a unique name, dropped when the value is dropped.
+//! - [`TestRedis`]: a unique key prefix on the local Redis; its keys are
+//!   deleted on drop.
+//! - [`Process`]: one of the project's binaries started as a child process
+//!   (killed on drop), for tests that must see real processes die.
+//! - [`Client`]: a small JSON client with a bearer key.
+//!
+//! Defaults match the local services; `ASSAY_TEST_ADMIN_DATABASE_URL` and
+//! `ASSAY_TEST_REDIS_URL` point elsewhere.
+
+pub mod client;
+mod process;
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+
+pub use client::Client;
+pub use process::{Process, binary, free_port};
+
+fn admin_url() -> String {
+    std::env::var("ASSAY_TEST_ADMIN_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("ASSAY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A short unique suffix for names of one test run.
+fn unique_suffix() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
+}
+
+/// A fresh database, migrated, dropped on drop.
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDatabase {
+    pub async fn create() -> anyhow::Result<Self> {
+        let name = format!("assay_test_{}", unique_suffix());
+        let admin = admin_url();
+        let mut conn = AsyncPgConnection::establish(&admin)
+            .await
+            .with_context(|| {
+                format!("connecting to {admin} (is PostgreSQL running? try `make deps`)")
+            })?;
+        diesel::sql_query(format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await?;
+        let url = match admin.rsplit_once('/') {
+            Some((base, _)) => format!("{base}/{name}"),
+            None => anyhow::bail!("ASSAY_TEST_ADMIN_DATABASE_URL has no database part"),
+        };
+        // The migration harness needs a multi-thread runtime (`block_in_place`);
+        // tests may run on a current-thread one, so give it its own.
+        let migrate_url = url.clone();
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()?
+                .block_on(assay_core::db::run_migrations(&migrate_url))
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("migration thread panicked"))??;
+        Ok(Self { name, url })
+    }
+
+    pub fn pool(&self, size: usize) -> assay_core::db::DbPool {
+        assay_core::db::pool(&self.url, size).expect("pool builds")
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs inside tokio tests: do the async work on a thread with its own runtime.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let mut conn = AsyncPgConnection::establish(&admin_url()).await?;
+                diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .await?;
+                anyhow::Ok(())
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("warning: could not drop test database {}", self.name);
+        }
+    }
+}
+
+/// A unique Redis key prefix; every key under it is deleted on drop.
+pub struct TestRedis {
+    pub url: String,
+    pub prefix: String,
+}
+
+impl TestRedis {
+    pub fn new() -> Self {
+        Self {
+            url: redis_url(),
+            prefix: format!("assay-test-{}", unique_suffix()),
+        }
+    }
+
+    /// Keys under this prefix, e.g. to look at the queue.
+    pub fn keys(&self) -> anyhow::Result<Vec<String>> {
+        let client = redis::Client::open(self.url.as_str())?;
+        let mut conn = client.get_connection_with_timeout(Duration::from_secs(5))?;
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*", self.prefix))
+            .query(&mut conn)?;
+        Ok(keys)
+    }
+}
+
+impl Default for TestRedis {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        let cleaned = (|| -> anyhow::Result<()> {
+            let client = redis::Client::open(self.url.as_str())?;
+            let mut conn = client.get_connection_with_timeout(Duration::from_secs(5))?;
+            let keys = self.keys()?;
+            if !keys.is_empty() {
+                redis::cmd("DEL").arg(keys).query::<()>(&mut conn)?;
+            }
+            Ok(())
+        })();
+        if let Err(error) = cleaned {
+            eprintln!(
+                "warning: could not clean Redis prefix {}: {error}",
+                self.prefix
+            );
+        }
+    }
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or fails after `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await? {
+            return Ok(value);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Creates a tenant and an API key for it in `database`.
+pub async fn api_key(database: &TestDatabase, tenant: &str) -> anyhow::Result<String> {
+    let pool = database.pool(1);
+    let mut conn = pool.get().await?;
+    let (_, key) = assay_core::db::models::api_keys::create_key(&mut conn, tenant).await?;
+    Ok(key)
+}

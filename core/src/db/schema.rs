@@ -64,6 +64,7 @@ diesel::table! {
         dataset_id -> Uuid,
         models -> Jsonb,
         graders -> Jsonb,
+        params -> Jsonb,
         status -> Text,
         total -> Int4,
         completed -> Int4,

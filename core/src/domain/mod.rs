@@ -2,9 +2,11 @@
 //! passed every check that can be made without a database.
 
 mod dataset;
+mod evaluation;
 mod prompt;
 
 pub use dataset::{DatasetItemInput, ParsedDataset, parse_jsonl_items, validate_items};
+pub use evaluation::{DatasetShape, EvaluationRequest};
 pub use prompt::{ChatMessage, ModelParams, PromptContent, Role};
 
 /// A rejected input: which field, and why. The API renders these as RFC 9457

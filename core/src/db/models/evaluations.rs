@@ -69,6 +69,7 @@ pub struct Evaluation {
     pub dataset_id: Uuid,
     pub models: Value,
     pub graders: Value,
+    pub params: Value,
     pub status: String,
     pub total: i32,
     pub completed: i32,
@@ -114,6 +115,7 @@ pub struct NewEvaluation {
     pub dataset_id: Uuid,
     pub models: Value,
     pub graders: Value,
+    pub params: Value,
     pub total: i32,
 }
 

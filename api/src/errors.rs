@@ -1,0 +1,189 @@
+//! The API's one error type, rendered as RFC 9457 problem details
+//! (`application/problem+json`) with a stable machine-readable `code`.
+//!
+//! One table (`ApiError::code_and_status`) maps each error to its code and
+//! status. Anything unexpected is logged once, here, and becomes a 500 that
+//! says nothing about internals.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+use assay_core::domain::InvalidInput;
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("a valid API key is required: send `Authorization: Bearer <key>`")]
+    Unauthorized,
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("no route for {0}")]
+    NoRoute(String),
+    #[error("method {0} is not allowed here")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
+    MalformedJson(String),
+    #[error("{0}")]
+    InvalidQuery(String),
+    #[error("{0}")]
+    Invalid(InvalidInput),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("the request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    /// The one table of codes and statuses.
+    fn code_and_status(&self) -> (&'static str, StatusCode) {
+        match self {
+            ApiError::Unauthorized => ("unauthorized", StatusCode::UNAUTHORIZED),
+            ApiError::NotFound(_) | ApiError::NoRoute(_) => ("not_found", StatusCode::NOT_FOUND),
+            ApiError::MethodNotAllowed(_) => ("method_not_allowed", StatusCode::METHOD_NOT_ALLOWED),
+            ApiError::MalformedJson(_) => ("malformed_json", StatusCode::BAD_REQUEST),
+            ApiError::InvalidQuery(_) => ("invalid_query", StatusCode::BAD_REQUEST),
+            ApiError::Invalid(_) => ("invalid_input", StatusCode::UNPROCESSABLE_ENTITY),
+            ApiError::Conflict(_) => ("conflict", StatusCode::CONFLICT),
+            ApiError::UnsupportedMediaType(_) => {
+                ("unsupported_media_type", StatusCode::UNSUPPORTED_MEDIA_TYPE)
+            }
+            ApiError::PayloadTooLarge(_) => ("payload_too_large", StatusCode::PAYLOAD_TOO_LARGE),
+            ApiError::Unavailable(_) => ("unavailable", StatusCode::SERVICE_UNAVAILABLE),
+            ApiError::Internal(_) => ("internal", StatusCode::INTERNAL_SERVER_ERROR),
+        }
+    }
+
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::Invalid(InvalidInput::new(field, message))
+    }
+}
+
+impl From<InvalidInput> for ApiError {
+    fn from(invalid: InvalidInput) -> Self {
+        ApiError::Invalid(invalid)
+    }
+}
+
+impl From<diesel::result::Error> for ApiError {
+    fn from(error: diesel::result::Error) -> Self {
+        match error {
+            diesel::result::Error::NotFound => ApiError::NotFound("resource"),
+            other => ApiError::Internal(other.into()),
+        }
+    }
+}
+
+impl From<diesel_async::pooled_connection::deadpool::PoolError> for ApiError {
+    fn from(error: diesel_async::pooled_connection::deadpool::PoolError) -> Self {
+        ApiError::Unavailable(format!("database unavailable: {error}"))
+    }
+}
+
+/// RFC 9457 body, plus `code` and, for invalid input, the offending `field`.
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u16,
+    detail: String,
+    code: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.code_and_status().1
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let (code, status) = self.code_and_status();
+        let detail = match self {
+            ApiError::Internal(error) => {
+                tracing::error!(error = format!("{error:#}"), "internal error");
+                "the server could not complete the request; it has been logged".to_owned()
+            }
+            ApiError::Unavailable(reason) => {
+                tracing::warn!(reason, "dependency unavailable");
+                self.to_string()
+            }
+            _ => self.to_string(),
+        };
+        let problem = Problem {
+            kind: format!("/problems/{}", code.replace('_', "-")),
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            detail,
+            code,
+            field: match self {
+                ApiError::Invalid(invalid) => Some(invalid.field.as_str()),
+                _ => None,
+            },
+        };
+        let mut response = HttpResponse::build(status);
+        response.insert_header((
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        ));
+        if matches!(self, ApiError::Unauthorized) {
+            response.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+        }
+        response.body(serde_json::to_string(&problem).expect("problem serializes"))
+    }
+}
+
+/// Maps a serde_json error to 400 (not JSON at all) or 422 (JSON of the wrong shape).
+pub fn json_error(error: &serde_json::Error) -> ApiError {
+    use serde_json::error::Category;
+    match error.classify() {
+        Category::Data => ApiError::invalid("body", error.to_string()),
+        Category::Syntax | Category::Eof | Category::Io => {
+            ApiError::MalformedJson(format!("the body is not valid JSON: {error}"))
+        }
+    }
+}
+
+/// Parses a JSON body with the same error mapping as the `Json` extractor.
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|error| json_error(&error))
+}
+
+/// Error handlers for actix's extractors, so that their failures are problems too.
+pub mod extractors {
+    use actix_web::error::{JsonPayloadError, PathError, PayloadError, QueryPayloadError};
+    use actix_web::{Error, HttpRequest};
+
+    use super::{ApiError, json_error};
+
+    pub fn json(error: JsonPayloadError, _: &HttpRequest) -> Error {
+        match error {
+            JsonPayloadError::ContentType => ApiError::UnsupportedMediaType(
+                "send the body as `Content-Type: application/json`".to_owned(),
+            ),
+            JsonPayloadError::Deserialize(error) => json_error(&error),
+            JsonPayloadError::Overflow { limit }
+            | JsonPayloadError::OverflowKnownLength { limit, .. } => {
+                ApiError::PayloadTooLarge(limit)
+            }
+            JsonPayloadError::Payload(PayloadError::Overflow) => ApiError::PayloadTooLarge(0),
+            other => ApiError::MalformedJson(other.to_string()),
+        }
+        .into()
+    }
+
+    pub fn query(error: QueryPayloadError, _: &HttpRequest) -> Error {
+        ApiError::InvalidQuery(format!("invalid query string: {error}")).into()
+    }
+
+    /// An id in the path that does not parse cannot name anything: 404.
+    pub fn path(_: PathError, _: &HttpRequest) -> Error {
+        ApiError::NotFound("resource").into()
+    }
+}

@@ -1,0 +1,13 @@
+//! Assay's HTTP API: JSON over actix-web, bearer API keys, RFC 9457 errors.
+//!
+//! Layout: [`startup`] builds the app (tests start it on port 0),
+//! [`routes`] holds one module per resource, [`auth`] the key extractor,
+//! [`errors`] the one error type, [`metrics`] the HTTP metrics middleware.
+//! Handlers validate with `assay_core::domain` and query with
+//! `assay_core::db`; nothing here knows how jobs run.
+
+pub mod auth;
+pub mod errors;
+pub mod metrics;
+pub mod routes;
+pub mod startup;

@@ -1,0 +1,52 @@
+//! HTTP metrics: requests and latency by route pattern, method and status.
+
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use metrics::{counter, describe_counter, describe_histogram, histogram};
+
+pub fn describe() {
+    describe_counter!(
+        "assay_http_requests_total",
+        "HTTP requests answered, by route, method and status."
+    );
+    describe_histogram!(
+        "assay_http_request_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time to answer an HTTP request, by route, method and status."
+    );
+    describe_counter!(
+        "assay_evaluations_submitted_total",
+        "Evaluations accepted by the API."
+    );
+    describe_counter!(
+        "assay_queue_push_failures_total",
+        "Job pushes to Redis that failed after a retry (the evaluation is marked failed)."
+    );
+}
+
+/// Labels use the route pattern (`/v1/evaluations/{id}`), never the raw path,
+/// so ids do not become label values.
+pub async fn record(
+    request: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let method = request.method().to_string();
+    let response = next.call(request).await?;
+    let route = response
+        .request()
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let labels = [
+        ("route", route),
+        ("method", method),
+        ("status", response.status().as_u16().to_string()),
+    ];
+    counter!("assay_http_requests_total", &labels).increment(1);
+    histogram!("assay_http_request_duration_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
+    Ok(response)
+}

@@ -1,0 +1,208 @@
+//! Evaluations: submit, poll, page through results.
+
+use actix_web::{HttpResponse, web};
+use assay_core::db::models::evaluations::{self, Evaluation, NewEvaluation};
+use assay_core::db::models::results::{self, EvaluationResult, ResultCursor};
+use assay_core::db::models::{datasets, prompts};
+use assay_core::domain::{DatasetShape, EvaluationRequest};
+use assay_core::queue::EvaluationJob;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::{PageBody, PageQuery};
+use crate::auth::Authenticated;
+use crate::errors::ApiError;
+use crate::startup::AppState;
+
+#[derive(Debug, Serialize)]
+struct Counts {
+    total: i32,
+    completed: i32,
+    passed: i32,
+    failed: i32,
+    errored: i32,
+}
+
+#[derive(Debug, Serialize)]
+struct EvaluationBody {
+    id: Uuid,
+    status: String,
+    prompt_version_id: Uuid,
+    dataset_id: Uuid,
+    models: Value,
+    graders: Value,
+    params: Value,
+    counts: Counts,
+    summary: Option<Value>,
+    error: Option<String>,
+    created_at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+impl From<Evaluation> for EvaluationBody {
+    fn from(evaluation: Evaluation) -> Self {
+        Self {
+            id: evaluation.id,
+            status: evaluation.status,
+            prompt_version_id: evaluation.prompt_version_id,
+            dataset_id: evaluation.dataset_id,
+            models: evaluation.models,
+            graders: evaluation.graders,
+            params: evaluation.params,
+            counts: Counts {
+                total: evaluation.total,
+                completed: evaluation.completed,
+                passed: evaluation.passed,
+                failed: evaluation.failed,
+                errored: evaluation.errored,
+            },
+            summary: evaluation.summary,
+            error: evaluation.error,
+            created_at: evaluation.created_at,
+            started_at: evaluation.started_at,
+            finished_at: evaluation.finished_at,
+        }
+    }
+}
+
+/// `POST /v1/evaluations`: validates everything, writes the evaluation to
+/// PostgreSQL, then pushes its job to Redis, and answers 202 with `Location`.
+///
+/// The row is written first so that a job is never queued for an evaluation
+/// that does not exist. If the push fails twice, the evaluation is marked
+/// failed (nothing half-done is left) and the answer is 503.
+pub async fn create(
+    state: web::Data<AppState>,
+    Authenticated(caller): Authenticated,
+    body: web::Json<EvaluationRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let request = body.into_inner();
+    let mut conn = state.pool.get().await?;
+    let version =
+        prompts::get_version_by_id(&mut conn, caller.tenant_id, request.prompt_version_id)
+            .await?
+            .ok_or_else(|| ApiError::invalid("prompt_version_id", "no such prompt version"))?;
+    let dataset = datasets::get(&mut conn, caller.tenant_id, request.dataset_id)
+        .await?
+        .ok_or_else(|| ApiError::invalid("dataset_id", "no such dataset"))?;
+    let content = version.content().map_err(|error| {
+        ApiError::Internal(anyhow::anyhow!(
+            "stored prompt version does not parse: {error}"
+        ))
+    })?;
+    request.validate(
+        &state.catalog,
+        &content,
+        &DatasetShape {
+            variables: dataset.variable_names(),
+            all_expected: dataset.all_expected,
+        },
+    )?;
+    let total = i64::from(dataset.item_count) * request.models.len() as i64;
+    let total = i32::try_from(total).map_err(|_| {
+        ApiError::invalid(
+            "models",
+            "items x models is larger than one evaluation may be",
+        )
+    })?;
+    let new = NewEvaluation {
+        id: Uuid::now_v7(),
+        tenant_id: caller.tenant_id,
+        prompt_version_id: version.id,
+        dataset_id: dataset.id,
+        models: serde_json::json!(request.models),
+        graders: serde_json::to_value(&request.graders).expect("graders serialize"),
+        params: serde_json::to_value(request.params.unwrap_or_default()).expect("params serialize"),
+        total,
+    };
+    let evaluation = evaluations::create(&mut conn, &caller.actor(), &new).await?;
+    if let Err(error) = state
+        .queue
+        .push_evaluation(EvaluationJob::new(caller.tenant_id, evaluation.id))
+        .await
+    {
+        metrics::counter!("assay_queue_push_failures_total").increment(1);
+        tracing::error!(evaluation.id = %evaluation.id, error = format!("{error:#}"), "could not enqueue evaluation");
+        evaluations::fail(
+            &mut conn,
+            caller.tenant_id,
+            evaluation.id,
+            "system",
+            "could not enqueue the job",
+        )
+        .await?;
+        return Err(ApiError::Unavailable(format!(
+            "the job queue is unavailable; evaluation {} was recorded as failed, submit it again later",
+            evaluation.id
+        )));
+    }
+    metrics::counter!("assay_evaluations_submitted_total").increment(1);
+    tracing::info!(evaluation.id = %evaluation.id, total, "evaluation queued");
+    Ok(HttpResponse::Accepted()
+        .insert_header(("Location", format!("/v1/evaluations/{}", evaluation.id)))
+        .json(EvaluationBody::from(evaluation)))
+}
+
+pub async fn get(
+    state: web::Data<AppState>,
+    Authenticated(caller): Authenticated,
+    path: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    let mut conn = state.pool.get().await?;
+    let evaluation = evaluations::get(&mut conn, caller.tenant_id, *path)
+        .await?
+        .ok_or(ApiError::NotFound("evaluation"))?;
+    Ok(HttpResponse::Ok().json(EvaluationBody::from(evaluation)))
+}
+
+pub async fn list(
+    state: web::Data<AppState>,
+    Authenticated(caller): Authenticated,
+    query: web::Query<PageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let limit = query.limit()?;
+    let mut conn = state.pool.get().await?;
+    let page = evaluations::list(&mut conn, caller.tenant_id, query.after_id()?, limit).await?;
+    let body = PageBody::new(page, |evaluation| evaluation.id.to_string());
+    Ok(HttpResponse::Ok().json(PageBody {
+        data: body.data.into_iter().map(EvaluationBody::from).collect(),
+        has_more: body.has_more,
+        next_after: body.next_after,
+    }))
+}
+
+/// Results in (item position, model) order; `after` is the `next_after` of the previous page.
+pub async fn results(
+    state: web::Data<AppState>,
+    Authenticated(caller): Authenticated,
+    path: web::Path<Uuid>,
+    query: web::Query<PageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let limit = query.limit()?;
+    let after = query
+        .after
+        .as_deref()
+        .map(|after| {
+            ResultCursor::decode(after).ok_or_else(|| {
+                ApiError::InvalidQuery("after must be a next_after from a previous page".to_owned())
+            })
+        })
+        .transpose()?;
+    let mut conn = state.pool.get().await?;
+    evaluations::get(&mut conn, caller.tenant_id, *path)
+        .await?
+        .ok_or(ApiError::NotFound("evaluation"))?;
+    let page = results::page(&mut conn, caller.tenant_id, *path, after.as_ref(), limit).await?;
+    Ok(
+        HttpResponse::Ok().json(PageBody::new(page, |result: &EvaluationResult| {
+            ResultCursor {
+                position: result.item_position,
+                model: result.model.clone(),
+            }
+            .encode()
+        })),
+    )
+}

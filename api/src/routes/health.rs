@@ -1,0 +1,43 @@
+//! Liveness, readiness and metrics.
+
+use std::time::Duration;
+
+use actix_web::{HttpResponse, web};
+use serde_json::json;
+
+use crate::startup::AppState;
+
+/// The process is alive and serving.
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "ok" }))
+}
+
+/// PostgreSQL and Redis both answer within two seconds.
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let limit = Duration::from_secs(2);
+    let postgres = tokio::time::timeout(limit, assay_core::db::ping(&state.pool)).await;
+    let redis = tokio::time::timeout(limit, async {
+        let mut conn = state.redis.get().await?;
+        redis::cmd("PING").query_async::<String>(&mut *conn).await?;
+        anyhow::Ok(())
+    })
+    .await;
+    let describe = |outcome: Result<anyhow::Result<()>, _>| match outcome {
+        Ok(Ok(())) => "ok".to_owned(),
+        Ok(Err(error)) => format!("error: {error}"),
+        Err(_) => "timed out".to_owned(),
+    };
+    let (postgres, redis) = (describe(postgres), describe(redis));
+    let body = json!({ "postgres": postgres, "redis": redis });
+    if postgres == "ok" && redis == "ok" {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.prometheus.render())
+}

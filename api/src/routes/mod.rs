@@ -1,0 +1,147 @@
+//! Routes: one file per resource.
+
+mod datasets;
+mod evaluations;
+mod health;
+mod prompts;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use assay_core::db::models::MAX_PAGE_SIZE;
+use serde::{Deserialize, Serialize};
+
+use crate::errors::ApiError;
+
+pub fn configure(config: &mut web::ServiceConfig) {
+    config
+        .route("/healthz", web::get().to(health::healthz))
+        .route("/readyz", web::get().to(health::readyz))
+        .route("/metrics", web::get().to(health::metrics))
+        .service(
+            web::scope("/v1")
+                .service(
+                    web::resource("/prompts")
+                        .get(prompts::list)
+                        .post(prompts::create)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/prompts/{prompt_id}")
+                        .get(prompts::get)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/prompts/{prompt_id}/versions")
+                        .get(prompts::list_versions)
+                        .post(prompts::commit_version)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/prompts/{prompt_id}/versions/{version}")
+                        .get(prompts::get_version)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/datasets")
+                        .get(datasets::list)
+                        .post(datasets::create)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/datasets/{dataset_id}")
+                        .get(datasets::get)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/datasets/{dataset_id}/items")
+                        .get(datasets::items)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/evaluations")
+                        .get(evaluations::list)
+                        .post(evaluations::create)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/evaluations/{evaluation_id}")
+                        .get(evaluations::get)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/evaluations/{evaluation_id}/results")
+                        .get(evaluations::results)
+                        .default_service(web::to(method_not_allowed)),
+                ),
+        )
+        .default_service(web::to(no_route));
+}
+
+async fn no_route(request: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NoRoute(format!(
+        "{} {}",
+        request.method(),
+        request.path()
+    )))
+}
+
+async fn method_not_allowed(request: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed(request.method().to_string()))
+}
+
+/// `?after=<cursor>&limit=<n>` on every list endpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    pub after: Option<String>,
+    pub limit: Option<i64>,
+}
+
+impl PageQuery {
+    pub const DEFAULT_LIMIT: i64 = 100;
+
+    pub fn limit(&self) -> Result<i64, ApiError> {
+        match self.limit {
+            None => Ok(Self::DEFAULT_LIMIT),
+            Some(limit) if (1..=MAX_PAGE_SIZE).contains(&limit) => Ok(limit),
+            Some(_) => Err(ApiError::InvalidQuery(format!(
+                "limit must be between 1 and {MAX_PAGE_SIZE}"
+            ))),
+        }
+    }
+
+    /// `after` parsed as a resource id.
+    pub fn after_id(&self) -> Result<Option<uuid::Uuid>, ApiError> {
+        self.after
+            .as_deref()
+            .map(|after| {
+                after.parse().map_err(|_| {
+                    ApiError::InvalidQuery("after must be an id from a previous page".to_owned())
+                })
+            })
+            .transpose()
+    }
+}
+
+/// A page as the API returns it: the rows, whether more follow, and the
+/// cursor to pass as `after` for the next page.
+#[derive(Debug, Serialize)]
+pub struct PageBody<T> {
+    pub data: Vec<T>,
+    pub has_more: bool,
+    pub next_after: Option<String>,
+}
+
+impl<T> PageBody<T> {
+    pub fn new(page: assay_core::db::models::Page<T>, cursor: impl Fn(&T) -> String) -> Self {
+        let next_after = if page.has_more {
+            page.data.last().map(cursor)
+        } else {
+            None
+        };
+        Self {
+            data: page.data,
+            has_more: page.has_more,
+            next_after,
+        }
+    }
+}

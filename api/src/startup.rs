@@ -1,0 +1,118 @@
+//! Builds the application: binds the listener (port 0 works, for tests),
+//! wires state and routes, and runs until stopped.
+
+use std::net::TcpListener;
+
+use actix_web::dev::Server;
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpServer, web};
+use assay_core::config::Settings;
+use assay_core::db::DbPool;
+use assay_core::providers::ModelCatalog;
+use assay_core::queue::JobQueue;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::errors::extractors;
+use crate::{metrics, routes};
+
+/// What every handler can reach.
+pub struct AppState {
+    pub pool: DbPool,
+    pub redis: deadpool_redis::Pool,
+    pub queue: JobQueue,
+    pub catalog: ModelCatalog,
+    pub prometheus: PrometheusHandle,
+    /// Largest request body accepted (dataset uploads are the big ones).
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub settings: Settings,
+    /// `ASSAY_BIND`, e.g. `127.0.0.1:8080`; port 0 picks a free port.
+    pub bind: String,
+    /// `ASSAY_MAX_BODY_BYTES`: largest request body (default 64 MiB).
+    pub max_body_bytes: usize,
+    /// HTTP worker threads (default: one per core).
+    pub http_workers: Option<usize>,
+}
+
+impl ApiConfig {
+    pub fn from_env() -> Self {
+        Self {
+            settings: Settings::from_env(),
+            bind: std::env::var("ASSAY_BIND").unwrap_or_else(|_| "127.0.0.1:8080".to_owned()),
+            max_body_bytes: std::env::var("ASSAY_MAX_BODY_BYTES")
+                .ok()
+                .and_then(|value| value.parse().ok())
+                .unwrap_or(64 << 20),
+            http_workers: std::env::var("ASSAY_HTTP_WORKERS")
+                .ok()
+                .and_then(|value| value.parse().ok()),
+        }
+    }
+}
+
+pub struct Application {
+    port: u16,
+    server: Server,
+}
+
+impl Application {
+    pub async fn build(config: ApiConfig) -> anyhow::Result<Self> {
+        let settings = &config.settings;
+        let prometheus = assay_core::telemetry::install_prometheus();
+        metrics::describe();
+        let pool = assay_core::db::pool(&settings.database_url, settings.database_pool_size)?;
+        let redis = deadpool_redis::Config::from_url(&settings.redis_url)
+            .builder()?
+            .max_size(8)
+            .runtime(deadpool_redis::Runtime::Tokio1)
+            .build()?;
+        let queue = JobQueue::connect(&settings.redis_url, &settings.queue_prefix).await?;
+        let state = web::Data::new(AppState {
+            pool,
+            redis,
+            queue,
+            catalog: ModelCatalog,
+            prometheus,
+            max_body_bytes: config.max_body_bytes,
+        });
+        let listener = TcpListener::bind(&config.bind)
+            .map_err(|error| anyhow::anyhow!("binding {}: {error}", config.bind))?;
+        let port = listener.local_addr()?.port();
+        let max_body_bytes = config.max_body_bytes;
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .app_data(
+                    web::JsonConfig::default()
+                        .limit(max_body_bytes)
+                        .error_handler(extractors::json),
+                )
+                .app_data(web::PayloadConfig::new(max_body_bytes))
+                .app_data(web::QueryConfig::default().error_handler(extractors::query))
+                .app_data(web::PathConfig::default().error_handler(extractors::path))
+                .wrap(from_fn(metrics::record))
+                .configure(routes::configure)
+        })
+        .listen(listener)?;
+        if let Some(workers) = config.http_workers {
+            server = server.workers(workers);
+        }
+        Ok(Self {
+            port,
+            server: server.run(),
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until SIGINT or SIGTERM (actix handles both: stops accepting,
+    /// finishes requests in flight).
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}

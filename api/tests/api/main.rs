@@ -1,0 +1,110 @@
+//! Integration tests of the API, started in-process on port 0 against a
+//! fresh database and Redis prefix per test (one binary, several modules,
+//! to keep link time down).
+
+mod bad_input;
+mod resources;
+mod tenancy;
+
+use assay_api::startup::{ApiConfig, Application};
+use assay_core::config::Settings;
+use assay_testkit::{Client, TestDatabase, TestRedis};
+use serde_json::{Value, json};
+
+/// A running API with its own database and Redis prefix.
+pub struct TestApp {
+    pub client: Client,
+    pub database: TestDatabase,
+    pub redis: TestRedis,
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        let database = TestDatabase::create().await.expect("test database");
+        let redis = TestRedis::new();
+        let config = ApiConfig {
+            settings: Settings {
+                database_url: database.url.clone(),
+                redis_url: redis.url.clone(),
+                queue_prefix: redis.prefix.clone(),
+                database_pool_size: 4,
+            },
+            bind: "127.0.0.1:0".to_owned(),
+            max_body_bytes: 1 << 20,
+            http_workers: Some(2),
+        };
+        let application = Application::build(config).await.expect("app builds");
+        let base_url = format!("http://127.0.0.1:{}", application.port());
+        tokio::spawn(application.run_until_stopped());
+        let key = assay_testkit::api_key(&database, "tenant-a")
+            .await
+            .expect("key");
+        TestApp {
+            client: Client::new(base_url, Some(key)),
+            database,
+            redis,
+        }
+    }
+
+    /// A client of another tenant.
+    pub async fn client_for(&self, tenant: &str) -> Client {
+        let key = assay_testkit::api_key(&self.database, tenant)
+            .await
+            .expect("key");
+        self.client.with_key(Some(key))
+    }
+
+    /// A prompt with one version; returns (prompt id, version id).
+    pub async fn prompt(&self, client: &Client, name: &str, template: &str) -> (String, String) {
+        let response = client
+            .post(
+                "/v1/prompts",
+                &json!({"name": name, "messages": [{"role": "user", "content": template}]}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status, 201, "{:?}", response.body);
+        (
+            id(&response.body["id"]),
+            id(&response.body["latest_version"]["id"]),
+        )
+    }
+
+    /// A dataset of `count` items with vars `question` and expected output.
+    pub async fn dataset(&self, client: &Client, count: usize) -> String {
+        let items: Vec<Value> = (0..count)
+            .map(|n| json!({"vars": {"question": format!("q{n}")}, "expected": format!("q{n}")}))
+            .collect();
+        let response = client
+            .post("/v1/datasets", &json!({"name": "ds", "items": items}))
+            .await
+            .unwrap();
+        assert_eq!(response.status, 201, "{:?}", response.body);
+        id(&response.body["id"])
+    }
+
+    /// Rows in `table` (to check that a rejected request wrote nothing).
+    pub async fn count_rows(&self, table: &str) -> i64 {
+        use diesel::QueryableByName;
+        use diesel_async::RunQueryDsl;
+        #[derive(QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            count: i64,
+        }
+        let pool = self.database.pool(1);
+        let mut conn = pool.get().await.unwrap();
+        diesel::sql_query(format!("SELECT count(*) AS count FROM {table}"))
+            .get_result::<Count>(&mut conn)
+            .await
+            .unwrap()
+            .count
+    }
+}
+
+pub fn id(value: &Value) -> String {
+    value
+        .as_str()
+        .unwrap_or_else(|| panic!("expected an id, got {value}"))
+        .to_owned()
+}

@@ -1,0 +1,245 @@
+//! Prompts, versions, datasets and evaluation submission over real HTTP.
+
+use serde_json::json;
+
+use crate::{TestApp, id};
+
+#[tokio::test]
+async fn prompts_are_versioned_like_commits() {
+    let app = TestApp::spawn().await;
+    let client = &app.client;
+    let (prompt_id, v1) = app
+        .prompt(client, "capitals", "Capital of {{ country }}?")
+        .await;
+
+    let response = client
+        .post(
+            &format!("/v1/prompts/{prompt_id}/versions"),
+            &json!({
+                "messages": [{"role": "system", "content": "Be brief."},
+                             {"role": "user", "content": "What is the capital of {{ country }}?"}],
+                "params": {"temperature": 0},
+                "commit_message": "Ask politely",
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status, 201, "{:?}", response.body);
+    assert_eq!(
+        response.location.as_deref(),
+        Some(format!("/v1/prompts/{prompt_id}/versions/2").as_str())
+    );
+    let v2 = response.body;
+    assert_eq!(v2["version"], 2);
+    assert_eq!(v2["parent_id"], json!(v1));
+    assert_eq!(v2["commit_message"], "Ask politely");
+    assert_eq!(v2["content_hash"].as_str().unwrap().len(), 64);
+
+    let by_number = client
+        .get(&format!("/v1/prompts/{prompt_id}/versions/1"))
+        .await
+        .unwrap();
+    assert_eq!(by_number.status, 200);
+    assert_eq!(by_number.body["id"], json!(v1));
+    let by_id = client
+        .get(&format!(
+            "/v1/prompts/{prompt_id}/versions/{}",
+            id(&v2["id"])
+        ))
+        .await
+        .unwrap();
+    assert_eq!(by_id.body["version"], 2);
+
+    let versions = client
+        .get(&format!("/v1/prompts/{prompt_id}/versions?limit=1"))
+        .await
+        .unwrap();
+    assert_eq!(versions.body["data"][0]["version"], 2, "newest first");
+    assert_eq!(versions.body["has_more"], true);
+    let rest = client
+        .get(&format!(
+            "/v1/prompts/{prompt_id}/versions?limit=1&after={}",
+            versions.body["next_after"].as_str().unwrap()
+        ))
+        .await
+        .unwrap();
+    assert_eq!(rest.body["data"][0]["version"], 1);
+    assert_eq!(rest.body["has_more"], false);
+
+    let prompt = client
+        .get(&format!("/v1/prompts/{prompt_id}"))
+        .await
+        .unwrap();
+    assert_eq!(prompt.body["name"], "capitals");
+    assert_eq!(prompt.body["latest_version"]["version"], 2);
+
+    let listed = client.get("/v1/prompts").await.unwrap();
+    assert_eq!(listed.body["data"].as_array().unwrap().len(), 1);
+
+    let duplicate = client
+        .post("/v1/prompts", &json!({"name": "capitals"}))
+        .await
+        .unwrap();
+    assert_eq!(duplicate.status, 409);
+
+    let same_content_other_parent = client
+        .post(
+            &format!("/v1/prompts/{prompt_id}/versions"),
+            &json!({
+                "messages": [{"role": "user", "content": "Capital of {{ country }}?"}],
+                "commit_message": "Branch from v1",
+                "parent_version_id": v1,
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(same_content_other_parent.body["parent_id"], json!(v1));
+    assert_eq!(
+        same_content_other_parent.body["content_hash"], by_number.body["content_hash"],
+        "equal content hashes equally"
+    );
+}
+
+#[tokio::test]
+async fn datasets_take_inline_json_and_jsonl_and_page_items() {
+    let app = TestApp::spawn().await;
+    let client = &app.client;
+    let inline = client
+        .post(
+            "/v1/datasets",
+            &json!({"name": "inline", "description": "three", "items": [
+                {"id": "a", "vars": {"q": "1", "lang": "en"}, "expected": "1"},
+                {"vars": {"q": "2"}, "expected": "2"},
+                {"vars": {"q": "3", "lang": "fr"}, "expected": {"answer": 3}},
+            ]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(inline.status, 201, "{:?}", inline.body);
+    assert_eq!(inline.body["item_count"], 3);
+    assert_eq!(
+        inline.body["variables"],
+        json!(["q"]),
+        "only variables every item defines"
+    );
+    assert_eq!(inline.body["all_expected"], true);
+
+    let jsonl: String = (0..250)
+        .map(|n| format!("{{\"vars\": {{\"n\": {n}}}}}\n"))
+        .collect();
+    let uploaded = client
+        .post_raw("/v1/datasets?name=uploaded", "application/x-ndjson", jsonl)
+        .await
+        .unwrap();
+    assert_eq!(uploaded.status, 201, "{:?}", uploaded.body);
+    assert_eq!(uploaded.body["item_count"], 250);
+    assert_eq!(uploaded.body["all_expected"], false);
+    let dataset_id = id(&uploaded.body["id"]);
+
+    let mut seen = Vec::new();
+    let mut after = None::<String>;
+    loop {
+        let path = match &after {
+            None => format!("/v1/datasets/{dataset_id}/items?limit=100"),
+            Some(after) => format!("/v1/datasets/{dataset_id}/items?limit=100&after={after}"),
+        };
+        let page = client.get(&path).await.unwrap();
+        assert_eq!(page.status, 200);
+        for item in page.body["data"].as_array().unwrap() {
+            seen.push(item["vars"]["n"].as_i64().unwrap());
+        }
+        if page.body["has_more"] == false {
+            assert!(page.body["next_after"].is_null());
+            break;
+        }
+        after = Some(page.body["next_after"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(
+        seen,
+        (0..250).collect::<Vec<i64>>(),
+        "every item once, in order"
+    );
+
+    let first_items = client
+        .get(&format!("/v1/datasets/{}/items", id(&inline.body["id"])))
+        .await
+        .unwrap();
+    assert_eq!(first_items.body["data"][0]["id"], "a");
+    assert_eq!(
+        first_items.body["data"][1]["id"], "1",
+        "default ids are positions"
+    );
+    let listed = client.get("/v1/datasets").await.unwrap();
+    assert_eq!(listed.body["data"][0]["name"], "uploaded", "newest first");
+}
+
+#[tokio::test]
+async fn an_evaluation_is_recorded_then_queued() {
+    let app = TestApp::spawn().await;
+    let client = &app.client;
+    let (_, version) = app.prompt(client, "echo", "{{ question }}").await;
+    let dataset = app.dataset(client, 5).await;
+    let response = client
+        .post(
+            "/v1/evaluations",
+            &json!({
+                "prompt_version_id": version,
+                "dataset_id": dataset,
+                "models": ["mock", "mock:latency=10ms"],
+                "graders": [{"type": "equals", "value": "{{ expected }}"}],
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status, 202, "{:?}", response.body);
+    let evaluation_id = id(&response.body["id"]);
+    assert_eq!(
+        response.location,
+        Some(format!("/v1/evaluations/{evaluation_id}"))
+    );
+    assert_eq!(response.body["status"], "queued");
+    assert_eq!(response.body["counts"]["total"], 10);
+
+    let fetched = client
+        .get(&format!("/v1/evaluations/{evaluation_id}"))
+        .await
+        .unwrap();
+    assert_eq!(fetched.status, 200);
+    assert_eq!(fetched.body["status"], "queued");
+    let listed = client.get("/v1/evaluations").await.unwrap();
+    assert_eq!(listed.body["data"][0]["id"], json!(evaluation_id));
+
+    // The job waits in Redis under this test's prefix, keyed by the evaluation id.
+    let keys = app.redis.keys().unwrap();
+    assert!(
+        keys.iter()
+            .any(|key| key.ends_with(":evaluations:scheduled")),
+        "queue keys: {keys:?}"
+    );
+    let pushed_again_is_harmless = app.count_rows("evaluations").await;
+    assert_eq!(pushed_again_is_harmless, 1);
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let app = TestApp::spawn().await;
+    let anonymous = app.client.with_key(None);
+    assert_eq!(anonymous.get("/healthz").await.unwrap().status, 200);
+    let ready = anonymous.get("/readyz").await.unwrap();
+    assert_eq!(ready.status, 200, "{:?}", ready.body);
+    assert_eq!(ready.body["postgres"], "ok");
+    assert_eq!(ready.body["redis"], "ok");
+    app.client.get("/v1/prompts").await.unwrap();
+    let metrics = anonymous.get("/metrics").await.unwrap();
+    let text = metrics.body.as_str().unwrap();
+    assert!(
+        text.contains(
+            "assay_http_requests_total{route=\"/v1/prompts\",method=\"GET\",status=\"200\"}"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("assay_http_request_duration_seconds_bucket{route=\"/v1/prompts\""),
+        "{text}"
+    );
+}
