@@ -58,9 +58,11 @@ impl TestDatabase {
             Some((base, _)) => format!("{base}/{name}"),
             None => anyhow::bail!("ASSAY_TEST_ADMIN_DATABASE_URL has no database part"),
         };
+        // From here on, dropping `database` drops the database, also when migrating fails.
+        let database = Self { name, url };
         // The migration harness needs a multi-thread runtime (`block_in_place`);
         // tests may run on a current-thread one, so give it its own.
-        let migrate_url = url.clone();
+        let migrate_url = database.url.clone();
         std::thread::spawn(move || {
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
@@ -70,7 +72,7 @@ impl TestDatabase {
         })
         .join()
         .map_err(|_| anyhow::anyhow!("migration thread panicked"))??;
-        Ok(Self { name, url })
+        Ok(database)
     }
 
     pub fn pool(&self, size: usize) -> assay_core::db::DbPool {

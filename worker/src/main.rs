@@ -1,1 +1,47 @@
-fn main() {}
+//! `assay-worker`: runs evaluation jobs from Redis until SIGTERM.
+
+use std::time::Duration;
+
+use assay_core::config::Settings;
+use assay_worker::WorkerConfig;
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(name = "assay-worker", version, about = "Assay's job worker")]
+struct Cli {
+    /// LLM calls in flight in this process, across all jobs.
+    #[arg(long, env = "ASSAY_WORKER_CONCURRENCY", default_value_t = 64)]
+    concurrency: usize,
+    /// Jobs (evaluations) run at once.
+    #[arg(long, env = "ASSAY_WORKER_JOBS", default_value_t = 4)]
+    jobs: usize,
+    /// Address of the worker's /metrics, /healthz and /readyz.
+    #[arg(long, env = "ASSAY_WORKER_BIND", default_value = "127.0.0.1:9090")]
+    bind: String,
+    /// On SIGTERM, how long running jobs get to hand their work back.
+    #[arg(long, env = "ASSAY_WORKER_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    shutdown_timeout: Duration,
+    /// How often an idle worker looks for new jobs.
+    #[arg(long, env = "ASSAY_WORKER_POLL_INTERVAL", default_value = "500ms", value_parser = humantime::parse_duration)]
+    poll_interval: Duration,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    assay_core::telemetry::init_logging();
+    let cli = Cli::parse();
+    anyhow::ensure!(cli.concurrency >= 1, "--concurrency must be at least 1");
+    anyhow::ensure!(cli.jobs >= 1, "--jobs must be at least 1");
+    let mut settings = Settings::from_env();
+    // Every job writes results and reads pages; leave room for all of them.
+    settings.database_pool_size = settings.database_pool_size.max(cli.jobs * 2 + 2);
+    assay_worker::run(WorkerConfig {
+        settings,
+        concurrency: cli.concurrency,
+        jobs: cli.jobs,
+        bind: cli.bind,
+        shutdown_timeout: cli.shutdown_timeout,
+        poll_interval: cli.poll_interval,
+    })
+    .await
+}

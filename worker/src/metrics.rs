@@ -3,7 +3,10 @@
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 
 pub fn describe() {
-    describe_counter!("assay_jobs_started_total", "Jobs a worker started, by kind.");
+    describe_counter!(
+        "assay_jobs_started_total",
+        "Jobs a worker started, by kind."
+    );
     describe_counter!(
         "assay_jobs_finished_total",
         "Jobs a worker finished, by kind and outcome (succeeded, failed, retried, released, skipped)."
@@ -17,7 +20,10 @@ pub fn describe() {
         Unit::Seconds,
         "Duration of one LLM call attempt, by model, provider and outcome."
     );
-    describe_gauge!("assay_llm_calls_in_flight", "LLM calls in flight in this worker.");
+    describe_gauge!(
+        "assay_llm_calls_in_flight",
+        "LLM calls in flight in this worker."
+    );
     describe_counter!(
         "assay_results_written_total",
         "Result rows written to PostgreSQL (rows that existed already are not counted), by status."

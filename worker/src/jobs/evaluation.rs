@@ -72,14 +72,22 @@ struct Plan {
 
 pub async fn run(job: EvaluationJob, env: Arc<Environment>) -> Result<Outcome, JobError> {
     if job.v != EvaluationJob::VERSION {
-        return Err(JobError::Permanent(anyhow::anyhow!("unknown job payload version {}", job.v)));
+        return Err(JobError::Permanent(anyhow::anyhow!(
+            "unknown job payload version {}",
+            job.v
+        )));
     }
     let actor = env.actor();
     let plan = {
-        let mut conn = env.pool.get().await.map_err(|error| JobError::Transient(error.into()))?;
-        let Some(evaluation) = evaluations::start(&mut conn, job.tenant_id, job.evaluation_id, &actor)
+        let mut conn = env
+            .pool
+            .get()
             .await
-            .map_err(|error| JobError::Transient(error.into()))?
+            .map_err(|error| JobError::Transient(error.into()))?;
+        let Some(evaluation) =
+            evaluations::start(&mut conn, job.tenant_id, job.evaluation_id, &actor)
+                .await
+                .map_err(|error| JobError::Transient(error.into()))?
         else {
             return Ok(Outcome::Skipped);
         };
@@ -106,9 +114,15 @@ pub async fn run(job: EvaluationJob, env: Arc<Environment>) -> Result<Outcome, J
     written?;
 
     if env.shutting_down() {
-        return Err(JobError::Transient(anyhow::anyhow!("worker shutting down; job released")));
+        return Err(JobError::Transient(anyhow::anyhow!(
+            "worker shutting down; job released"
+        )));
     }
-    let mut conn = env.pool.get().await.map_err(|error| JobError::Transient(error.into()))?;
+    let mut conn = env
+        .pool
+        .get()
+        .await
+        .map_err(|error| JobError::Transient(error.into()))?;
     let current = evaluations::get(&mut conn, job.tenant_id, job.evaluation_id)
         .await
         .map_err(|error| JobError::Transient(error.into()))?
@@ -120,10 +134,20 @@ pub async fn run(job: EvaluationJob, env: Arc<Environment>) -> Result<Outcome, J
             current.total
         )));
     }
-    let grader_kinds = plan.graders.iter().map(|grader| grader.kind().to_owned()).collect();
-    evaluations::finish(&mut conn, job.tenant_id, job.evaluation_id, &actor, grader_kinds)
-        .await
-        .map_err(|error| JobError::Transient(error.into()))?;
+    let grader_kinds = plan
+        .graders
+        .iter()
+        .map(|grader| grader.kind().to_owned())
+        .collect();
+    evaluations::finish(
+        &mut conn,
+        job.tenant_id,
+        job.evaluation_id,
+        &actor,
+        grader_kinds,
+    )
+    .await
+    .map_err(|error| JobError::Transient(error.into()))?;
     tracing::info!(evaluation.id = %job.evaluation_id, total = current.total, "evaluation finished");
     Ok(Outcome::Finished)
 }
@@ -144,17 +168,19 @@ async fn plan(
     env: &Environment,
     evaluation: Evaluation,
 ) -> Result<Plan, PlanError> {
-    let version = prompts::get_version_by_id(conn, evaluation.tenant_id, evaluation.prompt_version_id)
-        .await?
-        .ok_or_else(|| PlanError::Invalid("the prompt version no longer exists".to_owned()))?;
-    let content = version
-        .content()
-        .map_err(|error| PlanError::Invalid(format!("stored prompt version does not parse: {error}")))?;
+    let version =
+        prompts::get_version_by_id(conn, evaluation.tenant_id, evaluation.prompt_version_id)
+            .await?
+            .ok_or_else(|| PlanError::Invalid("the prompt version no longer exists".to_owned()))?;
+    let content = version.content().map_err(|error| {
+        PlanError::Invalid(format!("stored prompt version does not parse: {error}"))
+    })?;
     let template = PromptTemplate::compile(&content.messages)
         .map_err(|error| PlanError::Invalid(format!("prompt template: {error}")))?;
     let specs: Vec<GraderSpec> = serde_json::from_value(evaluation.graders.clone())
         .map_err(|error| PlanError::Invalid(format!("stored graders do not parse: {error}")))?;
-    let graders = graders::compile_all(&specs).map_err(|error| PlanError::Invalid(error.to_string()))?;
+    let graders =
+        graders::compile_all(&specs).map_err(|error| PlanError::Invalid(error.to_string()))?;
     let overrides: ModelParams = serde_json::from_value(evaluation.params.clone())
         .map_err(|error| PlanError::Invalid(format!("stored params do not parse: {error}")))?;
     let models = evaluation
@@ -174,7 +200,11 @@ async fn plan(
 
 /// Walks the dataset page by page and starts a call for every missing
 /// (item, model), at most `--concurrency` at once across the process.
-async fn produce(env: &Arc<Environment>, plan: &Arc<Plan>, results: mpsc::Sender<NewResult>) -> Result<(), JobError> {
+async fn produce(
+    env: &Arc<Environment>,
+    plan: &Arc<Plan>,
+    results: mpsc::Sender<NewResult>,
+) -> Result<(), JobError> {
     let evaluation = &plan.evaluation;
     let mut calls = JoinSet::new();
     let mut after = None;
@@ -184,11 +214,23 @@ async fn produce(env: &Arc<Environment>, plan: &Arc<Plan>, results: mpsc::Sender
             break;
         }
         let (page, done) = {
-            let mut conn = env.pool.get().await.map_err(|error| JobError::Transient(error.into()))?;
-            let page = datasets::items_page(&mut conn, evaluation.tenant_id, evaluation.dataset_id, after, ITEM_PAGE)
+            let mut conn = env
+                .pool
+                .get()
                 .await
                 .map_err(|error| JobError::Transient(error.into()))?;
-            let (Some(first), Some(last)) = (page.data.first(), page.data.last()) else { break };
+            let page = datasets::items_page(
+                &mut conn,
+                evaluation.tenant_id,
+                evaluation.dataset_id,
+                after,
+                ITEM_PAGE,
+            )
+            .await
+            .map_err(|error| JobError::Transient(error.into()))?;
+            let (Some(first), Some(last)) = (page.data.first(), page.data.last()) else {
+                break;
+            };
             let done = results::existing_keys(
                 &mut conn,
                 evaluation.tenant_id,
@@ -218,8 +260,13 @@ async fn produce(env: &Arc<Environment>, plan: &Arc<Plan>, results: mpsc::Sender
                     .acquire_owned()
                     .await
                     .expect("the semaphore is never closed");
-                let (plan, item, context, rendered, results) =
-                    (plan.clone(), item.clone(), context.clone(), rendered.clone(), results.clone());
+                let (plan, item, context, rendered, results) = (
+                    plan.clone(),
+                    item.clone(),
+                    context.clone(),
+                    rendered.clone(),
+                    results.clone(),
+                );
                 calls.spawn(async move {
                     let result = evaluate_one(&plan, model_index, &item, &context, &rendered).await;
                     drop(permit);
@@ -276,7 +323,10 @@ async fn evaluate_one(
     let (completion, latency) = match answer {
         Ok(answer) => answer,
         Err(error) => {
-            result.error = Some(format!("{} after {attempts} attempt(s): {error}", model.name));
+            result.error = Some(format!(
+                "{} after {attempts} attempt(s): {error}",
+                model.name
+            ));
             return result;
         }
     };
@@ -290,10 +340,12 @@ async fn evaluate_one(
     }
     .as_str();
     if verdict.errored {
-        result.error = verdict
-            .grades
-            .iter()
-            .find_map(|grade| grade.error.as_ref().map(|error| format!("{} grader: {error}", grade.grader)));
+        result.error = verdict.grades.iter().find_map(|grade| {
+            grade
+                .error
+                .as_ref()
+                .map(|error| format!("{} grader: {error}", grade.grader))
+        });
     }
     result.score = (!verdict.errored).then_some(verdict.score);
     result.grades = serde_json::to_value(&verdict.grades).expect("grades serialize");
@@ -312,7 +364,10 @@ async fn call_with_retries(
     model: &Model,
     messages: &[ChatMessage],
     params: &ModelParams,
-) -> (Result<(assay_core::providers::Completion, Duration), ProviderError>, u32) {
+) -> (
+    Result<(assay_core::providers::Completion, Duration), ProviderError>,
+    u32,
+) {
     let provider = model.provider.provider_name();
     let mut attempt = 0;
     loop {
@@ -367,12 +422,14 @@ async fn write_results(
 ) -> Result<(), JobError> {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     loop {
-        let closed = match tokio::time::timeout(WRITE_INTERVAL, results.recv_many(&mut batch, WRITE_BATCH)).await
-        {
-            Ok(0) => true,
-            Ok(_) if batch.len() < WRITE_BATCH => continue,
-            Ok(_) | Err(_) => false,
-        };
+        let closed =
+            match tokio::time::timeout(WRITE_INTERVAL, results.recv_many(&mut batch, WRITE_BATCH))
+                .await
+            {
+                Ok(0) => true,
+                Ok(_) if batch.len() < WRITE_BATCH => continue,
+                Ok(_) | Err(_) => false,
+            };
         if !batch.is_empty() {
             write_batch(&env, job, &batch).await?;
             batch.clear();
@@ -383,13 +440,21 @@ async fn write_results(
     }
 }
 
-async fn write_batch(env: &Environment, job: EvaluationJob, batch: &[NewResult]) -> Result<(), JobError> {
+async fn write_batch(
+    env: &Environment,
+    job: EvaluationJob,
+    batch: &[NewResult],
+) -> Result<(), JobError> {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut delay = Duration::from_millis(100);
     loop {
         let started = Instant::now();
         let attempt = async {
-            let mut conn = env.pool.get().await.context("getting a database connection")?;
+            let mut conn = env
+                .pool
+                .get()
+                .await
+                .context("getting a database connection")?;
             let written = results::insert_batch(&mut conn, job.tenant_id, job.evaluation_id, batch)
                 .await
                 .context("writing results")?;
@@ -398,14 +463,16 @@ async fn write_batch(env: &Environment, job: EvaluationJob, batch: &[NewResult])
         .await;
         match attempt {
             Ok(written) => {
-                histogram!("assay_result_batch_write_seconds").record(started.elapsed().as_secs_f64());
+                histogram!("assay_result_batch_write_seconds")
+                    .record(started.elapsed().as_secs_f64());
                 for (status, count) in [
                     ("passed", written.passed),
                     ("failed", written.failed),
                     ("errored", written.errored),
                 ] {
                     if count > 0 {
-                        counter!("assay_results_written_total", "status" => status).increment(count as u64);
+                        counter!("assay_results_written_total", "status" => status)
+                            .increment(count as u64);
                     }
                 }
                 return Ok(());

@@ -1,0 +1,137 @@
+//! Assay's worker: takes jobs from Redis (apalis) and runs them.
+//!
+//! Layout: [`jobs`] holds one module per job type and registers them;
+//! [`environment`] is the context jobs share (pools, model catalog, the
+//! process-wide limit on LLM calls in flight); [`server`] is the worker's
+//! own HTTP port (metrics, health); [`run`] wires it all and runs until
+//! SIGTERM. Nothing here speaks the public HTTP API.
+
+pub mod environment;
+pub mod jobs;
+pub mod metrics;
+pub mod server;
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use apalis::prelude::*;
+use assay_core::config::Settings;
+use assay_core::providers::ModelCatalog;
+use tokio::sync::{Semaphore, watch};
+
+use crate::environment::Environment;
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub settings: Settings,
+    /// LLM calls in flight in this process, across all jobs.
+    pub concurrency: usize,
+    /// Jobs (evaluations) this process runs at once.
+    pub jobs: usize,
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    pub bind: String,
+    /// On SIGTERM: how long running jobs get to write what they have and hand their job back.
+    pub shutdown_timeout: Duration,
+    /// How often an idle worker looks for new jobs.
+    pub poll_interval: Duration,
+}
+
+/// Restarts of the queue consumer (after Redis errors) before the process
+/// gives up and exits non-zero, so that its supervisor restarts it.
+const MAX_CONSUMER_RESTARTS: usize = 30;
+
+/// Runs the worker until SIGTERM or SIGINT (Ok) or until its queue consumer
+/// is gone for good (Err).
+pub async fn run(config: WorkerConfig) -> anyhow::Result<()> {
+    let prometheus = assay_core::telemetry::install_prometheus();
+    metrics::describe();
+    let settings = &config.settings;
+    let pool = assay_core::db::pool(&settings.database_url, settings.database_pool_size)?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".to_owned());
+    let process_name = format!("{host}-{}", std::process::id());
+    let env = Arc::new(Environment {
+        pool: pool.clone(),
+        catalog: ModelCatalog,
+        llm_slots: Arc::new(Semaphore::new(config.concurrency)),
+        worker_name: process_name.clone(),
+        shutdown: shutdown_rx,
+    });
+
+    let consuming = Arc::new(AtomicBool::new(true));
+    let listener =
+        TcpListener::bind(&config.bind).with_context(|| format!("binding {}", config.bind))?;
+    let ops_port = listener.local_addr()?.port();
+    let ops = server::start(listener, prometheus, pool, consuming.clone())?;
+    tokio::spawn(ops);
+
+    let conn = assay_core::queue::connect(&settings.redis_url)
+        .await
+        .with_context(|| format!("connecting to Redis at {}", settings.redis_url))?;
+    let storage = assay_core::queue::evaluation_storage(conn, &settings.queue_prefix, config.jobs);
+    let queue = assay_core::queue::evaluation_queue(&settings.queue_prefix);
+    let restarts = Arc::new(AtomicUsize::new(0));
+    let (jobs, poll_interval) = (config.jobs, config.poll_interval);
+    let monitor = Monitor::new()
+        .register(move |restart| {
+            // Unique per process and per restart: a name still heartbeating is
+            // refused, and a shared name would hide a dead worker's jobs.
+            WorkerBuilder::new(format!("{queue}-{process_name}-{restart}"))
+                .backend(storage.clone().poll_with_interval(poll_interval))
+                .data(env.clone())
+                .concurrency(jobs)
+                .parallelize(tokio::spawn)
+                .build(jobs::run_evaluation)
+        })
+        .should_restart({
+            let restarts = restarts.clone();
+            move |worker, error| {
+                let count = restarts.fetch_add(1, Ordering::SeqCst) + 1;
+                tracing::error!(worker = worker.name(), error = %error, restarts = count, "queue consumer stopped");
+                count <= MAX_CONSUMER_RESTARTS
+            }
+        })
+        .shutdown_timeout(config.shutdown_timeout);
+
+    tracing::info!(
+        port = ops_port,
+        concurrency = config.concurrency,
+        jobs = config.jobs,
+        "assay-worker running"
+    );
+    let signalled = Arc::new(AtomicBool::new(false));
+    let signal = {
+        let signalled = signalled.clone();
+        let consuming = consuming.clone();
+        async move {
+            wait_for_termination().await?;
+            tracing::info!("shutting down: no new jobs; running ones write what they have");
+            signalled.store(true, Ordering::SeqCst);
+            consuming.store(false, Ordering::SeqCst);
+            let _ = shutdown_tx.send(true);
+            Ok(())
+        }
+    };
+    let outcome = monitor.run_with_signal(signal).await;
+    consuming.store(false, Ordering::SeqCst);
+    outcome.context("queue consumer")?;
+    // `run_with_signal` also returns Ok when every consumer died without a signal.
+    anyhow::ensure!(
+        signalled.load(Ordering::SeqCst),
+        "the queue consumer stopped for good after {} restarts",
+        restarts.load(Ordering::SeqCst)
+    );
+    tracing::info!("assay-worker stopped");
+    Ok(())
+}
+
+async fn wait_for_termination() -> std::io::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = terminate.recv() => Ok(()),
+        result = tokio::signal::ctrl_c() => result,
+    }
+}
