@@ -1,0 +1,261 @@
+//! End-to-end tests: the real `assay-api` and `assay-worker` binaries as
+//! processes, against real PostgreSQL and Redis, over real HTTP.
+
+mod evaluation;
+mod worker_failures;
+
+use std::time::Duration;
+
+use assay_testkit::{Client, Process, TestDatabase, TestRedis, eventually, free_port};
+use serde_json::{Value, json};
+
+/// The API and some workers on a fresh database and Redis prefix.
+pub struct Stack {
+    pub database: TestDatabase,
+    pub redis: TestRedis,
+    pub api: Process,
+    pub workers: Vec<(Process, u16)>,
+    pub client: Client,
+}
+
+impl Stack {
+    pub async fn start(workers: usize, worker_args: &[&str]) -> Stack {
+        let database = TestDatabase::create().await.expect("database");
+        let redis = TestRedis::new();
+        let port = free_port();
+        let api = Process::start(
+            "assay-api",
+            &["serve"],
+            &Self::env_of(&database, &redis, port),
+        )
+        .expect("api starts");
+        let key = assay_testkit::api_key(&database, "e2e").await.expect("key");
+        let client = Client::new(format!("http://127.0.0.1:{port}"), Some(key));
+        eventually(
+            Duration::from_secs(20),
+            "the API to answer /healthz",
+            || async {
+                Ok(client
+                    .get("/healthz")
+                    .await
+                    .ok()
+                    .filter(|response| response.status == 200))
+            },
+        )
+        .await
+        .expect("api is up");
+        let mut stack = Stack {
+            database,
+            redis,
+            api,
+            workers: Vec::new(),
+            client,
+        };
+        for _ in 0..workers {
+            stack.start_worker(worker_args).await;
+        }
+        stack
+    }
+
+    fn env_of(
+        database: &TestDatabase,
+        redis: &TestRedis,
+        port: u16,
+    ) -> Vec<(&'static str, String)> {
+        vec![
+            ("DATABASE_URL", database.url.clone()),
+            ("REDIS_URL", redis.url.clone()),
+            ("ASSAY_QUEUE_PREFIX", redis.prefix.clone()),
+            ("ASSAY_BIND", format!("127.0.0.1:{port}")),
+            ("ASSAY_DATABASE_POOL_SIZE", "8".to_owned()),
+            ("HOSTNAME", "e2e".to_owned()),
+        ]
+    }
+
+    /// Starts one more worker; returns its index in `workers`.
+    pub async fn start_worker(&mut self, args: &[&str]) -> usize {
+        let port = free_port();
+        let bind = format!("127.0.0.1:{port}");
+        let mut all_args = vec![
+            "--bind",
+            bind.as_str(),
+            "--poll-interval",
+            "200ms",
+            "--shutdown-timeout",
+            "10s",
+        ];
+        all_args.extend_from_slice(args);
+        let worker = Process::start(
+            "assay-worker",
+            &all_args,
+            &Self::env_of(&self.database, &self.redis, 0),
+        )
+        .expect("worker starts");
+        let probe = Client::new(format!("http://127.0.0.1:{port}"), None);
+        eventually(
+            Duration::from_secs(20),
+            "the worker to answer /readyz",
+            || async {
+                Ok(probe
+                    .get("/readyz")
+                    .await
+                    .ok()
+                    .filter(|response| response.status == 200))
+            },
+        )
+        .await
+        .expect("worker is up");
+        self.workers.push((worker, port));
+        self.workers.len() - 1
+    }
+
+    /// The worker's `/metrics` text.
+    pub async fn worker_metrics(&self, index: usize) -> String {
+        let probe = Client::new(format!("http://127.0.0.1:{}", self.workers[index].1), None);
+        let response = probe.get("/metrics").await.expect("metrics");
+        response.body.as_str().expect("metrics are text").to_owned()
+    }
+
+    /// Creates a prompt `{{ question }}` and a dataset of `items` questions
+    /// `What is qN?` with expected `qN`; submits an evaluation. Returns its id.
+    pub async fn submit(&self, items: usize, models: &[&str], graders: Value) -> String {
+        let prompt = self
+            .client
+            .post(
+                "/v1/prompts",
+                &json!({"name": format!("p-{}", uuid::Uuid::new_v4()),
+                        "messages": [{"role": "system", "content": "Answer briefly."},
+                                     {"role": "user", "content": "{{ question }}"}]}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(prompt.status, 201, "{:?}", prompt.body);
+        let items: Vec<Value> = (0..items)
+            .map(|n| json!({"id": format!("item-{n}"), "vars": {"question": question(n)}, "expected": format!("q{n}")}))
+            .collect();
+        let dataset = self
+            .client
+            .post(
+                "/v1/datasets",
+                &json!({"name": "questions", "items": items}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(dataset.status, 201, "{:?}", dataset.body);
+        let evaluation = self
+            .client
+            .post(
+                "/v1/evaluations",
+                &json!({
+                    "prompt_version_id": prompt.body["latest_version"]["id"],
+                    "dataset_id": dataset.body["id"],
+                    "models": models,
+                    "graders": graders,
+                }),
+            )
+            .await
+            .unwrap();
+        assert_eq!(evaluation.status, 202, "{:?}", evaluation.body);
+        evaluation.body["id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn evaluation(&self, id: &str) -> Value {
+        let response = self
+            .client
+            .get(&format!("/v1/evaluations/{id}"))
+            .await
+            .unwrap();
+        assert_eq!(response.status, 200, "{:?}", response.body);
+        response.body
+    }
+
+    /// Polls until the evaluation is finished; returns it.
+    pub async fn wait_finished(&self, id: &str, limit: Duration) -> Value {
+        eventually(limit, "the evaluation to finish", || async {
+            let evaluation = self.evaluation(id).await;
+            let status = evaluation["status"].as_str().unwrap_or_default().to_owned();
+            Ok(["succeeded", "failed", "canceled"]
+                .contains(&status.as_str())
+                .then_some(evaluation))
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Every result, through the paginated API.
+    pub async fn results(&self, id: &str) -> Vec<Value> {
+        let mut results = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let path = match &after {
+                None => format!("/v1/evaluations/{id}/results?limit=1000"),
+                Some(after) => format!(
+                    "/v1/evaluations/{id}/results?limit=1000&after={}",
+                    urlencode(after)
+                ),
+            };
+            let page = self.client.get(&path).await.unwrap();
+            assert_eq!(page.status, 200, "{:?}", page.body);
+            results.extend(page.body["data"].as_array().unwrap().iter().cloned());
+            match page.body["next_after"].as_str() {
+                Some(next) => after = Some(next.to_owned()),
+                None => return results,
+            }
+        }
+    }
+
+    /// Actors of the events of one evaluation with `action`.
+    pub async fn event_actors(&self, id: &str, action: &str) -> Vec<String> {
+        let pool = self.database.pool(1);
+        let mut conn = pool.get().await.unwrap();
+        let tenant_and_events = assay_core::db::models::events::for_resource(
+            &mut conn,
+            self.tenant_id().await,
+            id.parse().unwrap(),
+        )
+        .await
+        .unwrap();
+        tenant_and_events
+            .into_iter()
+            .filter(|event| event.action == action)
+            .map(|event| event.actor)
+            .collect()
+    }
+
+    async fn tenant_id(&self) -> uuid::Uuid {
+        use diesel::prelude::*;
+        use diesel_async::RunQueryDsl;
+        let pool = self.database.pool(1);
+        let mut conn = pool.get().await.unwrap();
+        assay_core::db::schema::tenants::table
+            .filter(assay_core::db::schema::tenants::name.eq("e2e"))
+            .select(assay_core::db::schema::tenants::id)
+            .first(&mut conn)
+            .await
+            .unwrap()
+    }
+
+    /// Index of the worker whose process id is in `actor` (`worker:e2e-<pid>`).
+    pub fn worker_of(&mut self, actor: &str) -> usize {
+        let pid: u32 = actor.rsplit('-').next().unwrap().parse().unwrap();
+        self.workers
+            .iter()
+            .position(|(process, _)| process.pid() == pid)
+            .expect("a worker of this stack")
+    }
+}
+
+pub fn question(n: usize) -> String {
+    format!("What is q{n}?")
+}
+
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (byte as char).to_string()
+            }
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
+}
