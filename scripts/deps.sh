@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Makes sure PostgreSQL and Redis answer on the local machine (starting them,
+# or installing them with apt-get, where needed) and that the diesel CLI is
+# there for the schema check. Prints what it does; exits non-zero with a clear
+# message when it cannot.
+set -euo pipefail
+
+PG_HOST=127.0.0.1 PG_PORT=5432 REDIS_HOST=127.0.0.1 REDIS_PORT=6379
+say() { printf '==> %s\n' "$*"; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi; }
+
+apt_updated=""
+apt_install() {
+  command -v apt-get >/dev/null || return 1
+  if [ -z "$apt_updated" ]; then as_root apt-get update -qq || return 1; apt_updated=1; fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+command -v cargo >/dev/null || die "cargo is not installed: install Rust from https://rustup.rs (1.89 or newer)"
+
+# --- PostgreSQL -------------------------------------------------------------
+pg_ready() { pg_isready -q -h "$PG_HOST" -p "$PG_PORT" 2>/dev/null; }
+if ! command -v pg_isready >/dev/null; then
+  say "PostgreSQL is not installed; installing it with apt-get"
+  apt_install postgresql postgresql-client || die "could not install PostgreSQL: install PostgreSQL 15+ and run it on $PG_HOST:$PG_PORT with trust auth for user postgres"
+  fresh_pg=1
+fi
+if ! pg_ready; then
+  if command -v pg_ctlcluster >/dev/null && [ -d /etc/postgresql ]; then
+    version=$(ls /etc/postgresql | sort -V | tail -n1)
+    if [ -n "${fresh_pg:-}" ]; then
+      # A cluster we just installed: let local tools in without a password (a dev machine).
+      hba=/etc/postgresql/$version/main/pg_hba.conf
+      as_root sed -i -E 's/^(host\s+all\s+all\s+(127\.0\.0\.1\/32|::1\/128)\s+)\S+/\1trust/; s/^(local\s+all\s+all\s+)\S+/\1trust/' "$hba" || true
+    fi
+    say "starting PostgreSQL $version"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+  fi
+  for _ in $(seq 1 30); do pg_ready && break; sleep 1; done
+  pg_ready || die "PostgreSQL does not answer on $PG_HOST:$PG_PORT; start it (pg_ctlcluster <version> main start) and try again"
+fi
+psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -Atc 'select 1' >/dev/null 2>&1 \
+  || die "PostgreSQL answers but user postgres cannot log in without a password from $PG_HOST: allow trust auth for local connections, or set DATABASE_URL and ASSAY_TEST_ADMIN_DATABASE_URL"
+say "PostgreSQL is up on $PG_HOST:$PG_PORT"
+
+# --- Redis ------------------------------------------------------------------
+redis_ready() { redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG; }
+if ! command -v redis-server >/dev/null; then
+  say "Redis is not installed; installing it with apt-get"
+  apt_install redis-server || die "could not install Redis: install Redis 7 and run it on $REDIS_HOST:$REDIS_PORT"
+fi
+if ! redis_ready; then
+  say "starting Redis"
+  mkdir -p /var/lib/redis /var/log/redis 2>/dev/null || true
+  redis_dir=/var/lib/redis; [ -w "$redis_dir" ] || redis_dir=/tmp
+  redis_log=/var/log/redis/ci.log; [ -w /var/log/redis ] || redis_log=/tmp/assay-redis.log
+  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port "$REDIS_PORT" --save "" --appendonly no \
+    --dir "$redis_dir" --logfile "$redis_log" || true
+  for _ in $(seq 1 20); do redis_ready && break; sleep 0.5; done
+  redis_ready || die "Redis does not answer on $REDIS_HOST:$REDIS_PORT; start redis-server and try again"
+fi
+say "Redis is up on $REDIS_HOST:$REDIS_PORT"
+
+# --- diesel CLI (for `make schema-check`) -------------------------------------
+if ! command -v diesel >/dev/null && [ ! -x "$HOME/.cargo/bin/diesel" ]; then
+  if [ ! -e /usr/include/postgresql/libpq-fe.h ]; then
+    say "installing libpq-dev (the diesel CLI links libpq)"
+    apt_install libpq-dev || die "could not install libpq-dev, which the diesel CLI needs"
+  fi
+  say "installing the diesel CLI (cargo install, a few minutes once)"
+  cargo install diesel_cli --version 2.3.14 --no-default-features --features postgres --locked --quiet \
+    || die "could not install the diesel CLI"
+fi
+say "diesel CLI is installed"
