@@ -29,15 +29,26 @@ async fn tables(url: &str) -> Vec<String> {
 async fn migrations_go_down_and_up_again() {
     let database = TestDatabase::create().await.unwrap();
     let migrated = tables(&database.url).await;
-    assert!(migrated.contains(&"evaluation_results".to_owned()), "{migrated:?}");
+    assert!(
+        migrated.contains(&"evaluation_results".to_owned()),
+        "{migrated:?}"
+    );
 
     let conn = AsyncPgConnection::establish(&database.url).await.unwrap();
     let mut harness = diesel_async::AsyncMigrationHarness::new(conn);
-    let reverted = harness.revert_all_migrations(assay_core::db::MIGRATIONS).unwrap();
+    let reverted = harness
+        .revert_all_migrations(assay_core::db::MIGRATIONS)
+        .unwrap();
     assert!(!reverted.is_empty());
-    assert_eq!(tables(&database.url).await, Vec::<String>::new(), "down.sql removes everything up.sql made");
+    assert_eq!(
+        tables(&database.url).await,
+        Vec::<String>::new(),
+        "down.sql removes everything up.sql made"
+    );
 
-    harness.run_pending_migrations(assay_core::db::MIGRATIONS).unwrap();
+    harness
+        .run_pending_migrations(assay_core::db::MIGRATIONS)
+        .unwrap();
     assert_eq!(tables(&database.url).await, migrated);
 }
 
@@ -52,10 +63,17 @@ async fn events_cannot_be_rewritten() {
     ] {
         diesel::sql_query(statement).execute(&mut conn).await.unwrap();
     }
-    let inserted = diesel::sql_query("SELECT action AS name FROM events").load::<Table>(&mut conn).await.unwrap();
+    let inserted = diesel::sql_query("SELECT action AS name FROM events")
+        .load::<Table>(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(inserted.len(), 1);
-    let update = diesel::sql_query("UPDATE events SET action = 'y'").execute(&mut conn).await;
+    let update = diesel::sql_query("UPDATE events SET action = 'y'")
+        .execute(&mut conn)
+        .await;
     assert!(update.unwrap_err().to_string().contains("immutable"));
-    let delete = diesel::sql_query("DELETE FROM events").execute(&mut conn).await;
+    let delete = diesel::sql_query("DELETE FROM events")
+        .execute(&mut conn)
+        .await;
     assert!(delete.is_err(), "events are append-only");
 }
