@@ -29,7 +29,7 @@ demo: deps build
 
 ## test: unit, integration and end-to-end tests against local PostgreSQL and Redis
 test: deps build schema-check
-	$(CARGO) test --workspace --all-targets
+	@bash scripts/test.sh
 
 ## schema-check: fail if core/src/db/schema.rs differs from what the migrations produce
 schema-check: build
