@@ -71,7 +71,9 @@ pub fn evaluation_storage(
         .missed_heartbeats(MISSED_HEARTBEATS)
         .batch_size(batch_size)
         // Without stored results apalis does not ack, and finished jobs re-run.
-        .persist_results(true);
+        .persist_results(true)
+        // Nothing subscribes to apalis' PUBLISH on every push, lock and ack.
+        .emit_events(false);
     RedisStorage::new(conn).with_config(config)
 }
 

@@ -73,7 +73,8 @@ impl PromptTemplate {
             .collect()
     }
 
-    /// Renders every message with `context` (a JSON object of variables).
+    /// Renders every message with `context` (a JSON object of variables). An
+    /// error names the variables the item lacks, when that is the cause.
     pub fn render(&self, context: &Value) -> Result<Vec<ChatMessage>, TemplateError> {
         self.roles
             .iter()
@@ -83,12 +84,19 @@ impl PromptTemplate {
                     .environment
                     .get_template(&index.to_string())
                     .expect("every message was added at compile time");
-                let content = template
-                    .render(context)
-                    .map_err(|error| TemplateError::Render {
-                        index,
-                        detail: describe(&error),
-                    })?;
+                let content = template.render(context).map_err(|error| {
+                    let missing = missing_variables(template.undeclared_variables(false), context);
+                    let detail = if missing.is_empty() {
+                        describe(&error)
+                    } else {
+                        format!(
+                            "the item lacks variable(s) {}: {}",
+                            missing.join(", "),
+                            describe(&error)
+                        )
+                    };
+                    TemplateError::Render { index, detail }
+                })?;
                 Ok(ChatMessage {
                     role: *role,
                     content,
@@ -128,12 +136,29 @@ impl ValueTemplate {
     }
 
     pub fn render(&self, context: &Value) -> Result<String, String> {
-        self.environment
+        let template = self
+            .environment
             .get_template("value")
-            .expect("added at compile time")
-            .render(context)
-            .map_err(|error| describe(&error))
+            .expect("added at compile time");
+        template.render(context).map_err(|error| {
+            let missing = missing_variables(template.undeclared_variables(false), context);
+            if missing.is_empty() {
+                describe(&error)
+            } else {
+                format!("the item lacks variable(s) {}", missing.join(", "))
+            }
+        })
     }
+}
+
+/// Which of `names` the context does not define (sorted).
+fn missing_variables(names: std::collections::HashSet<String>, context: &Value) -> Vec<String> {
+    let mut missing: Vec<String> = names
+        .into_iter()
+        .filter(|name| context.get(name).is_none_or(Value::is_null))
+        .collect();
+    missing.sort();
+    missing
 }
 
 /// minijinja's message plus its detail ("undefined value" alone does not say which).
@@ -200,7 +225,7 @@ mod tests {
             panic!("expected a render error, got {error:?}");
         };
         assert_eq!(index, 0);
-        assert!(detail.contains("undefined"), "{detail}");
+        assert!(detail.contains("lacks variable(s) name"), "{detail}");
     }
 
     #[test]

@@ -13,7 +13,7 @@ pub fn describe() {
     );
     describe_counter!(
         "assay_llm_calls_total",
-        "LLM call attempts, by model, provider and outcome (ok, rate_limited, timeout, upstream_error, bad_request)."
+        "LLM call attempts, by model, provider, outcome (ok, rate_limited, timeout, upstream_error, bad_request) and purpose (generate, judge)."
     );
     describe_histogram!(
         "assay_llm_call_duration_seconds",

@@ -4,7 +4,7 @@ use actix_web::{HttpResponse, web};
 use assay_core::db::models::evaluations::{self, Evaluation, NewEvaluation};
 use assay_core::db::models::results::{self, EvaluationResult, ResultCursor};
 use assay_core::db::models::{datasets, prompts};
-use assay_core::domain::{DatasetShape, EvaluationRequest};
+use assay_core::domain::{DatasetShape, EvaluationRequest, validate_graders, validate_threshold};
 use assay_core::queue::EvaluationJob;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -34,6 +34,10 @@ struct EvaluationBody {
     models: Value,
     graders: Value,
     params: Value,
+    repeat: i32,
+    threshold: Option<f64>,
+    /// For a re-grading: the evaluation whose outputs it grades.
+    source_evaluation_id: Option<Uuid>,
     counts: Counts,
     summary: Option<Value>,
     error: Option<String>,
@@ -52,6 +56,9 @@ impl From<Evaluation> for EvaluationBody {
             models: evaluation.models,
             graders: evaluation.graders,
             params: evaluation.params,
+            repeat: evaluation.repeats,
+            threshold: evaluation.threshold,
+            source_evaluation_id: evaluation.source_evaluation_id,
             counts: Counts {
                 total: evaluation.total,
                 completed: evaluation.completed,
@@ -68,12 +75,7 @@ impl From<Evaluation> for EvaluationBody {
     }
 }
 
-/// `POST /v1/evaluations`: validates everything, writes the evaluation to
-/// PostgreSQL, then pushes its job to Redis, and answers 202 with `Location`.
-///
-/// The row is written first so that a job is never queued for an evaluation
-/// that does not exist. If the push fails twice, the evaluation is marked
-/// failed (nothing half-done is left) and the answer is 503.
+/// `POST /v1/evaluations`: validates everything, then records and queues the evaluation.
 pub async fn create(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
@@ -93,7 +95,7 @@ pub async fn create(
             "stored prompt version does not parse: {error}"
         ))
     })?;
-    request.validate(
+    let graders = request.validate(
         &state.catalog,
         &content,
         &DatasetShape {
@@ -101,11 +103,12 @@ pub async fn create(
             all_expected: dataset.all_expected,
         },
     )?;
-    let total = i64::from(dataset.item_count) * request.models.len() as i64;
+    let repeats = request.repeat.unwrap_or(1);
+    let total = i64::from(dataset.item_count) * request.models.len() as i64 * i64::from(repeats);
     let total = i32::try_from(total).map_err(|_| {
         ApiError::invalid(
             "models",
-            "items x models is larger than one evaluation may be",
+            "items x models x repeat is larger than one evaluation may be",
         )
     })?;
     let new = NewEvaluation {
@@ -114,10 +117,29 @@ pub async fn create(
         prompt_version_id: version.id,
         dataset_id: dataset.id,
         models: serde_json::json!(request.models),
-        graders: serde_json::to_value(&request.graders).expect("graders serialize"),
+        graders: serde_json::to_value(&graders).expect("graders serialize"),
         params: serde_json::to_value(request.params.unwrap_or_default()).expect("params serialize"),
         total,
+        repeats: i32::try_from(repeats).expect("validated"),
+        threshold: request.threshold,
+        source_evaluation_id: None,
     };
+    drop(conn);
+    enqueue(&state, &caller, new).await
+}
+
+/// Writes the evaluation, then pushes its job, and answers 202 with `Location`.
+///
+/// The row is written first so that a job is never queued for an evaluation
+/// that does not exist. If the push fails twice, the evaluation is marked
+/// failed (nothing half-done is left) and the answer is 503.
+async fn enqueue(
+    state: &AppState,
+    caller: &assay_core::db::models::api_keys::Caller,
+    new: NewEvaluation,
+) -> Result<HttpResponse, ApiError> {
+    let mut conn = state.pool.get().await?;
+    let total = new.total;
     let evaluation = evaluations::create(&mut conn, &caller.actor(), &new).await?;
     if let Err(error) = state
         .queue
@@ -144,6 +166,63 @@ pub async fn create(
     Ok(HttpResponse::Accepted()
         .insert_header(("Location", format!("/v1/evaluations/{}", evaluation.id)))
         .json(EvaluationBody::from(evaluation)))
+}
+
+/// `POST /v1/evaluations/{id}/regrade` body: a new grader set (and item threshold).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegradeRequest {
+    graders: Vec<Value>,
+    #[serde(default)]
+    threshold: Option<f64>,
+}
+
+/// Re-grades a succeeded evaluation's stored outputs with a new grader set,
+/// as a new evaluation whose job calls no generating model (judges aside).
+pub async fn regrade(
+    state: web::Data<AppState>,
+    Authenticated(caller): Authenticated,
+    path: web::Path<Uuid>,
+    body: web::Json<RegradeRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let mut conn = state.pool.get().await?;
+    let source = evaluations::get(&mut conn, caller.tenant_id, *path)
+        .await?
+        .ok_or(ApiError::NotFound("evaluation"))?;
+    if source.status != "succeeded" {
+        return Err(ApiError::Conflict(format!(
+            "only a succeeded evaluation can be re-graded; this one is {}",
+            source.status
+        )));
+    }
+    let dataset = datasets::get(&mut conn, caller.tenant_id, source.dataset_id)
+        .await?
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("the evaluation's dataset is gone")))?;
+    validate_threshold(body.threshold)?;
+    let graders = validate_graders(
+        &state.catalog,
+        &body.graders,
+        &DatasetShape {
+            variables: dataset.variable_names(),
+            all_expected: dataset.all_expected,
+        },
+    )?;
+    let new = NewEvaluation {
+        id: Uuid::now_v7(),
+        tenant_id: caller.tenant_id,
+        prompt_version_id: source.prompt_version_id,
+        dataset_id: source.dataset_id,
+        models: source.models.clone(),
+        graders: serde_json::to_value(&graders).expect("graders serialize"),
+        params: source.params.clone(),
+        total: source.total,
+        repeats: source.repeats,
+        threshold: body.threshold,
+        source_evaluation_id: Some(source.id),
+    };
+    drop(conn);
+    enqueue(&state, &caller, new).await
 }
 
 pub async fn get(
@@ -201,6 +280,7 @@ pub async fn results(
             ResultCursor {
                 position: result.item_position,
                 model: result.model.clone(),
+                repeat: result.repeat_index,
             }
             .encode()
         })),

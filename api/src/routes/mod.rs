@@ -68,6 +68,11 @@ pub fn configure(config: &mut web::ServiceConfig) {
                         .default_service(web::to(method_not_allowed)),
                 )
                 .service(
+                    web::resource("/evaluations/{evaluation_id}/regrade")
+                        .post(evaluations::regrade)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
                     web::resource("/evaluations/{evaluation_id}/results")
                         .get(evaluations::results)
                         .default_service(web::to(method_not_allowed)),

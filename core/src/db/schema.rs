@@ -36,7 +36,7 @@ diesel::table! {
 }
 
 diesel::table! {
-    evaluation_results (evaluation_id, item_position, model) {
+    evaluation_results (evaluation_id, item_position, model, repeat_index) {
         evaluation_id -> Uuid,
         model -> Text,
         item_position -> Int4,
@@ -53,6 +53,9 @@ diesel::table! {
         attempts -> Int4,
         error -> Nullable<Text>,
         created_at -> Timestamptz,
+        repeat_index -> Int4,
+        finish_reason -> Nullable<Text>,
+        grading_cost_usd -> Float8,
     }
 }
 
@@ -77,6 +80,9 @@ diesel::table! {
         started_at -> Nullable<Timestamptz>,
         finished_at -> Nullable<Timestamptz>,
         updated_at -> Timestamptz,
+        repeats -> Int4,
+        threshold -> Nullable<Float8>,
+        source_evaluation_id -> Nullable<Uuid>,
     }
 }
 

@@ -9,6 +9,7 @@ use super::{InvalidInput, ModelParams, PromptContent};
 use crate::graders::{self, GraderSpec};
 use crate::providers::ModelCatalog;
 use crate::templates::PromptTemplate;
+use serde_json::Value;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -16,10 +17,66 @@ pub struct EvaluationRequest {
     pub prompt_version_id: Uuid,
     pub dataset_id: Uuid,
     pub models: Vec<String>,
-    pub graders: Vec<GraderSpec>,
+    /// Grader specs; parsed one by one so that errors name `graders[i].field`.
+    pub graders: Vec<Value>,
     /// Overrides of the prompt version's default parameters.
     #[serde(default)]
     pub params: Option<ModelParams>,
+    /// Runs of each item x model (1 to 100, default 1).
+    #[serde(default)]
+    pub repeat: Option<u32>,
+    /// When set, an item passes when its weighted score reaches it (0 to 1),
+    /// instead of when every grader passes.
+    #[serde(default)]
+    pub threshold: Option<f64>,
+}
+
+/// Most runs of one item x model.
+pub const MAX_REPEAT: u32 = 100;
+
+/// Parses and checks graders against a dataset: types and options, judge
+/// models, and the item variables their values read.
+pub fn validate_graders(
+    catalog: &ModelCatalog,
+    values: &[Value],
+    dataset: &DatasetShape,
+) -> Result<Vec<GraderSpec>, InvalidInput> {
+    let specs = GraderSpec::parse_all(values)?;
+    let compiled = graders::compile_all(&specs)?;
+    for (index, spec) in specs.iter().enumerate() {
+        if let Some(model) = spec.kind.judge_model() {
+            catalog.validate_judge(&format!("graders[{index}].model"), model)?;
+        }
+    }
+    let defined = dataset.defined();
+    for (index, grader) in compiled.iter().enumerate() {
+        if let Some(missing) = grader
+            .variables()
+            .into_iter()
+            .find(|name| !defined.contains(name.as_str()))
+        {
+            return Err(InvalidInput::new(
+                format!("graders[{index}]"),
+                format!(
+                    "the {} grader uses variable `{missing}`, which not every dataset item defines ({})",
+                    grader.name(),
+                    dataset.describe()
+                ),
+            ));
+        }
+    }
+    Ok(specs)
+}
+
+/// Checks an item threshold: a number from 0 to 1.
+pub fn validate_threshold(threshold: Option<f64>) -> Result<(), InvalidInput> {
+    match threshold {
+        Some(threshold) if !(0.0..=1.0).contains(&threshold) => Err(InvalidInput::new(
+            "threshold",
+            "must be a number between 0 and 1",
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// What a dataset offers templates: the variables every item defines, and
@@ -30,36 +87,54 @@ pub struct DatasetShape {
     pub all_expected: bool,
 }
 
+impl DatasetShape {
+    fn defined(&self) -> BTreeSet<&str> {
+        let mut defined: BTreeSet<&str> = self.variables.iter().map(String::as_str).collect();
+        if self.all_expected {
+            defined.insert("expected");
+        }
+        defined
+    }
+
+    fn describe(&self) -> String {
+        let defined = self.defined();
+        if defined.is_empty() {
+            "the items define no variable that all of them share".to_owned()
+        } else {
+            format!(
+                "every item defines: {}",
+                defined.into_iter().collect::<Vec<_>>().join(", ")
+            )
+        }
+    }
+}
+
 impl EvaluationRequest {
-    /// Checks models, graders and parameters, and that every variable the
-    /// prompt and the graders read is defined by every item of the dataset.
+    /// Checks models, graders, parameters, repeat and threshold, and that every
+    /// variable the prompt and the graders read is defined by every item of
+    /// the dataset. Returns the parsed graders.
     pub fn validate(
         &self,
         catalog: &ModelCatalog,
         prompt: &PromptContent,
         dataset: &DatasetShape,
-    ) -> Result<(), InvalidInput> {
+    ) -> Result<Vec<GraderSpec>, InvalidInput> {
         catalog.validate(&self.models)?;
-        let compiled = graders::compile_all(&self.graders)?;
         if let Some(params) = &self.params {
             params.validate("params")?;
         }
-        let mut defined: BTreeSet<&str> = dataset.variables.iter().map(String::as_str).collect();
-        if dataset.all_expected {
-            defined.insert("expected");
+        if let Some(repeat) = self.repeat
+            && !(1..=MAX_REPEAT).contains(&repeat)
+        {
+            return Err(InvalidInput::new(
+                "repeat",
+                format!("must be between 1 and {MAX_REPEAT}"),
+            ));
         }
-        let describe_defined = || {
-            if defined.is_empty() {
-                "the items define no variable that all of them share".to_owned()
-            } else {
-                format!(
-                    "every item defines: {}",
-                    defined.iter().copied().collect::<Vec<_>>().join(", ")
-                )
-            }
-        };
+        validate_threshold(self.threshold)?;
         let template = PromptTemplate::compile(&prompt.messages)
             .map_err(|error| InvalidInput::new("prompt_version_id", error.to_string()))?;
+        let defined = dataset.defined();
         if let Some(missing) = template
             .variables()
             .into_iter()
@@ -69,27 +144,11 @@ impl EvaluationRequest {
                 "prompt_version_id",
                 format!(
                     "the prompt uses variable `{missing}`, which not every dataset item defines ({})",
-                    describe_defined()
+                    dataset.describe()
                 ),
             ));
         }
-        for (index, grader) in compiled.iter().enumerate() {
-            if let Some(missing) = grader
-                .variables()
-                .into_iter()
-                .find(|name| !defined.contains(name.as_str()))
-            {
-                return Err(InvalidInput::new(
-                    format!("graders[{index}]"),
-                    format!(
-                        "the {} grader uses variable `{missing}`, which not every dataset item defines ({})",
-                        grader.kind(),
-                        describe_defined()
-                    ),
-                ));
-            }
-        }
-        Ok(())
+        validate_graders(catalog, &self.graders, dataset)
     }
 }
 
@@ -100,7 +159,7 @@ mod tests {
     use super::*;
     use crate::domain::{ChatMessage, Role};
 
-    fn request(models: &[&str], graders: serde_json::Value) -> EvaluationRequest {
+    fn request(models: &[&str], graders: Value) -> EvaluationRequest {
         serde_json::from_value(json!({
             "prompt_version_id": Uuid::nil(),
             "dataset_id": Uuid::nil(),
@@ -158,6 +217,62 @@ mod tests {
             .unwrap_err();
         assert_eq!(error.field, "graders[0]");
         assert!(error.message.contains("`expected`"), "{}", error.message);
+    }
+
+    #[test]
+    fn rejects_bad_repeat_threshold_and_judges() {
+        let mut bad = request(&["mock"], json!([{"type": "is-json"}]));
+        bad.repeat = Some(0);
+        assert_eq!(
+            bad.validate(&ModelCatalog, &prompt("x"), &shape(&[], false))
+                .unwrap_err()
+                .field,
+            "repeat"
+        );
+        bad.repeat = Some(5);
+        bad.threshold = Some(1.5);
+        assert_eq!(
+            bad.validate(&ModelCatalog, &prompt("x"), &shape(&[], false))
+                .unwrap_err()
+                .field,
+            "threshold"
+        );
+        let judge = request(
+            &["mock"],
+            json!([{"type": "is-json"}, {"type": "llm-rubric", "rubric": "r", "model": "gpt-9"}]),
+        );
+        let error = judge
+            .validate(&ModelCatalog, &prompt("x"), &shape(&[], false))
+            .unwrap_err();
+        assert_eq!(error.field, "graders[1].model");
+        let unknown = request(
+            &["mock"],
+            json!([{"type": "is-json"}, {"type": "not-telepathy"}]),
+        );
+        let error = unknown
+            .validate(&ModelCatalog, &prompt("x"), &shape(&[], false))
+            .unwrap_err();
+        assert_eq!(error.field, "graders[1].type");
+        assert!(error.message.contains("not-telepathy"));
+        let option = request(&["mock"], json!([{"type": "contains", "valeu": "x"}]));
+        let error = option
+            .validate(&ModelCatalog, &prompt("x"), &shape(&[], false))
+            .unwrap_err();
+        assert_eq!(error.field, "graders[0]");
+        assert!(error.message.contains("valeu"), "{}", error.message);
+        let weight = request(&["mock"], json!([{"type": "is-json", "weight": -1}]));
+        let error = weight
+            .validate(&ModelCatalog, &prompt("x"), &shape(&[], false))
+            .unwrap_err();
+        assert_eq!(error.field, "graders[0].weight");
+        let threshold = request(
+            &["mock"],
+            json!([{"type": "similarity", "value": "x", "threshold": 2}]),
+        );
+        let error = threshold
+            .validate(&ModelCatalog, &prompt("x"), &shape(&[], false))
+            .unwrap_err();
+        assert_eq!(error.field, "graders[0].threshold");
     }
 
     #[test]

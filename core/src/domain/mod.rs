@@ -6,7 +6,9 @@ mod evaluation;
 mod prompt;
 
 pub use dataset::{DatasetItemInput, ParsedDataset, parse_jsonl_items, validate_items};
-pub use evaluation::{DatasetShape, EvaluationRequest};
+pub use evaluation::{
+    DatasetShape, EvaluationRequest, MAX_REPEAT, validate_graders, validate_threshold,
+};
 pub use prompt::{ChatMessage, ModelParams, PromptContent, Role};
 
 /// A rejected input: which field, and why. The API renders these as RFC 9457

@@ -9,11 +9,23 @@
 //!   decided per (input, attempt), so a retry may succeed;
 //! - `wrong` (0..=1): share of inputs answered with [`WRONG_ANSWER`] instead of the echo;
 //! - `seed`: changes which inputs are wrong or fail;
+//! - `judge=garbage`: as a judge, answer text no grader can parse;
 //! - `price_in`, `price_out`: dollars per million tokens (defaults 1 and 2).
 //!
 //! The answer is the content of the last user message, echoed ("wrong" inputs
-//! excepted). Tokens are counted as white-space separated words: input over
-//! all messages, output over the answer.
+//! excepted; which inputs are wrong also depends on the repeat index, so
+//! repeated runs can disagree). Tokens are counted as white-space separated
+//! words: input over all messages, output over the answer.
+//!
+//! Asked by a model-graded grader (its system message starts with
+//! [`JUDGE_MARKER`]), the mock judges by rules a test can compute by hand:
+//! - `llm-rubric`: the score is the share of the rubric's words (lowercased,
+//!   alphanumeric) that occur among the output's words; pass at 0.5;
+//! - `llm-classify`: the first label (in the given order) that occurs in the
+//!   output, case-insensitively, else the last label;
+//! - `factuality`: C when output and reference are equal (case and outer
+//!   white space aside), B when the output contains the reference, A when the
+//!   reference contains the output, D otherwise.
 
 use std::time::Duration;
 
@@ -21,6 +33,8 @@ use async_trait::async_trait;
 
 use super::{Completion, CompletionRequest, Price, Provider, ProviderError, Usage};
 use crate::domain::{ChatMessage, Role};
+pub use crate::graders::model_graded::JUDGE_MARKER;
+use crate::graders::model_graded::{judge_kind, read_section};
 
 /// What a "wrong" input is answered with.
 pub const WRONG_ANSWER: &str = "I don't know.";
@@ -33,6 +47,8 @@ pub struct MockOptions {
     pub wrong_rate: f64,
     pub seed: u64,
     pub price: Price,
+    /// As a judge, answer unparseable text.
+    pub judge_garbage: bool,
 }
 
 impl Default for MockOptions {
@@ -43,6 +59,7 @@ impl Default for MockOptions {
             error_rate: 0.0,
             wrong_rate: 0.0,
             seed: 0,
+            judge_garbage: false,
             price: Price {
                 input_per_million: 1.0,
                 output_per_million: 2.0,
@@ -90,6 +107,13 @@ impl MockOptions {
                         .parse()
                         .map_err(|_| "seed must be a non-negative integer".to_owned())?;
                 }
+                "judge" => {
+                    parsed.judge_garbage = match value {
+                        "garbage" => true,
+                        "rules" => false,
+                        _ => return Err("judge must be `rules` or `garbage`".to_owned()),
+                    }
+                }
                 "price_in" => parsed.price.input_per_million = price()?,
                 "price_out" => parsed.price.output_per_million = price()?,
                 _ => return Err(format!("unknown option {key:?}")),
@@ -101,10 +125,15 @@ impl MockOptions {
         Ok(parsed)
     }
 
-    /// The answer and usage for `messages`, without waiting or failing.
-    pub fn answer(&self, messages: &[ChatMessage]) -> Completion {
+    /// The answer and usage for `messages` in run `repeat` (0 for the first),
+    /// without waiting or failing.
+    pub fn answer(&self, messages: &[ChatMessage], repeat: u32) -> Completion {
         let fingerprint = fingerprint(self.seed, messages);
-        let text = if unit_interval(fingerprint, 1) < self.wrong_rate {
+        // Run 0 draws with purpose 1, as before repeats existed; later runs draw anew.
+        let wrong_purpose = 1 + 7919 * u64::from(repeat);
+        let text = if let Some(kind) = judge_kind(messages) {
+            self.judge(kind, messages)
+        } else if unit_interval(fingerprint, wrong_purpose) < self.wrong_rate {
             WRONG_ANSWER.to_owned()
         } else {
             messages
@@ -142,6 +171,76 @@ impl MockOptions {
                 .jitter
                 .mul_f64(unit_interval(fingerprint(self.seed, messages), 2))
     }
+}
+
+impl MockOptions {
+    fn judge(&self, kind: &str, messages: &[ChatMessage]) -> String {
+        if self.judge_garbage {
+            return "Hmm, hard to say.".to_owned();
+        }
+        let request = messages
+            .iter()
+            .rev()
+            .find(|message| message.role == Role::User)
+            .map(|message| message.content.as_str())
+            .unwrap_or_default();
+        let output = read_section(request, "output").unwrap_or_default();
+        match kind {
+            "llm-rubric" => {
+                let score =
+                    rubric_score(read_section(request, "rubric").unwrap_or_default(), output);
+                serde_json::json!({"score": score, "pass": score >= 0.5, "reason": "mock judge: share of rubric words found"}).to_string()
+            }
+            "llm-classify" => {
+                let labels: Vec<&str> = read_section(request, "labels")
+                    .unwrap_or_default()
+                    .lines()
+                    .collect();
+                let lowered = output.to_lowercase();
+                let label = labels
+                    .iter()
+                    .find(|label| lowered.contains(&label.to_lowercase()))
+                    .or(labels.last())
+                    .copied()
+                    .unwrap_or_default();
+                serde_json::json!({"label": label, "reason": "mock judge: first label in the output"}).to_string()
+            }
+            "factuality" => {
+                let reference = read_section(request, "reference")
+                    .unwrap_or_default()
+                    .trim()
+                    .to_lowercase();
+                let output = output.trim().to_lowercase();
+                let choice = if output == reference {
+                    "C"
+                } else if output.contains(&reference) {
+                    "B"
+                } else if reference.contains(&output) {
+                    "A"
+                } else {
+                    "D"
+                };
+                serde_json::json!({"choice": choice, "reason": "mock judge: containment"})
+                    .to_string()
+            }
+            _ => "unknown judge".to_owned(),
+        }
+    }
+}
+
+/// The mock judge's `llm-rubric` score: the share of the rubric's words found in the output.
+pub fn rubric_score(rubric: &str, output: &str) -> f64 {
+    let words = |text: &str| -> std::collections::BTreeSet<String> {
+        text.split(|c: char| !c.is_alphanumeric())
+            .filter(|word| !word.is_empty())
+            .map(str::to_lowercase)
+            .collect()
+    };
+    let (rubric, output) = (words(rubric), words(output));
+    if rubric.is_empty() {
+        return 0.0;
+    }
+    rubric.intersection(&output).count() as f64 / rubric.len() as f64
 }
 
 fn words(text: &str) -> u32 {
@@ -203,7 +302,7 @@ impl Provider for MockProvider {
         if self.options.fails(request.messages, request.attempt) {
             return Err(ProviderError::Upstream("mock: injected error".to_owned()));
         }
-        Ok(self.options.answer(request.messages))
+        Ok(self.options.answer(request.messages, request.repeat))
     }
 }
 
@@ -249,7 +348,7 @@ mod tests {
 
     #[test]
     fn echoes_the_last_user_message_and_counts_words() {
-        let completion = MockOptions::default().answer(&user("What is the capital of France?"));
+        let completion = MockOptions::default().answer(&user("What is the capital of France?"), 0);
         assert_eq!(completion.text, "What is the capital of France?");
         assert_eq!(
             completion.usage,
@@ -266,7 +365,7 @@ mod tests {
         let inputs: Vec<_> = (0..2000).map(|n| user(&format!("question {n}"))).collect();
         let wrong = inputs
             .iter()
-            .filter(|m| options.answer(m).text == WRONG_ANSWER)
+            .filter(|m| options.answer(m, 0).text == WRONG_ANSWER)
             .count();
         let failed_first = inputs.iter().filter(|m| options.fails(m, 1)).count();
         let failed_twice = inputs
@@ -281,9 +380,69 @@ mod tests {
         );
         let again = inputs
             .iter()
-            .filter(|m| options.answer(m).text == WRONG_ANSWER)
+            .filter(|m| options.answer(m, 0).text == WRONG_ANSWER)
             .count();
         assert_eq!(wrong, again);
+    }
+
+    #[test]
+    fn repeats_draw_anew_but_run_zero_is_stable() {
+        let options = MockOptions::parse("mock:wrong=0.5").unwrap();
+        let inputs: Vec<_> = (0..400).map(|n| user(&format!("question {n}"))).collect();
+        let differ = inputs
+            .iter()
+            .filter(|m| {
+                (options.answer(m, 0).text == WRONG_ANSWER)
+                    != (options.answer(m, 1).text == WRONG_ANSWER)
+            })
+            .count();
+        assert!(
+            (120..280).contains(&differ),
+            "about half the inputs change between runs: {differ}"
+        );
+    }
+
+    #[test]
+    fn judges_by_rules_a_test_can_follow() {
+        assert_eq!(
+            rubric_score("mentions Paris, France", "I love paris"),
+            1.0 / 3.0
+        );
+        assert_eq!(rubric_score("", "x"), 0.0);
+        let judge = |kind: &str, user: String| {
+            let messages = vec![
+                ChatMessage {
+                    role: Role::System,
+                    content: format!("{JUDGE_MARKER}{kind}] grade"),
+                },
+                ChatMessage {
+                    role: Role::User,
+                    content: user,
+                },
+            ];
+            MockOptions::default().answer(&messages, 0).text
+        };
+        let rubric = judge(
+            "llm-rubric",
+            "<rubric>\nparis\n</rubric>\n<output>\nParis!\n</output>\n".to_owned(),
+        );
+        assert!(rubric.contains("\"score\":1.0"), "{rubric}");
+        let label = judge(
+            "llm-classify",
+            "<labels>\nyes\nno\n</labels>\n<output>\nNo way\n</output>\n".to_owned(),
+        );
+        assert!(label.contains("\"label\":\"no\""), "{label}");
+        let fact = judge(
+            "factuality",
+            "<reference>\nParis\n</reference>\n<output>\nparis \n</output>\n".to_owned(),
+        );
+        assert!(fact.contains("\"choice\":\"C\""), "{fact}");
+        let garbage = MockOptions::parse("mock:judge=garbage").unwrap();
+        let messages = vec![ChatMessage {
+            role: Role::System,
+            content: format!("{JUDGE_MARKER}llm-rubric] x"),
+        }];
+        assert_eq!(garbage.answer(&messages, 0).text, "Hmm, hard to say.");
     }
 
     #[tokio::test]
@@ -297,6 +456,7 @@ mod tests {
                 messages: &messages,
                 params: &params,
                 attempt: 1,
+                repeat: 0,
             })
             .await
             .unwrap();

@@ -38,6 +38,9 @@ pub struct CompletionRequest<'a> {
     /// 1 for the first try; providers that inject faults (the mock) use it so
     /// that a retry can succeed deterministically.
     pub attempt: u32,
+    /// Which run of a repeated item this is (0 for the first): repeated runs
+    /// are independent samples.
+    pub repeat: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -116,6 +119,13 @@ impl ModelCatalog {
             max_attempts: 3,
             provider: Arc::new(mock::MockProvider::new(options)),
         })
+    }
+
+    /// Checks a judge model name (graders name theirs in `model`).
+    pub fn validate_judge(&self, field: &str, name: &str) -> Result<(), InvalidInput> {
+        self.resolve(name)
+            .map(drop)
+            .map_err(|error| InvalidInput::new(field, error.message))
     }
 
     /// Checks a list of model names: 1 to 10, no repeats, each known.

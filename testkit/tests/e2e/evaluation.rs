@@ -60,7 +60,7 @@ async fn two_workers_run_an_evaluation_and_every_figure_checks_out() {
                 content: question(position),
             },
         ];
-        let answer = options.answer(&messages).text;
+        let answer = options.answer(&messages, 0).text;
         assert_eq!(result["output"], json!(answer), "{result}");
         let correct = answer != WRONG_ANSWER;
         assert_eq!(answer == question(position), correct);
@@ -100,7 +100,17 @@ async fn two_workers_run_an_evaluation_and_every_figure_checks_out() {
     assert_eq!(counts["total"], ITEMS * 2);
     assert_eq!(counts["completed"], ITEMS * 2);
     let summary = &evaluation["summary"];
-    assert_eq!(summary["graders"], json!(["contains", "equals", "regex"]));
+    let graders: Vec<&str> = summary["graders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        graders,
+        ["contains", "equals", "regex"],
+        "the summary keeps the grader set"
+    );
     let models = summary["models"].as_array().unwrap();
     assert_eq!(models.len(), 2);
     let mut total_cost = 0.0;
@@ -179,8 +189,8 @@ async fn two_workers_run_an_evaluation_and_every_figure_checks_out() {
     for expected in [
         "assay_jobs_started_total{kind=\"evaluation\"}",
         "assay_jobs_finished_total{kind=\"evaluation\",outcome=\"succeeded\"}",
-        "assay_llm_calls_total{model=\"mock\",provider=\"mock\",outcome=\"ok\"}",
-        "assay_llm_call_duration_seconds_bucket{model=\"mock\",provider=\"mock\",outcome=\"ok\"",
+        "assay_llm_calls_total{model=\"mock\",provider=\"mock\",outcome=\"ok\",purpose=\"generate\"}",
+        "assay_llm_call_duration_seconds_bucket{model=\"mock\",provider=\"mock\",outcome=\"ok\",purpose=\"generate\"",
         "assay_results_written_total{status=\"passed\"}",
         "assay_results_written_total{status=\"failed\"}",
     ] {

@@ -2,6 +2,7 @@
 //! processes, against real PostgreSQL and Redis, over real HTTP.
 
 mod evaluation;
+mod graders;
 mod worker_failures;
 
 use std::time::Duration;
@@ -157,6 +158,53 @@ impl Stack {
             .unwrap();
         assert_eq!(evaluation.status, 202, "{:?}", evaluation.body);
         evaluation.body["id"].as_str().unwrap().to_owned()
+    }
+
+    /// A prompt whose one user message is `template`; returns its version id.
+    pub async fn prompt(&self, template: &str) -> Value {
+        let prompt = self
+            .client
+            .post(
+                "/v1/prompts",
+                &json!({"name": format!("p-{}", uuid::Uuid::new_v4()),
+                        "messages": [{"role": "user", "content": template}]}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(prompt.status, 201, "{:?}", prompt.body);
+        prompt.body["latest_version"]["id"].clone()
+    }
+
+    pub async fn dataset(&self, items: Vec<Value>) -> Value {
+        let dataset = self
+            .client
+            .post("/v1/datasets", &json!({"name": "d", "items": items}))
+            .await
+            .unwrap();
+        assert_eq!(dataset.status, 201, "{:?}", dataset.body);
+        dataset.body["id"].clone()
+    }
+
+    /// Submits an evaluation body; returns its id.
+    pub async fn submit_body(&self, body: Value) -> String {
+        let evaluation = self.client.post("/v1/evaluations", &body).await.unwrap();
+        assert_eq!(evaluation.status, 202, "{:?}", evaluation.body);
+        evaluation.body["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Sum of `assay_llm_calls_total` samples over every worker whose labels contain all of `labels`.
+    pub async fn llm_calls(&self, labels: &[&str]) -> f64 {
+        let mut total = 0.0;
+        for index in 0..self.workers.len() {
+            for line in self.worker_metrics(index).await.lines() {
+                if line.starts_with("assay_llm_calls_total{")
+                    && labels.iter().all(|label| line.contains(label))
+                {
+                    total += line.rsplit(' ').next().unwrap().parse::<f64>().unwrap();
+                }
+            }
+        }
+        total
     }
 
     pub async fn evaluation(&self, id: &str) -> Value {

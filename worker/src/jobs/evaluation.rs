@@ -11,6 +11,10 @@
 //!
 //! Memory stays flat: items are streamed a page at a time and at most
 //! `--concurrency` calls (and their results) are alive at once.
+//!
+//! A re-grading (an evaluation with a source) takes each output from its
+//! source evaluation's result instead of calling the model: only judge
+//! graders call a model.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,8 +25,8 @@ use assay_core::db::models::evaluations::{self, Evaluation};
 use assay_core::db::models::prompts;
 use assay_core::db::models::results::{self, NewResult, ResultStatus};
 use assay_core::domain::{ChatMessage, ModelParams};
-use assay_core::graders::{self, Grader, GraderSpec};
-use assay_core::providers::{CompletionRequest, Model, ProviderError};
+use assay_core::graders::{self, GradeInput, Grader, GraderSpec, Judge, JudgeReply};
+use assay_core::providers::{CompletionRequest, Model, ModelCatalog, ProviderError};
 use assay_core::queue::EvaluationJob;
 use assay_core::templates::PromptTemplate;
 use metrics::{counter, gauge, histogram};
@@ -68,6 +72,30 @@ struct Plan {
     graders: Vec<Grader>,
     models: Vec<Model>,
     params: ModelParams,
+    judge: ProviderJudge,
+}
+
+/// Judge calls go through the same provider layer as generation.
+struct ProviderJudge {
+    catalog: ModelCatalog,
+}
+
+#[async_trait::async_trait]
+impl Judge for ProviderJudge {
+    async fn ask(&self, model: &str, messages: &[ChatMessage]) -> Result<JudgeReply, String> {
+        let model = self.catalog.resolve(model).map_err(|error| error.message)?;
+        // Judges answer at temperature 0: the same output gets the same verdict.
+        let params = ModelParams {
+            temperature: Some(0.0),
+            ..ModelParams::default()
+        };
+        let (answer, _) = call_with_retries(&model, messages, &params, 0, "judge").await;
+        let (completion, _) = answer.map_err(|error| error.to_string())?;
+        Ok(JudgeReply {
+            cost_usd: model.price.cost(completion.usage),
+            text: completion.text,
+        })
+    }
 }
 
 pub async fn run(job: EvaluationJob, env: Arc<Environment>) -> Result<Outcome, JobError> {
@@ -134,20 +162,9 @@ pub async fn run(job: EvaluationJob, env: Arc<Environment>) -> Result<Outcome, J
             current.total
         )));
     }
-    let grader_kinds = plan
-        .graders
-        .iter()
-        .map(|grader| grader.kind().to_owned())
-        .collect();
-    evaluations::finish(
-        &mut conn,
-        job.tenant_id,
-        job.evaluation_id,
-        &actor,
-        grader_kinds,
-    )
-    .await
-    .map_err(|error| JobError::Transient(error.into()))?;
+    evaluations::finish(&mut conn, job.tenant_id, job.evaluation_id, &actor)
+        .await
+        .map_err(|error| JobError::Transient(error.into()))?;
     tracing::info!(evaluation.id = %job.evaluation_id, total = current.total, "evaluation finished");
     Ok(Outcome::Finished)
 }
@@ -181,6 +198,9 @@ async fn plan(
         .map_err(|error| PlanError::Invalid(format!("stored graders do not parse: {error}")))?;
     let graders =
         graders::compile_all(&specs).map_err(|error| PlanError::Invalid(error.to_string()))?;
+    let judge = ProviderJudge {
+        catalog: env.catalog.clone(),
+    };
     let overrides: ModelParams = serde_json::from_value(evaluation.params.clone())
         .map_err(|error| PlanError::Invalid(format!("stored params do not parse: {error}")))?;
     let models = evaluation
@@ -195,6 +215,7 @@ async fn plan(
         template,
         graders,
         models,
+        judge,
     })
 }
 
@@ -213,7 +234,7 @@ async fn produce(
         if env.shutting_down() || results.is_closed() {
             break;
         }
-        let (page, done) = {
+        let (page, done, sources) = {
             let mut conn = env
                 .pool
                 .get()
@@ -240,20 +261,38 @@ async fn produce(
             )
             .await
             .map_err(|error| JobError::Transient(error.into()))?;
-            (page, done)
+            let sources = match evaluation.source_evaluation_id {
+                None => None,
+                Some(source) => Some(Arc::new(
+                    results::stored_outputs(
+                        &mut conn,
+                        evaluation.tenant_id,
+                        source,
+                        first.position,
+                        last.position,
+                    )
+                    .await
+                    .map_err(|error| JobError::Transient(error.into()))?,
+                )),
+            };
+            (page, done, sources)
         };
         after = page.data.last().map(|item| item.position);
         for item in page.data {
             let item = Arc::new(item);
             let context = Arc::new(item.template_context());
             let rendered = Arc::new(plan.template.render(&context));
-            for model_index in 0..plan.models.len() {
-                if done.contains(&(item.position, plan.models[model_index].name.clone())) {
+            for (model_index, repeat) in (0..plan.models.len()).flat_map(|model_index| {
+                (0..evaluation.repeats).map(move |repeat| (model_index, repeat))
+            }) {
+                let key = (item.position, plan.models[model_index].name.clone(), repeat);
+                if done.contains(&key) {
                     continue;
                 }
                 if env.shutting_down() || results.is_closed() {
                     break;
                 }
+                let source = sources.as_ref().map(|sources| sources.get(&key).cloned());
                 let permit = env
                     .llm_slots
                     .clone()
@@ -268,7 +307,12 @@ async fn produce(
                     results.clone(),
                 );
                 calls.spawn(async move {
-                    let result = evaluate_one(&plan, model_index, &item, &context, &rendered).await;
+                    let run = Run {
+                        model_index,
+                        repeat,
+                        source,
+                    };
+                    let result = evaluate_one(&plan, run, &item, &context, &rendered).await;
                     drop(permit);
                     // The writer outlives every call; a send fails only if it died, and then
                     // the job fails on the writer's error.
@@ -285,52 +329,81 @@ async fn produce(
     Ok(())
 }
 
-/// Calls one model on one rendered item (with retries) and grades the answer.
+/// One run of one item on one model.
+struct Run {
+    model_index: usize,
+    repeat: i32,
+    /// For a re-grading: the source evaluation's result for this run (None
+    /// inside when the source has none).
+    source: Option<Option<results::StoredOutput>>,
+}
+
+/// What generation produced for a run: the answer, or why there is none.
+struct Generated {
+    output: Result<String, String>,
+    latency_ms: Option<i32>,
+    input_tokens: i32,
+    output_tokens: i32,
+    cost_usd: f64,
+    attempts: i32,
+    finish_reason: Option<String>,
+}
+
+/// Calls one model on one rendered item (with retries), or takes the stored
+/// output of a re-grading, and grades the answer.
 async fn evaluate_one(
     plan: &Plan,
-    model_index: usize,
+    run: Run,
     item: &DatasetItem,
     context: &Value,
     rendered: &Result<Vec<ChatMessage>, assay_core::templates::TemplateError>,
 ) -> NewResult {
-    let model = &plan.models[model_index];
+    let model = &plan.models[run.model_index];
+    let generated = match run.source {
+        Some(stored) => from_source(stored),
+        None => generate(model, rendered, &plan.params, run.repeat).await,
+    };
     let mut result = NewResult {
         evaluation_id: plan.evaluation.id,
         model: model.name.clone(),
         item_position: item.position,
+        repeat_index: run.repeat,
         tenant_id: plan.evaluation.tenant_id,
         item_key: item.item_key.clone(),
         status: ResultStatus::Errored.as_str(),
         output: None,
         score: None,
         grades: Value::Array(vec![]),
-        latency_ms: None,
-        input_tokens: 0,
-        output_tokens: 0,
-        cost_usd: 0.0,
-        attempts: 0,
+        latency_ms: generated.latency_ms,
+        input_tokens: generated.input_tokens,
+        output_tokens: generated.output_tokens,
+        cost_usd: generated.cost_usd,
+        grading_cost_usd: 0.0,
+        attempts: generated.attempts,
+        finish_reason: generated.finish_reason,
         error: None,
     };
-    let messages = match rendered {
-        Ok(messages) => messages,
+    let output = match generated.output {
+        Ok(output) => output,
         Err(error) => {
-            result.error = Some(format!("template: {error}"));
+            result.error = Some(error);
             return result;
         }
     };
-    let (answer, attempts) = call_with_retries(model, messages, &plan.params).await;
-    result.attempts = i32::try_from(attempts).unwrap_or(i32::MAX);
-    let (completion, latency) = match answer {
-        Ok(answer) => answer,
-        Err(error) => {
-            result.error = Some(format!(
-                "{} after {attempts} attempt(s): {error}",
-                model.name
-            ));
-            return result;
-        }
+    let input = GradeInput {
+        output: &output,
+        context,
+        latency_ms: result.latency_ms.map(f64::from),
+        cost_usd: result.cost_usd,
+        finish_reason: result.finish_reason.as_deref(),
     };
-    let verdict = graders::grade_all(&plan.graders, &completion.text, context);
+    let verdict = graders::grade_all(
+        &plan.graders,
+        &input,
+        &plan.judge,
+        plan.evaluation.threshold,
+    )
+    .await;
     result.status = if verdict.errored {
         ResultStatus::Errored
     } else if verdict.passed {
@@ -348,13 +421,84 @@ async fn evaluate_one(
         });
     }
     result.score = (!verdict.errored).then_some(verdict.score);
+    result.grading_cost_usd = verdict.grading_cost_usd;
     result.grades = serde_json::to_value(&verdict.grades).expect("grades serialize");
-    result.latency_ms = Some(i32::try_from(latency.as_millis()).unwrap_or(i32::MAX));
-    result.input_tokens = i32::try_from(completion.usage.input_tokens).unwrap_or(i32::MAX);
-    result.output_tokens = i32::try_from(completion.usage.output_tokens).unwrap_or(i32::MAX);
-    result.cost_usd = model.price.cost(completion.usage);
-    result.output = Some(completion.text);
+    result.output = Some(output);
     result
+}
+
+async fn generate(
+    model: &Model,
+    rendered: &Result<Vec<ChatMessage>, assay_core::templates::TemplateError>,
+    params: &ModelParams,
+    repeat: i32,
+) -> Generated {
+    let mut generated = Generated {
+        output: Err(String::new()),
+        latency_ms: None,
+        input_tokens: 0,
+        output_tokens: 0,
+        cost_usd: 0.0,
+        attempts: 0,
+        finish_reason: None,
+    };
+    let messages = match rendered {
+        Ok(messages) => messages,
+        Err(error) => {
+            generated.output = Err(format!("template: {error}"));
+            return generated;
+        }
+    };
+    let repeat = u32::try_from(repeat).unwrap_or(0);
+    let (answer, attempts) = call_with_retries(model, messages, params, repeat, "generate").await;
+    generated.attempts = i32::try_from(attempts).unwrap_or(i32::MAX);
+    match answer {
+        Ok((completion, latency)) => {
+            generated.latency_ms = Some(i32::try_from(latency.as_millis()).unwrap_or(i32::MAX));
+            generated.input_tokens =
+                i32::try_from(completion.usage.input_tokens).unwrap_or(i32::MAX);
+            generated.output_tokens =
+                i32::try_from(completion.usage.output_tokens).unwrap_or(i32::MAX);
+            generated.cost_usd = model.price.cost(completion.usage);
+            generated.finish_reason = completion.finish_reason;
+            generated.output = Ok(completion.text);
+        }
+        Err(error) => {
+            generated.output = Err(format!(
+                "{} after {attempts} attempt(s): {error}",
+                model.name
+            ))
+        }
+    }
+    generated
+}
+
+/// A re-grading's output: what the source stored, at the source's cost.
+fn from_source(stored: Option<results::StoredOutput>) -> Generated {
+    let Some(stored) = stored else {
+        return Generated {
+            output: Err("the source evaluation has no result for this run".to_owned()),
+            latency_ms: None,
+            input_tokens: 0,
+            output_tokens: 0,
+            cost_usd: 0.0,
+            attempts: 0,
+            finish_reason: None,
+        };
+    };
+    Generated {
+        output: stored.output.ok_or_else(|| {
+            stored
+                .error
+                .unwrap_or_else(|| "the source run has no output".to_owned())
+        }),
+        latency_ms: stored.latency_ms,
+        input_tokens: stored.input_tokens,
+        output_tokens: stored.output_tokens,
+        cost_usd: stored.cost_usd,
+        attempts: stored.attempts,
+        finish_reason: stored.finish_reason,
+    }
 }
 
 /// Tries a call up to the model's `max_attempts` while errors are transient,
@@ -364,6 +508,8 @@ async fn call_with_retries(
     model: &Model,
     messages: &[ChatMessage],
     params: &ModelParams,
+    repeat: u32,
+    purpose: &'static str,
 ) -> (
     Result<(assay_core::providers::Completion, Duration), ProviderError>,
     u32,
@@ -380,6 +526,7 @@ async fn call_with_retries(
                 messages,
                 params,
                 attempt,
+                repeat,
             })
             .await;
         let elapsed = started.elapsed();
@@ -392,6 +539,7 @@ async fn call_with_retries(
             ("model", model.name.clone()),
             ("provider", provider.to_owned()),
             ("outcome", label.to_owned()),
+            ("purpose", purpose.to_owned()),
         ];
         counter!("assay_llm_calls_total", &labels).increment(1);
         histogram!("assay_llm_call_duration_seconds", &labels).record(elapsed.as_secs_f64());

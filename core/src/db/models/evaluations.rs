@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::Page;
 use super::events::{self, NewEvent};
-use super::results::{self, ModelSummary};
+use super::results::{self, GraderSummary, ModelSummary, RepeatStats};
 use crate::db::schema::evaluations;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,6 +82,9 @@ pub struct Evaluation {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
+    pub repeats: i32,
+    pub threshold: Option<f64>,
+    pub source_evaluation_id: Option<Uuid>,
 }
 
 impl Evaluation {
@@ -100,10 +103,27 @@ impl Evaluation {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     /// One entry per model, in the order the evaluation lists them.
-    pub models: Vec<ModelSummary>,
+    pub models: Vec<ModelReport>,
+    /// Per grader (by index in `graders`) and model.
+    pub grader_summaries: Vec<GraderSummary>,
+    /// Generation cost (a re-grading reports its source's).
     pub total_cost_usd: f64,
-    /// The grader types that produced the scores.
-    pub graders: Vec<String>,
+    /// What judge calls cost.
+    pub total_grading_cost_usd: f64,
+    /// The grader set that produced these figures.
+    pub graders: Value,
+    /// For a re-grading: the evaluation whose outputs were graded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regraded_from: Option<Uuid>,
+}
+
+/// One model's figures, and its repeat statistics when items ran more than once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelReport {
+    #[serde(flatten)]
+    pub figures: ModelSummary,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeats: Option<RepeatStats>,
 }
 
 #[derive(Debug, Clone, Insertable)]
@@ -117,6 +137,9 @@ pub struct NewEvaluation {
     pub graders: Value,
     pub params: Value,
     pub total: i32,
+    pub repeats: i32,
+    pub threshold: Option<f64>,
+    pub source_evaluation_id: Option<Uuid>,
 }
 
 /// Writes the evaluation (status `queued`) and its `evaluation.created` event.
@@ -287,7 +310,6 @@ pub async fn finish(
     tenant_id: Uuid,
     id: Uuid,
     actor: &str,
-    graders: Vec<String>,
 ) -> QueryResult<bool> {
     conn.transaction(async |conn| {
         let Some(evaluation) = evaluations::table
@@ -305,20 +327,44 @@ pub async fn finish(
             return Ok(false);
         }
         let order = evaluation.model_names();
-        let mut models = results::summarize(conn, tenant_id, id).await?;
-        models.sort_by_key(|summary| order.iter().position(|name| *name == summary.model));
+        let mut figures = results::summarize(conn, tenant_id, id).await?;
+        figures.sort_by_key(|summary| order.iter().position(|name| *name == summary.model));
         let count = |field: fn(&ModelSummary) -> i64| {
-            i32::try_from(models.iter().map(field).sum::<i64>()).unwrap_or(i32::MAX)
+            i32::try_from(figures.iter().map(field).sum::<i64>()).unwrap_or(i32::MAX)
         };
         let (passed, failed, errored) = (
             count(|m| m.passed),
             count(|m| m.failed),
             count(|m| m.errored),
         );
+        let item_runs = if evaluation.repeats > 1 {
+            results::item_runs(conn, tenant_id, id).await?
+        } else {
+            Vec::new()
+        };
+        let models: Vec<ModelReport> = figures
+            .into_iter()
+            .map(|figures| {
+                let items: Vec<_> = item_runs
+                    .iter()
+                    .filter(|runs| runs.model == figures.model)
+                    .collect();
+                ModelReport {
+                    repeats: RepeatStats::compute(&items),
+                    figures,
+                }
+            })
+            .collect();
         let summary = Summary {
-            total_cost_usd: models.iter().map(|model| model.cost_usd).sum(),
+            total_cost_usd: models.iter().map(|model| model.figures.cost_usd).sum(),
+            total_grading_cost_usd: models
+                .iter()
+                .map(|model| model.figures.grading_cost_usd)
+                .sum(),
+            grader_summaries: results::summarize_graders(conn, tenant_id, id).await?,
             models,
-            graders,
+            graders: evaluation.graders.clone(),
+            regraded_from: evaluation.source_evaluation_id,
         };
         diesel::update(evaluations::table.filter(evaluations::id.eq(id)))
             .set((

@@ -4,7 +4,7 @@
 //! evaluation's counters move by the rows that came back, in the same
 //! transaction: a re-delivered job can neither write a row twice nor count one twice.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -43,6 +43,7 @@ pub struct NewResult {
     pub evaluation_id: Uuid,
     pub model: String,
     pub item_position: i32,
+    pub repeat_index: i32,
     pub tenant_id: Uuid,
     pub item_key: String,
     pub status: &'static str,
@@ -53,7 +54,9 @@ pub struct NewResult {
     pub input_tokens: i32,
     pub output_tokens: i32,
     pub cost_usd: f64,
+    pub grading_cost_usd: f64,
     pub attempts: i32,
+    pub finish_reason: Option<String>,
     pub error: Option<String>,
 }
 
@@ -62,6 +65,7 @@ pub struct NewResult {
 pub struct EvaluationResult {
     pub model: String,
     pub item_position: i32,
+    pub repeat_index: i32,
     pub item_key: String,
     pub status: String,
     pub output: Option<String>,
@@ -71,7 +75,9 @@ pub struct EvaluationResult {
     pub input_tokens: i32,
     pub output_tokens: i32,
     pub cost_usd: f64,
+    pub grading_cost_usd: f64,
     pub attempts: i32,
+    pub finish_reason: Option<String>,
     pub error: Option<String>,
     pub created_at: DateTime<Utc>,
 }
@@ -138,51 +144,105 @@ pub async fn insert_batch(
     .await
 }
 
-/// (position, model) of the results that exist for items in `first..=last`:
-/// what a re-run job must not do again.
+/// (position, model, repeat) of one run.
+pub type RunKey = (i32, String, i32);
+
+/// Keys of the results that exist for items in `first..=last`: what a
+/// re-run job must not do again.
 pub async fn existing_keys(
     conn: &mut AsyncPgConnection,
     tenant_id: Uuid,
     evaluation_id: Uuid,
     first: i32,
     last: i32,
-) -> QueryResult<HashSet<(i32, String)>> {
-    let rows: Vec<(i32, String)> = evaluation_results::table
+) -> QueryResult<HashSet<RunKey>> {
+    let rows: Vec<RunKey> = evaluation_results::table
         .filter(evaluation_results::evaluation_id.eq(evaluation_id))
         .filter(evaluation_results::tenant_id.eq(tenant_id))
         .filter(evaluation_results::item_position.between(first, last))
-        .select((evaluation_results::item_position, evaluation_results::model))
+        .select((
+            evaluation_results::item_position,
+            evaluation_results::model,
+            evaluation_results::repeat_index,
+        ))
         .load(conn)
         .await?;
     Ok(rows.into_iter().collect())
 }
 
-/// Where a page of results starts: after this (position, model).
+/// What a re-grading takes from its source evaluation for one run.
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable)]
+#[diesel(table_name = evaluation_results, check_for_backend(diesel::pg::Pg))]
+pub struct StoredOutput {
+    pub item_position: i32,
+    pub model: String,
+    pub repeat_index: i32,
+    pub output: Option<String>,
+    pub latency_ms: Option<i32>,
+    pub input_tokens: i32,
+    pub output_tokens: i32,
+    pub cost_usd: f64,
+    pub attempts: i32,
+    pub finish_reason: Option<String>,
+    pub error: Option<String>,
+}
+
+/// The stored outputs of items in `first..=last`, by run.
+pub async fn stored_outputs(
+    conn: &mut AsyncPgConnection,
+    tenant_id: Uuid,
+    evaluation_id: Uuid,
+    first: i32,
+    last: i32,
+) -> QueryResult<HashMap<RunKey, StoredOutput>> {
+    let rows: Vec<StoredOutput> = evaluation_results::table
+        .filter(evaluation_results::evaluation_id.eq(evaluation_id))
+        .filter(evaluation_results::tenant_id.eq(tenant_id))
+        .filter(evaluation_results::item_position.between(first, last))
+        .select(StoredOutput::as_select())
+        .load(conn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            (
+                (row.item_position, row.model.clone(), row.repeat_index),
+                row,
+            )
+        })
+        .collect())
+}
+
+/// Where a page of results starts: after this (position, model, repeat).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResultCursor {
     pub position: i32,
     pub model: String,
+    pub repeat: i32,
 }
 
 impl ResultCursor {
-    /// The cursor's text form: `<position>:<model>`.
+    /// The cursor's text form: `<position>:<repeat>:<model>` (the model last,
+    /// since model names may hold colons).
     pub fn encode(&self) -> String {
-        format!("{}:{}", self.position, self.model)
+        format!("{}:{}:{}", self.position, self.repeat, self.model)
     }
 
     pub fn decode(text: &str) -> Option<Self> {
-        let (position, model) = text.split_once(':')?;
+        let (position, rest) = text.split_once(':')?;
+        let (repeat, model) = rest.split_once(':')?;
         Some(Self {
             position: position
                 .parse()
                 .ok()
                 .filter(|position: &i32| *position >= 0)?,
+            repeat: repeat.parse().ok().filter(|repeat: &i32| *repeat >= 0)?,
             model: model.to_owned(),
         })
     }
 }
 
-/// Results in (position, model) order, after `after`.
+/// Results in (position, model, repeat) order, after `after`.
 pub async fn page(
     conn: &mut AsyncPgConnection,
     tenant_id: Uuid,
@@ -190,23 +250,23 @@ pub async fn page(
     after: Option<&ResultCursor>,
     limit: i64,
 ) -> QueryResult<Page<EvaluationResult>> {
+    use evaluation_results::{item_position, model, repeat_index};
     let mut query = evaluation_results::table
         .filter(evaluation_results::evaluation_id.eq(evaluation_id))
         .filter(evaluation_results::tenant_id.eq(tenant_id))
-        .order((
-            evaluation_results::item_position.asc(),
-            evaluation_results::model.asc(),
-        ))
+        .order((item_position.asc(), model.asc(), repeat_index.asc()))
         .limit(limit + 1)
         .select(EvaluationResult::as_select())
         .into_boxed();
     if let Some(cursor) = after {
         query = query.filter(
-            evaluation_results::item_position.gt(cursor.position).or(
-                evaluation_results::item_position
-                    .eq(cursor.position)
-                    .and(evaluation_results::model.gt(cursor.model.clone())),
-            ),
+            item_position
+                .gt(cursor.position)
+                .or(item_position.eq(cursor.position).and(
+                    model.gt(cursor.model.clone()).or(model
+                        .eq(cursor.model.clone())
+                        .and(repeat_index.gt(cursor.repeat))),
+                )),
         );
     }
     Ok(Page::from_overfetched(query.load(conn).await?, limit))
@@ -242,6 +302,9 @@ pub struct ModelSummary {
     pub output_tokens: i64,
     #[diesel(sql_type = Double)]
     pub cost_usd: f64,
+    /// What judge calls cost, apart from generation.
+    #[diesel(sql_type = Double)]
+    pub grading_cost_usd: f64,
 }
 
 /// Per-model figures, computed by PostgreSQL from the rows themselves.
@@ -264,7 +327,8 @@ pub async fn summarize(
                     FILTER (WHERE output IS NOT NULL) AS latency_p95_ms,
                 coalesce(sum(input_tokens), 0)::int8 AS input_tokens,
                 coalesce(sum(output_tokens), 0)::int8 AS output_tokens,
-                coalesce(sum(cost_usd), 0)::float8 AS cost_usd
+                coalesce(sum(cost_usd), 0)::float8 AS cost_usd,
+                coalesce(sum(grading_cost_usd), 0)::float8 AS grading_cost_usd
          FROM evaluation_results
          WHERE evaluation_id = $1 AND tenant_id = $2
          GROUP BY model",
@@ -273,6 +337,156 @@ pub async fn summarize(
     .bind::<SqlUuid, _>(tenant_id)
     .load(conn)
     .await
+}
+
+/// Figures of one grader (by its index in the grader list) on one model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, QueryableByName)]
+pub struct GraderSummary {
+    #[diesel(sql_type = Int8)]
+    pub index: i64,
+    #[diesel(sql_type = Text)]
+    pub grader: String,
+    #[diesel(sql_type = Text)]
+    pub model: String,
+    /// Results this grader judged or failed to judge.
+    #[diesel(sql_type = Int8)]
+    pub total: i64,
+    #[diesel(sql_type = Int8)]
+    pub passed: i64,
+    /// Judged and not passed.
+    #[diesel(sql_type = Int8)]
+    pub failed: i64,
+    /// Could not judge (grader errors), counted apart from failures.
+    #[diesel(sql_type = Int8)]
+    pub errors: i64,
+    /// passed / (passed + failed).
+    #[diesel(sql_type = Nullable<Double>)]
+    pub pass_rate: Option<f64>,
+    /// Mean score over judged results.
+    #[diesel(sql_type = Nullable<Double>)]
+    pub mean_score: Option<f64>,
+}
+
+/// Per grader and model, from the grades stored with each result.
+pub async fn summarize_graders(
+    conn: &mut AsyncPgConnection,
+    tenant_id: Uuid,
+    evaluation_id: Uuid,
+) -> QueryResult<Vec<GraderSummary>> {
+    diesel::sql_query(
+        "SELECT (g.ordinality - 1)::int8 AS index,
+                min(g.grade->>'grader') AS grader,
+                r.model,
+                count(*) AS total,
+                count(*) FILTER (WHERE (g.grade->>'passed')::boolean AND NOT g.grade ? 'error') AS passed,
+                count(*) FILTER (WHERE NOT (g.grade->>'passed')::boolean AND NOT g.grade ? 'error') AS failed,
+                count(*) FILTER (WHERE g.grade ? 'error') AS errors,
+                (count(*) FILTER (WHERE (g.grade->>'passed')::boolean AND NOT g.grade ? 'error'))::float8
+                    / nullif(count(*) FILTER (WHERE NOT g.grade ? 'error'), 0) AS pass_rate,
+                avg((g.grade->>'score')::float8) FILTER (WHERE NOT g.grade ? 'error') AS mean_score
+         FROM evaluation_results r,
+              jsonb_array_elements(r.grades) WITH ORDINALITY AS g(grade, ordinality)
+         WHERE r.evaluation_id = $1 AND r.tenant_id = $2
+         GROUP BY g.ordinality, r.model
+         ORDER BY g.ordinality, r.model",
+    )
+    .bind::<SqlUuid, _>(evaluation_id)
+    .bind::<SqlUuid, _>(tenant_id)
+    .load(conn)
+    .await
+}
+
+/// Passes and runs of one item on one model.
+#[derive(Debug, Clone, PartialEq, QueryableByName)]
+pub struct ItemRuns {
+    #[diesel(sql_type = Text)]
+    pub model: String,
+    #[diesel(sql_type = Text)]
+    pub item_key: String,
+    #[diesel(sql_type = Int8)]
+    pub passes: i64,
+    #[diesel(sql_type = Int8)]
+    pub runs: i64,
+}
+
+pub async fn item_runs(
+    conn: &mut AsyncPgConnection,
+    tenant_id: Uuid,
+    evaluation_id: Uuid,
+) -> QueryResult<Vec<ItemRuns>> {
+    diesel::sql_query(
+        "SELECT model, min(item_key) AS item_key,
+                count(*) FILTER (WHERE status = 'passed') AS passes, count(*) AS runs
+         FROM evaluation_results
+         WHERE evaluation_id = $1 AND tenant_id = $2
+         GROUP BY model, item_position
+         ORDER BY model, item_position",
+    )
+    .bind::<SqlUuid, _>(evaluation_id)
+    .bind::<SqlUuid, _>(tenant_id)
+    .load(conn)
+    .await
+}
+
+/// Pass statistics of one model over items run `k` times each.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RepeatStats {
+    /// Runs per item.
+    pub k: i64,
+    /// Mean over items of their pass fraction.
+    pub mean_pass_rate: f64,
+    /// 95% confidence interval of that mean: ±1.96 standard errors of the
+    /// per-item pass fractions (clustered by item, since runs of one item are
+    /// not independent), clamped to [0, 1].
+    pub pass_rate_ci95: [f64; 2],
+    /// Share of items with at least one passing run among k (pass@k).
+    pub pass_at_k: f64,
+    /// Share of items whose k runs all pass (pass^k).
+    pub pass_pow_k: f64,
+    /// Items whose runs disagree (some pass, some do not), by item id.
+    pub flaky_items: Vec<String>,
+    /// Pass fraction of every item, by item id, in item order.
+    pub item_pass_fractions: Vec<(String, f64)>,
+}
+
+impl RepeatStats {
+    /// Statistics over `items` (one model's), each with its passes and runs.
+    pub fn compute(items: &[&ItemRuns]) -> Option<Self> {
+        let k = items.iter().map(|item| item.runs).max()?;
+        let fractions: Vec<f64> = items
+            .iter()
+            .map(|item| item.passes as f64 / item.runs as f64)
+            .collect();
+        let n = fractions.len() as f64;
+        let mean = fractions.iter().sum::<f64>() / n;
+        let variance = if fractions.len() > 1 {
+            fractions
+                .iter()
+                .map(|fraction| (fraction - mean).powi(2))
+                .sum::<f64>()
+                / (n - 1.0)
+        } else {
+            0.0
+        };
+        let half_width = 1.96 * (variance / n).sqrt();
+        Some(Self {
+            k,
+            mean_pass_rate: mean,
+            pass_rate_ci95: [(mean - half_width).max(0.0), (mean + half_width).min(1.0)],
+            pass_at_k: items.iter().filter(|item| item.passes > 0).count() as f64 / n,
+            pass_pow_k: items.iter().filter(|item| item.passes == item.runs).count() as f64 / n,
+            flaky_items: items
+                .iter()
+                .filter(|item| item.passes > 0 && item.passes < item.runs)
+                .map(|item| item.item_key.clone())
+                .collect(),
+            item_pass_fractions: items
+                .iter()
+                .zip(&fractions)
+                .map(|(item, fraction)| (item.item_key.clone(), *fraction))
+                .collect(),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -284,10 +498,56 @@ mod tests {
         let cursor = ResultCursor {
             position: 41,
             model: "mock:latency=5ms,wrong=0.2".to_owned(),
+            repeat: 3,
         };
         assert_eq!(ResultCursor::decode(&cursor.encode()), Some(cursor));
-        assert_eq!(ResultCursor::decode("x:mock"), None);
-        assert_eq!(ResultCursor::decode("-1:mock"), None);
+        assert_eq!(ResultCursor::decode("x:0:mock"), None);
+        assert_eq!(ResultCursor::decode("-1:0:mock"), None);
+        assert_eq!(ResultCursor::decode("12:mock"), None);
         assert_eq!(ResultCursor::decode("12"), None);
+    }
+
+    fn runs(key: &str, passes: i64, runs: i64) -> ItemRuns {
+        ItemRuns {
+            model: "m".to_owned(),
+            item_key: key.to_owned(),
+            passes,
+            runs,
+        }
+    }
+
+    #[test]
+    fn repeat_statistics_by_hand() {
+        // Pass fractions 1, 0.8, 0.6, 0.8: mean 0.8; pass@5 = 1; pass^5 = 1/4; flaky: b, c, d.
+        let items = [
+            runs("a", 5, 5),
+            runs("b", 4, 5),
+            runs("c", 3, 5),
+            runs("d", 4, 5),
+        ];
+        let stats = RepeatStats::compute(&items.iter().collect::<Vec<_>>()).unwrap();
+        assert_eq!(stats.k, 5);
+        assert!((stats.mean_pass_rate - 0.8).abs() < 1e-12);
+        assert_eq!(stats.pass_at_k, 1.0);
+        assert_eq!(stats.pass_pow_k, 0.25);
+        assert_eq!(stats.flaky_items, ["b", "c", "d"]);
+        // Sample variance: (0.04 + 0 + 0.04 + 0) / 3; standard error sqrt(variance / 4).
+        let half = 1.96 * (0.08_f64 / 3.0 / 4.0).sqrt();
+        assert!(
+            (stats.pass_rate_ci95[0] - (0.8 - half)).abs() < 1e-9,
+            "{:?}",
+            stats.pass_rate_ci95
+        );
+        assert!(
+            (stats.pass_rate_ci95[1] - (0.8 + half)).abs() < 1e-9,
+            "{:?}",
+            stats.pass_rate_ci95
+        );
+        assert_eq!(stats.item_pass_fractions[2], ("c".to_owned(), 0.6));
+        // A wide interval is clamped to [0, 1].
+        let spread = [runs("x", 5, 5), runs("y", 0, 5)];
+        let stats = RepeatStats::compute(&spread.iter().collect::<Vec<_>>()).unwrap();
+        assert_eq!(stats.pass_rate_ci95, [0.0, 1.0]);
+        assert!(RepeatStats::compute(&[]).is_none());
     }
 }
