@@ -7,7 +7,7 @@ BIN := $(CARGO_TARGET_DIR)/debug
 DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/assay
 export DATABASE_URL
 
-.PHONY: deps build migrate demo test schema-check schema lint fmt clean
+.PHONY: deps build migrate demo test bench schema-check schema lint fmt clean
 
 ## deps: check that PostgreSQL and Redis answer (start or install them if not)
 deps:
@@ -30,6 +30,10 @@ demo: deps build
 ## test: unit, integration and end-to-end tests against local PostgreSQL and Redis
 test: deps build schema-check
 	@bash scripts/test.sh
+
+## bench: run the benchmarks and append their figures to BENCHMARKS.md
+bench: deps
+	@bash scripts/bench.sh
 
 ## schema-check: fail if core/src/db/schema.rs differs from what the migrations produce
 schema-check: build

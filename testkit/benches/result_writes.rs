@@ -1,0 +1,67 @@
+//! Cost of writing one result row: 20,000 rows in 500-row batches through
+//! `insert_batch` (the worker's path: INSERT ... ON CONFLICT DO NOTHING
+//! RETURNING plus the counter update) into a fresh database. Prints
+//! `result_write: <ns> ns/row` for `make bench`.
+
+use std::time::Instant;
+
+use assay_core::db::models::results::{self, NewResult};
+use assay_testkit::TestDatabase;
+use diesel_async::RunQueryDsl;
+use serde_json::json;
+use uuid::Uuid;
+
+const ROWS: usize = 20_000;
+const BATCH: usize = 500;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let database = TestDatabase::create().await?;
+    let pool = database.pool(2);
+    let mut conn = pool.get().await?;
+    let (tenant, evaluation) = (Uuid::now_v7(), Uuid::now_v7());
+    // The smallest valid evaluation to hang results on.
+    for statement in [
+        format!("INSERT INTO tenants (id, name) VALUES ('{tenant}', 'bench')"),
+        format!("INSERT INTO prompts (id, tenant_id, name) VALUES ('{tenant}', '{tenant}', 'p')"),
+        format!("INSERT INTO prompt_versions (id, tenant_id, prompt_id, version, messages, content_hash, commit_message)
+                 VALUES ('{tenant}', '{tenant}', '{tenant}', 1, '[]', 'h', 'm')"),
+        format!("INSERT INTO datasets (id, tenant_id, name, item_count, variables, all_expected)
+                 VALUES ('{tenant}', '{tenant}', 'd', {ROWS}, '[]', false)"),
+        format!("INSERT INTO evaluations (id, tenant_id, prompt_version_id, dataset_id, models, graders, total)
+                 VALUES ('{evaluation}', '{tenant}', '{tenant}', '{tenant}', '[\"mock\"]', '[]', {ROWS})"),
+    ] {
+        diesel::sql_query(statement).execute(&mut conn).await?;
+    }
+    let grades = json!([{"grader": "contains", "passed": true, "score": 1.0, "reason": "output contains \"Paris\""},
+                        {"grader": "is-json", "passed": false, "score": 0.0, "reason": "output is not JSON"}]);
+    let rows: Vec<NewResult> = (0..ROWS)
+        .map(|position| NewResult {
+            evaluation_id: evaluation,
+            model: "mock".to_owned(),
+            item_position: i32::try_from(position).unwrap(),
+            repeat_index: 0,
+            tenant_id: tenant,
+            item_key: format!("item-{position}"),
+            status: "failed",
+            output: Some("The capital of France is Paris, on the Seine.".to_owned()),
+            score: Some(0.5),
+            grades: grades.clone(),
+            latency_ms: Some(120),
+            input_tokens: 20,
+            output_tokens: 9,
+            cost_usd: 0.000_038,
+            grading_cost_usd: 0.0,
+            attempts: 1,
+            finish_reason: Some("stop".to_owned()),
+            error: None,
+        })
+        .collect();
+    let started = Instant::now();
+    for batch in rows.chunks(BATCH) {
+        results::insert_batch(&mut conn, tenant, evaluation, batch).await?;
+    }
+    let per_row = started.elapsed().as_nanos() / ROWS as u128;
+    println!("result_write: {per_row} ns/row ({ROWS} rows in batches of {BATCH})");
+    Ok(())
+}
