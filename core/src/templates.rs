@@ -161,13 +161,19 @@ fn missing_variables(names: std::collections::HashSet<String>, context: &Value) 
     missing
 }
 
-/// minijinja's message plus its detail ("undefined value" alone does not say which).
+/// minijinja's message plus its detail and, when it knows where, the
+/// expression at fault ("undefined value" alone does not say which).
 fn describe(error: &minijinja::Error) -> String {
     let mut text = error.to_string();
     if let Some(detail) = error.detail()
         && !text.contains(detail)
     {
         text = format!("{text}: {detail}");
+    }
+    if let (Some(range), Some(source)) = (error.range(), error.template_source())
+        && let Some(expression) = source.get(range)
+    {
+        text = format!("{text} at `{expression}`");
     }
     text
 }
@@ -226,6 +232,13 @@ mod tests {
         };
         assert_eq!(index, 0);
         assert!(detail.contains("lacks variable(s) name"), "{detail}");
+    }
+
+    #[test]
+    fn a_missing_attribute_names_the_expression() {
+        let template = PromptTemplate::compile(&messages(&["Hi {{ user.name }}"])).unwrap();
+        let error = template.render(&json!({"user": {}})).unwrap_err();
+        assert!(error.to_string().contains("`user.name`"), "{error}");
     }
 
     #[test]
