@@ -13,3 +13,5 @@ ALTER TABLE evaluations
     DROP COLUMN source_evaluation_id,
     DROP COLUMN threshold,
     DROP COLUMN repeats;
+
+ALTER TABLE dataset_items DROP COLUMN threshold;

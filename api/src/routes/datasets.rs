@@ -122,15 +122,7 @@ pub async fn items(
     query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let limit = query.limit()?;
-    let after = query
-        .after
-        .as_deref()
-        .map(|after| {
-            after
-                .parse::<i32>()
-                .map_err(|_| ApiError::InvalidQuery("after must be an item position".to_owned()))
-        })
-        .transpose()?;
+    let after = query.after_number("an item position")?;
     let mut conn = state.pool.get().await?;
     datasets::get(&mut conn, caller.tenant_id, *path)
         .await?

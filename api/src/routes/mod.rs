@@ -114,6 +114,18 @@ impl PageQuery {
         }
     }
 
+    /// `after` parsed as a number (a position or a version); `what` names it in the error.
+    pub fn after_number(&self, what: &str) -> Result<Option<i32>, ApiError> {
+        self.after
+            .as_deref()
+            .map(|after| {
+                after
+                    .parse::<i32>()
+                    .map_err(|_| ApiError::InvalidQuery(format!("after must be {what}")))
+            })
+            .transpose()
+    }
+
     /// `after` parsed as a resource id.
     pub fn after_id(&self) -> Result<Option<uuid::Uuid>, ApiError> {
         self.after

@@ -211,15 +211,7 @@ pub async fn list_versions(
     query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let limit = query.limit()?;
-    let after = query
-        .after
-        .as_deref()
-        .map(|after| {
-            after
-                .parse::<i32>()
-                .map_err(|_| ApiError::InvalidQuery("after must be a version number".to_owned()))
-        })
-        .transpose()?;
+    let after = query.after_number("a version number")?;
     let mut conn = state.pool.get().await?;
     prompts::get(&mut conn, caller.tenant_id, *path)
         .await?

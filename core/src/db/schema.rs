@@ -19,6 +19,7 @@ diesel::table! {
         item_key -> Text,
         vars -> Jsonb,
         expected -> Nullable<Jsonb>,
+        threshold -> Nullable<Float8>,
     }
 }
 

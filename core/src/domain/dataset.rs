@@ -21,17 +21,31 @@ pub struct DatasetItemInput {
     pub vars: Map<String, Value>,
     #[serde(default)]
     pub expected: Option<Value>,
+    /// The item's pass mark on its weighted grader score (0 to 1); without
+    /// one, the evaluation's `threshold` applies, and without that, every
+    /// grader must pass.
+    #[serde(default)]
+    pub threshold: Option<f64>,
 }
 
 /// Items that passed validation, with what evaluations need to know about them.
 #[derive(Debug, Clone)]
 pub struct ParsedDataset {
-    /// (item key, vars, expected), in order.
-    pub items: Vec<(String, Value, Option<Value>)>,
+    /// Items in order.
+    pub items: Vec<ParsedItem>,
     /// Variables every item defines.
     pub variables: Vec<String>,
     /// Whether every item has an expected output.
     pub all_expected: bool,
+}
+
+/// One checked item.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParsedItem {
+    pub key: String,
+    pub vars: Value,
+    pub expected: Option<Value>,
+    pub threshold: Option<f64>,
 }
 
 /// Checks items (at least one; unique ids) and derives the variables all of them define.
@@ -71,8 +85,21 @@ pub fn validate_items(items: Vec<DatasetItemInput>) -> Result<ParsedDataset, Inv
             None => keys,
             Some(common) => common.intersection(&keys).cloned().collect(),
         });
+        if let Some(threshold) = item.threshold
+            && !(0.0..=1.0).contains(&threshold)
+        {
+            return Err(InvalidInput::new(
+                format!("items[{position}].threshold"),
+                "must be a number between 0 and 1",
+            ));
+        }
         all_expected &= item.expected.is_some();
-        parsed.push((key, Value::Object(item.vars), item.expected));
+        parsed.push(ParsedItem {
+            key,
+            vars: Value::Object(item.vars),
+            expected: item.expected,
+            threshold: item.threshold,
+        });
     }
     Ok(ParsedDataset {
         items: parsed,
@@ -113,7 +140,7 @@ mod tests {
         .unwrap();
         assert_eq!(parsed.variables, vec!["q".to_owned()]);
         assert!(parsed.all_expected);
-        assert_eq!(parsed.items[1].0, "1");
+        assert_eq!(parsed.items[1].key, "1");
     }
 
     #[test]
@@ -125,6 +152,14 @@ mod tests {
         ])
         .unwrap_err();
         assert_eq!(error.field, "items[1].id");
+    }
+
+    #[test]
+    fn item_thresholds_are_fractions() {
+        let error = validate_items(vec![item(json!({"vars": {}, "threshold": 1.2}))]).unwrap_err();
+        assert_eq!(error.field, "items[0].threshold");
+        let parsed = validate_items(vec![item(json!({"vars": {}, "threshold": 0.5}))]).unwrap();
+        assert_eq!(parsed.items[0].threshold, Some(0.5));
     }
 
     #[test]

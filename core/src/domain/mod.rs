@@ -5,7 +5,7 @@ mod dataset;
 mod evaluation;
 mod prompt;
 
-pub use dataset::{DatasetItemInput, ParsedDataset, parse_jsonl_items, validate_items};
+pub use dataset::{DatasetItemInput, ParsedDataset, ParsedItem, parse_jsonl_items, validate_items};
 pub use evaluation::{
     DatasetShape, EvaluationRequest, MAX_REPEAT, validate_graders, validate_threshold,
 };

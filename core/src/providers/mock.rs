@@ -279,12 +279,17 @@ fn unit_interval(fingerprint: u64, purpose: u64) -> f64 {
 
 #[derive(Debug)]
 pub struct MockProvider {
+    /// The model name it serves, for its own call counter.
+    name: String,
     options: MockOptions,
 }
 
 impl MockProvider {
-    pub fn new(options: MockOptions) -> Self {
-        Self { options }
+    pub fn new(name: &str, options: MockOptions) -> Self {
+        Self {
+            name: name.to_owned(),
+            options,
+        }
     }
 }
 
@@ -295,6 +300,9 @@ impl Provider for MockProvider {
     }
 
     async fn complete(&self, request: CompletionRequest<'_>) -> Result<Completion, ProviderError> {
+        // Counted by the mock itself, as a mock server would count requests:
+        // tests use it to prove that a path made no call at all.
+        metrics::counter!("assay_mock_calls_total", "model" => self.name.clone()).increment(1);
         let delay = self.options.delay(request.messages);
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
@@ -447,7 +455,10 @@ mod tests {
 
     #[tokio::test]
     async fn sleeps_for_its_latency() {
-        let provider = MockProvider::new(MockOptions::parse("mock:latency=30ms").unwrap());
+        let provider = MockProvider::new(
+            "mock:latency=30ms",
+            MockOptions::parse("mock:latency=30ms").unwrap(),
+        );
         let started = std::time::Instant::now();
         let messages = user("hi");
         let params = crate::domain::ModelParams::default();

@@ -117,7 +117,7 @@ impl ModelCatalog {
             name: name.to_owned(),
             price: options.price,
             max_attempts: 3,
-            provider: Arc::new(mock::MockProvider::new(options)),
+            provider: Arc::new(mock::MockProvider::new(name, options)),
         })
     }
 

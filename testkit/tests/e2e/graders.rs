@@ -322,8 +322,14 @@ async fn a_regrade_calls_no_generating_model() {
         .await;
     let original = stack.wait_finished(&id, Duration::from_secs(60)).await;
     assert_eq!(original["status"], "succeeded");
+    // Counted by the mock provider itself, and by the worker's call layer.
+    let generator_label = format!("model=\"{generator}\"");
+    let mock_before = stack
+        .metric_sum("assay_mock_calls_total", &[&generator_label])
+        .await;
+    assert_eq!(mock_before, OUTPUTS.len() as f64);
     let generated_before = stack
-        .llm_calls(&[&format!("model=\"{generator}\""), "purpose=\"generate\""])
+        .llm_calls(&[&generator_label, "purpose=\"generate\""])
         .await;
     assert_eq!(generated_before, OUTPUTS.len() as f64);
 
@@ -347,8 +353,15 @@ async fn a_regrade_calls_no_generating_model() {
         .await;
     assert_eq!(regraded["status"], "succeeded", "{regraded}");
 
+    let mock_after = stack
+        .metric_sum("assay_mock_calls_total", &[&generator_label])
+        .await;
+    assert_eq!(
+        mock_after, mock_before,
+        "the generating model's mock saw no call"
+    );
     let generated_after = stack
-        .llm_calls(&[&format!("model=\"{generator}\""), "purpose=\"generate\""])
+        .llm_calls(&[&generator_label, "purpose=\"generate\""])
         .await;
     assert_eq!(
         generated_after, generated_before,
@@ -412,4 +425,28 @@ async fn a_regrade_calls_no_generating_model() {
         .unwrap();
     assert_eq!(bad.status, 422);
     assert_eq!(bad.body["field"], "graders[0].pattern");
+}
+
+#[tokio::test]
+async fn an_items_threshold_wins_over_the_evaluations() {
+    let stack = Stack::start(1, &[]).await;
+    let id = stack
+        .submit_body(json!({
+            "prompt_version_id": stack.prompt("{{ text }}").await,
+            "dataset_id": stack.dataset(vec![
+                json!({"id": "own", "vars": {"text": "Paris"}, "threshold": 0.5}),
+                json!({"id": "default", "vars": {"text": "Paris"}}),
+            ]).await,
+            "models": ["mock"],
+            "graders": [{"type": "contains", "value": "Paris"}, {"type": "contains", "value": "Rome"}],
+            "threshold": 0.9,
+        }))
+        .await;
+    let evaluation = stack.wait_finished(&id, Duration::from_secs(60)).await;
+    let results = stack.results(&id).await;
+    // Both score 0.5: the item's own 0.5 passes it; the evaluation's 0.9 fails the other.
+    assert_eq!(results[0]["item_key"], "own");
+    assert_eq!(results[0]["score"], 0.5);
+    assert_eq!(results[0]["status"], "passed", "{evaluation}");
+    assert_eq!(results[1]["status"], "failed");
 }

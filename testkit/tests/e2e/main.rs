@@ -194,12 +194,16 @@ impl Stack {
 
     /// Sum of `assay_llm_calls_total` samples over every worker whose labels contain all of `labels`.
     pub async fn llm_calls(&self, labels: &[&str]) -> f64 {
+        self.metric_sum("assay_llm_calls_total", labels).await
+    }
+
+    /// Sum of a counter's samples over every worker whose labels contain all of `labels`.
+    pub async fn metric_sum(&self, metric: &str, labels: &[&str]) -> f64 {
+        let prefix = format!("{metric}{{");
         let mut total = 0.0;
         for index in 0..self.workers.len() {
             for line in self.worker_metrics(index).await.lines() {
-                if line.starts_with("assay_llm_calls_total{")
-                    && labels.iter().all(|label| line.contains(label))
-                {
+                if line.starts_with(&prefix) && labels.iter().all(|label| line.contains(label)) {
                     total += line.rsplit(' ').next().unwrap().parse::<f64>().unwrap();
                 }
             }

@@ -279,6 +279,9 @@ async fn produce(
         };
         after = page.data.last().map(|item| item.position);
         for item in page.data {
+            if env.shutting_down() || results.is_closed() {
+                break;
+            }
             let item = Arc::new(item);
             let context = Arc::new(item.template_context());
             let rendered = Arc::new(plan.template.render(&context));
@@ -349,6 +352,21 @@ struct Generated {
     finish_reason: Option<String>,
 }
 
+impl Generated {
+    /// No output, for `reason`, and nothing spent.
+    fn nothing(reason: String) -> Self {
+        Self {
+            output: Err(reason),
+            latency_ms: None,
+            input_tokens: 0,
+            output_tokens: 0,
+            cost_usd: 0.0,
+            attempts: 0,
+            finish_reason: None,
+        }
+    }
+}
+
 /// Calls one model on one rendered item (with retries), or takes the stored
 /// output of a re-grading, and grades the answer.
 async fn evaluate_one(
@@ -397,13 +415,9 @@ async fn evaluate_one(
         cost_usd: result.cost_usd,
         finish_reason: result.finish_reason.as_deref(),
     };
-    let verdict = graders::grade_all(
-        &plan.graders,
-        &input,
-        &plan.judge,
-        plan.evaluation.threshold,
-    )
-    .await;
+    // The item's own pass mark wins over the evaluation's.
+    let threshold = item.threshold.or(plan.evaluation.threshold);
+    let verdict = graders::grade_all(&plan.graders, &input, &plan.judge, threshold).await;
     result.status = if verdict.errored {
         ResultStatus::Errored
     } else if verdict.passed {
@@ -433,22 +447,11 @@ async fn generate(
     params: &ModelParams,
     repeat: i32,
 ) -> Generated {
-    let mut generated = Generated {
-        output: Err(String::new()),
-        latency_ms: None,
-        input_tokens: 0,
-        output_tokens: 0,
-        cost_usd: 0.0,
-        attempts: 0,
-        finish_reason: None,
-    };
     let messages = match rendered {
         Ok(messages) => messages,
-        Err(error) => {
-            generated.output = Err(format!("template: {error}"));
-            return generated;
-        }
+        Err(error) => return Generated::nothing(format!("template: {error}")),
     };
+    let mut generated = Generated::nothing(String::new());
     let repeat = u32::try_from(repeat).unwrap_or(0);
     let (answer, attempts) = call_with_retries(model, messages, params, repeat, "generate").await;
     generated.attempts = i32::try_from(attempts).unwrap_or(i32::MAX);
@@ -476,15 +479,7 @@ async fn generate(
 /// A re-grading's output: what the source stored, at the source's cost.
 fn from_source(stored: Option<results::StoredOutput>) -> Generated {
     let Some(stored) = stored else {
-        return Generated {
-            output: Err("the source evaluation has no result for this run".to_owned()),
-            latency_ms: None,
-            input_tokens: 0,
-            output_tokens: 0,
-            cost_usd: 0.0,
-            attempts: 0,
-            finish_reason: None,
-        };
+        return Generated::nothing("the source evaluation has no result for this run".to_owned());
     };
     Generated {
         output: stored.output.ok_or_else(|| {

@@ -12,7 +12,7 @@ use super::events::{self, NewEvent};
 use crate::db::schema::{dataset_items, datasets};
 use crate::domain::ParsedDataset;
 
-/// Rows per INSERT: 6 columns each, well under PostgreSQL's 65,535 bind parameters.
+/// Rows per INSERT: 7 columns each, well under PostgreSQL's 65,535 bind parameters.
 const ITEM_BATCH: usize = 5_000;
 
 #[derive(Debug, Clone, Queryable, Selectable, serde::Serialize)]
@@ -45,6 +45,8 @@ pub struct DatasetItem {
     pub item_key: String,
     pub vars: Value,
     pub expected: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
 }
 
 impl DatasetItem {
@@ -70,6 +72,7 @@ struct NewItem<'a> {
     item_key: &'a str,
     vars: &'a Value,
     expected: Option<&'a Value>,
+    threshold: Option<f64>,
 }
 
 pub async fn create(
@@ -99,13 +102,14 @@ pub async fn create(
             let rows: Vec<NewItem<'_>> = batch
                 .iter()
                 .enumerate()
-                .map(|(offset, (key, vars, expected))| NewItem {
+                .map(|(offset, item)| NewItem {
                     dataset_id: dataset.id,
                     position: i32::try_from(batch_index * ITEM_BATCH + offset).expect("validated"),
                     tenant_id,
-                    item_key: key,
-                    vars,
-                    expected: expected.as_ref(),
+                    item_key: &item.key,
+                    vars: &item.vars,
+                    expected: item.expected.as_ref(),
+                    threshold: item.threshold,
                 })
                 .collect();
             diesel::insert_into(dataset_items::table)
