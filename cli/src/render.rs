@@ -72,7 +72,7 @@ pub fn print_summary(evaluation: &Value) {
             .as_array()
             .map(|graders| graders
                 .iter()
-                .filter_map(Value::as_str)
+                .filter_map(|grader| grader["type"].as_str())
                 .collect::<Vec<_>>()
                 .join(", "))
             .unwrap_or_default()

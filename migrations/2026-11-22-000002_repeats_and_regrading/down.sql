@@ -13,5 +13,3 @@ ALTER TABLE evaluations
     DROP COLUMN source_evaluation_id,
     DROP COLUMN threshold,
     DROP COLUMN repeats;
-
-ALTER TABLE dataset_items DROP COLUMN threshold;

@@ -11,10 +11,6 @@ ALTER TABLE evaluations
     ADD CONSTRAINT evaluations_source_fkey
         FOREIGN KEY (tenant_id, source_evaluation_id) REFERENCES evaluations (tenant_id, id);
 
--- An item's own pass mark on its weighted score (overrides the evaluation's).
-ALTER TABLE dataset_items
-    ADD COLUMN threshold double precision CHECK (threshold BETWEEN 0 AND 1);
-
 ALTER TABLE evaluation_results
     ADD COLUMN repeat_index integer NOT NULL DEFAULT 0 CHECK (repeat_index >= 0),
     ADD COLUMN finish_reason text,

@@ -1,0 +1,1 @@
+ALTER TABLE dataset_items DROP COLUMN threshold;
