@@ -3,6 +3,7 @@
 //! to keep link time down).
 
 mod bad_input;
+mod queue_outage;
 mod resources;
 mod tenancy;
 
@@ -20,12 +21,17 @@ pub struct TestApp {
 
 impl TestApp {
     pub async fn spawn() -> TestApp {
+        Self::spawn_with_redis(None).await
+    }
+
+    /// With `redis_url`, the app reaches Redis there (e.g. through a proxy a test can cut).
+    pub async fn spawn_with_redis(redis_url: Option<String>) -> TestApp {
         let database = TestDatabase::create().await.expect("test database");
         let redis = TestRedis::new();
         let config = ApiConfig {
             settings: Settings {
                 database_url: database.url.clone(),
-                redis_url: redis.url.clone(),
+                redis_url: redis_url.unwrap_or_else(|| redis.url.clone()),
                 queue_prefix: redis.prefix.clone(),
                 database_pool_size: 4,
             },
