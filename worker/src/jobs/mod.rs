@@ -17,7 +17,7 @@ use tracing::Instrument;
 
 use crate::environment::Environment;
 
-/// Runs of one job before its evaluation is marked failed. Under the
+/// Runs of one job (apalis counts them from 1) before its evaluation is marked failed. Under the
 /// backend's own limit of 25, so that Assay, not apalis, decides.
 pub const MAX_ATTEMPTS: usize = 12;
 
@@ -54,7 +54,7 @@ pub async fn run_evaluation(
             tracing::info!(evaluation.id = %job.evaluation_id, "released on shutdown: {error:#}");
             Err(format!("{error:#}").into())
         }
-        Err(evaluation::JobError::Transient(error)) if attempt.current() + 1 >= MAX_ATTEMPTS => {
+        Err(evaluation::JobError::Transient(error)) if attempt.current() >= MAX_ATTEMPTS => {
             finished("failed");
             let reason = format!("gave up after {MAX_ATTEMPTS} attempts: {error:#}");
             tracing::error!(evaluation.id = %job.evaluation_id, reason, "evaluation failed");
