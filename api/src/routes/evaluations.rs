@@ -4,7 +4,7 @@ use actix_web::{HttpResponse, web};
 use assay_core::db::models::evaluations::{self, Evaluation, NewEvaluation};
 use assay_core::db::models::results::{self, EvaluationResult, ResultCursor};
 use assay_core::db::models::{datasets, prompts};
-use assay_core::domain::{DatasetShape, EvaluationRequest, validate_graders, validate_threshold};
+use assay_core::domain::{EvaluationRequest, validate_graders, validate_threshold};
 use assay_core::queue::EvaluationJob;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -95,14 +95,7 @@ pub async fn create(
             "stored prompt version does not parse: {error}"
         ))
     })?;
-    let graders = request.validate(
-        &state.catalog,
-        &content,
-        &DatasetShape {
-            variables: dataset.variable_names(),
-            all_expected: dataset.all_expected,
-        },
-    )?;
+    let graders = request.validate(&state.catalog, &content, &dataset.shape())?;
     let repeats = request.repeat.unwrap_or(1);
     let total = i64::from(dataset.item_count) * request.models.len() as i64 * i64::from(repeats);
     let total = i32::try_from(total).map_err(|_| {
@@ -200,14 +193,7 @@ pub async fn regrade(
         .await?
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("the evaluation's dataset is gone")))?;
     validate_threshold(body.threshold)?;
-    let graders = validate_graders(
-        &state.catalog,
-        &body.graders,
-        &DatasetShape {
-            variables: dataset.variable_names(),
-            all_expected: dataset.all_expected,
-        },
-    )?;
+    let graders = validate_graders(&state.catalog, &body.graders, &dataset.shape())?;
     let new = NewEvaluation {
         id: Uuid::now_v7(),
         tenant_id: caller.tenant_id,

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::Page;
 use super::events::{self, NewEvent};
 use crate::db::schema::{dataset_items, datasets};
-use crate::domain::ParsedDataset;
+use crate::domain::{DatasetShape, ParsedDataset};
 
 /// Rows per INSERT: 7 columns each, well under PostgreSQL's 65,535 bind parameters.
 const ITEM_BATCH: usize = 5_000;
@@ -32,8 +32,12 @@ pub struct Dataset {
 }
 
 impl Dataset {
-    pub fn variable_names(&self) -> Vec<String> {
-        serde_json::from_value(self.variables.clone()).unwrap_or_default()
+    /// What the dataset offers templates: the variables every item defines.
+    pub fn shape(&self) -> DatasetShape {
+        DatasetShape {
+            variables: serde_json::from_value(self.variables.clone()).unwrap_or_default(),
+            all_expected: self.all_expected,
+        }
     }
 }
 
