@@ -103,6 +103,9 @@ impl Drop for TestDatabase {
     }
 }
 
+/// apalis' global registry of queues (a sorted set of `<queue>:workers` keys).
+const APALIS_QUEUES: &str = "core:apalis:queues:list";
+
 /// A unique Redis key prefix; every key under it is deleted on drop.
 pub struct TestRedis {
     pub url: String,
@@ -142,6 +145,22 @@ impl Drop for TestRedis {
             let keys = self.keys()?;
             if !keys.is_empty() {
                 redis::cmd("DEL").arg(keys).query::<()>(&mut conn)?;
+            }
+            // apalis lists every queue's workers key in one global set.
+            let queues: Vec<String> = redis::cmd("ZRANGE")
+                .arg(APALIS_QUEUES)
+                .arg(0)
+                .arg(-1)
+                .query(&mut conn)?;
+            let ours: Vec<&String> = queues
+                .iter()
+                .filter(|queue| queue.starts_with(&self.prefix))
+                .collect();
+            if !ours.is_empty() {
+                redis::cmd("ZREM")
+                    .arg(APALIS_QUEUES)
+                    .arg(ours)
+                    .query::<()>(&mut conn)?;
             }
             Ok(())
         })();

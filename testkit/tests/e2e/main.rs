@@ -11,12 +11,16 @@ use assay_testkit::{Client, Process, TestDatabase, TestRedis, eventually, free_p
 use serde_json::{Value, json};
 
 /// The API and some workers on a fresh database and Redis prefix.
+///
+/// Fields drop in declaration order: the processes are killed before their
+/// database is dropped and their Redis keys are deleted, so no heartbeat
+/// lands after the clean-up.
 pub struct Stack {
+    pub workers: Vec<(Process, u16)>,
+    pub api: Process,
+    pub client: Client,
     pub database: TestDatabase,
     pub redis: TestRedis,
-    pub api: Process,
-    pub workers: Vec<(Process, u16)>,
-    pub client: Client,
 }
 
 impl Stack {
