@@ -7,12 +7,14 @@
 //! - [`Process`]: one of the project's binaries started as a child process
 //!   (killed on drop), for tests that must see real processes die.
 //! - [`Client`]: a small JSON client with a bearer key.
+//! - [`Proxy`]: a TCP proxy a test can cut, to take Redis away from one process.
 //!
 //! Defaults match the local services; `ASSAY_TEST_ADMIN_DATABASE_URL` and
 //! `ASSAY_TEST_REDIS_URL` point elsewhere.
 
 pub mod client;
 mod process;
+mod proxy;
 
 use std::time::Duration;
 
@@ -21,6 +23,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 pub use client::Client;
 pub use process::{Process, binary, free_port};
+pub use proxy::Proxy;
 
 fn admin_url() -> String {
     std::env::var("ASSAY_TEST_ADMIN_DATABASE_URL")

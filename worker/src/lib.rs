@@ -37,11 +37,12 @@ pub struct WorkerConfig {
     pub shutdown_timeout: Duration,
     /// How often an idle worker looks for new jobs.
     pub poll_interval: Duration,
+    /// Restarts of the queue consumer (after Redis errors) before the process
+    /// gives up and exits non-zero, so that its supervisor restarts it. Each
+    /// failing restart takes about 10 s (the connection's reconnect backoff),
+    /// so the default of 30 rides out a Redis outage of about 5 minutes.
+    pub max_restarts: usize,
 }
-
-/// Restarts of the queue consumer (after Redis errors) before the process
-/// gives up and exits non-zero, so that its supervisor restarts it.
-const MAX_CONSUMER_RESTARTS: usize = 30;
 
 /// Runs the worker until SIGTERM or SIGINT (Ok) or until its queue consumer
 /// is gone for good (Err).
@@ -74,7 +75,8 @@ pub async fn run(config: WorkerConfig) -> anyhow::Result<()> {
     let storage = assay_core::queue::evaluation_storage(conn, &settings.queue_prefix, config.jobs);
     let queue = assay_core::queue::evaluation_queue(&settings.queue_prefix);
     let restarts = Arc::new(AtomicUsize::new(0));
-    let (jobs, poll_interval) = (config.jobs, config.poll_interval);
+    let (jobs, poll_interval, max_restarts) =
+        (config.jobs, config.poll_interval, config.max_restarts);
     let monitor = Monitor::new()
         .register(move |restart| {
             // Unique per process and per restart: a name still heartbeating is
@@ -90,8 +92,8 @@ pub async fn run(config: WorkerConfig) -> anyhow::Result<()> {
             let restarts = restarts.clone();
             move |worker, error| {
                 let count = restarts.fetch_add(1, Ordering::SeqCst) + 1;
-                tracing::error!(worker = worker.name(), error = %error, restarts = count, "queue consumer stopped");
-                count <= MAX_CONSUMER_RESTARTS
+                tracing::error!(worker = worker.name(), error = %error, restarts = count, max_restarts, "queue consumer stopped");
+                count <= max_restarts
             }
         })
         .shutdown_timeout(config.shutdown_timeout);

@@ -24,6 +24,9 @@ struct Cli {
     /// How often an idle worker looks for new jobs.
     #[arg(long, env = "ASSAY_WORKER_POLL_INTERVAL", default_value = "500ms", value_parser = humantime::parse_duration)]
     poll_interval: Duration,
+    /// Restarts of the queue consumer after Redis errors before exiting non-zero.
+    #[arg(long, env = "ASSAY_WORKER_MAX_RESTARTS", default_value_t = 30)]
+    max_restarts: usize,
 }
 
 #[tokio::main]
@@ -42,6 +45,7 @@ async fn main() -> anyhow::Result<()> {
         bind: cli.bind,
         shutdown_timeout: cli.shutdown_timeout,
         poll_interval: cli.poll_interval,
+        max_restarts: cli.max_restarts,
     })
     .await
 }

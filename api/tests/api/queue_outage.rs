@@ -2,55 +2,15 @@
 //! the evaluation is recorded as failed and the client gets a 503 — no
 //! evaluation is left queued with no job behind it.
 
-use std::sync::{Arc, Mutex};
-
+use assay_testkit::Proxy;
 use serde_json::json;
-use tokio::io::copy_bidirectional;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
 
 use crate::{TestApp, id};
-
-/// A TCP proxy to the local Redis that the test can cut.
-struct Proxy {
-    url: String,
-    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
-}
-
-impl Proxy {
-    async fn start(target: &str) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("redis://{}", listener.local_addr().unwrap());
-        let tasks: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let target = target.to_owned();
-        let connections = tasks.clone();
-        let accept = tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                let target = target.clone();
-                let connection = tokio::spawn(async move {
-                    if let Ok(mut server) = TcpStream::connect(&target).await {
-                        let _ = copy_bidirectional(&mut client, &mut server).await;
-                    }
-                });
-                connections.lock().unwrap().push(connection);
-            }
-        });
-        tasks.lock().unwrap().push(accept);
-        Proxy { url, tasks }
-    }
-
-    /// Closes the listener and every connection through it.
-    fn cut(&self) {
-        for task in self.tasks.lock().unwrap().drain(..) {
-            task.abort();
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_that_fails_leaves_a_failed_evaluation_and_a_503() {
     let proxy = Proxy::start("127.0.0.1:6379").await;
-    let app = TestApp::spawn_with_redis(Some(proxy.url.clone())).await;
+    let app = TestApp::spawn_with_redis(Some(format!("redis://{}", proxy.address))).await;
     let client = &app.client;
     let (_, version) = app.prompt(client, "p", "{{ question }}").await;
     let dataset = app.dataset(client, 3).await;

@@ -79,6 +79,12 @@ impl Stack {
 
     /// Starts one more worker; returns its index in `workers`.
     pub async fn start_worker(&mut self, args: &[&str]) -> usize {
+        let redis_url = self.redis.url.clone();
+        self.start_worker_via(args, redis_url).await
+    }
+
+    /// Starts one more worker that reaches Redis at `redis_url`.
+    pub async fn start_worker_via(&mut self, args: &[&str], redis_url: String) -> usize {
         let port = free_port();
         let bind = format!("127.0.0.1:{port}");
         let mut all_args = vec![
@@ -90,12 +96,9 @@ impl Stack {
             "10s",
         ];
         all_args.extend_from_slice(args);
-        let worker = Process::start(
-            "assay-worker",
-            &all_args,
-            &Self::env_of(&self.database, &self.redis, 0),
-        )
-        .expect("worker starts");
+        let mut env = Self::env_of(&self.database, &self.redis, 0);
+        env.push(("REDIS_URL", redis_url));
+        let worker = Process::start("assay-worker", &all_args, &env).expect("worker starts");
         let probe = Client::new(format!("http://127.0.0.1:{port}"), None);
         eventually(
             Duration::from_secs(20),
