@@ -11,6 +11,7 @@
 //! - [`providers`]: the LLM provider trait and its implementations.
 //! - [`db`]: the schema, the pool and every query; each query filters on the tenant.
 //! - [`queue`]: job payloads and the Redis queue they travel on.
+//! - [`redis_pool`]: the pool for Assay's own Redis commands (limits, cache).
 //! - [`telemetry`]: logging and the Prometheus recorder.
 //!
 //! `core` knows nothing about HTTP routing or how workers run jobs.
@@ -21,5 +22,6 @@ pub mod domain;
 pub mod graders;
 pub mod providers;
 pub mod queue;
+pub mod redis_pool;
 pub mod telemetry;
 pub mod templates;

@@ -63,6 +63,7 @@ impl Default for MockOptions {
             price: Price {
                 input_per_million: 1.0,
                 output_per_million: 2.0,
+                cached_input_per_million: None,
             },
         }
     }
@@ -146,6 +147,7 @@ impl MockOptions {
         let usage = Usage {
             input_tokens: messages.iter().map(|message| words(&message.content)).sum(),
             output_tokens: words(&text),
+            cached_tokens: 0,
         };
         Completion {
             text,
@@ -308,7 +310,11 @@ impl Provider for MockProvider {
             tokio::time::sleep(delay).await;
         }
         if self.options.fails(request.messages, request.attempt) {
-            return Err(ProviderError::Upstream("mock: injected error".to_owned()));
+            return Err(ProviderError::Upstream {
+                status: 500,
+                message: "mock: injected error".to_owned(),
+                retry_after: None,
+            });
         }
         Ok(self.options.answer(request.messages, request.repeat))
     }
@@ -362,7 +368,8 @@ mod tests {
             completion.usage,
             Usage {
                 input_tokens: 8,
-                output_tokens: 6
+                output_tokens: 6,
+                cached_tokens: 0,
             }
         );
     }

@@ -1,12 +1,28 @@
 //! LLM providers behind one trait.
 //!
-//! A model name used in jobs resolves to a [`Model`]: the provider that serves
-//! it, its prices and how often a failed call may be tried. Today the only
-//! provider is the built-in [`mock`]; every name is either `mock` or
-//! `mock:<options>`.
+//! A model name used in jobs resolves to a [`Model`] through the
+//! [`ModelCatalog`]: the registry's entries ([`registry`], `models.toml`)
+//! and the built-in [`mock`] (`mock`, `mock:<options>`). Each model has a
+//! [`Provider`]: [`openai`] (and every OpenAI-compatible server),
+//! [`anthropic`], [`gemini`] or the mock.
+//!
+//! Calls go through [`call::LlmClient`], which adds what holds up at scale:
+//! the response [`cache`], limits shared by every worker ([`limits`]),
+//! retries, fallbacks, the circuit [`breaker`], cost and metrics.
 
+pub mod anthropic;
+pub mod breaker;
+pub mod cache;
+pub mod call;
+pub mod gemini;
+pub mod http;
+pub mod limits;
 pub mod mock;
+pub mod openai;
+pub mod registry;
+pub mod tokens;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,19 +31,39 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{ChatMessage, InvalidInput, ModelParams};
 
-/// Tokens a call consumed, as the provider reports them.
+/// Tokens a call consumed, as the provider reports them (or as estimated
+/// with a tokenizer when it reports none).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
+    /// Every input token, cached ones included.
     pub input_tokens: u32,
     pub output_tokens: u32,
+    /// The part of `input_tokens` served from the provider's prompt cache.
+    #[serde(default)]
+    pub cached_tokens: u32,
 }
 
 /// A model's answer.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Completion {
     pub text: String,
     pub usage: Usage,
     pub finish_reason: Option<String>,
+}
+
+/// A provider's stop reason in OpenAI's words (`stop`, `length`,
+/// `content_filter`, `tool_calls`), so that the `finish-reason` grader means
+/// the same thing for every provider; unknown reasons pass through lowercased.
+pub fn normalize_finish_reason(reason: &str) -> String {
+    match reason {
+        "stop" | "end_turn" | "stop_sequence" | "STOP" | "FINISH_REASON_STOP" => "stop",
+        "length" | "max_tokens" | "MAX_TOKENS" => "length",
+        "content_filter" | "refusal" | "SAFETY" | "RECITATION" | "BLOCKLIST"
+        | "PROHIBITED_CONTENT" | "SPII" | "IMAGE_SAFETY" => "content_filter",
+        "tool_calls" | "tool_use" | "function_call" => "tool_calls",
+        other => return other.to_lowercase(),
+    }
+    .to_owned()
 }
 
 /// One call: the rendered messages and the parameters in force.
@@ -43,22 +79,90 @@ pub struct CompletionRequest<'a> {
     pub repeat: u32,
 }
 
+/// Every provider's failures, mapped to one type. Messages never contain an
+/// API key: clients redact what upstream echoes back.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ProviderError {
-    #[error("rate limited")]
-    RateLimited { retry_after: Option<Duration> },
+    #[error("rate limited: {message}")]
+    RateLimited {
+        retry_after: Option<Duration>,
+        message: String,
+    },
+    /// No answer within the model's timeout: the request may still have been
+    /// processed (and billed) upstream.
     #[error("timed out")]
     Timeout,
-    #[error("upstream error: {0}")]
-    Upstream(String),
+    #[error("overloaded: {message}")]
+    Overloaded {
+        retry_after: Option<Duration>,
+        message: String,
+    },
+    #[error("authentication failed: {0}")]
+    Auth(String),
     #[error("bad request: {0}")]
     BadRequest(String),
+    #[error("context too long: {0}")]
+    ContextTooLong(String),
+    #[error("content filtered: {0}")]
+    ContentFiltered(String),
+    /// A 5xx (or 408) answer.
+    #[error("upstream error {status}: {message}")]
+    Upstream {
+        status: u16,
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// The request could not be sent or its answer not read.
+    #[error("connection error: {0}")]
+    Connection(String),
+    /// The model's circuit breaker is open: no call was made.
+    #[error("circuit open: too many recent failures")]
+    CircuitOpen,
 }
 
 impl ProviderError {
-    /// Whether trying again may succeed.
-    pub fn is_transient(&self) -> bool {
-        !matches!(self, ProviderError::BadRequest(_))
+    /// Whether trying the same model again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ProviderError::RateLimited { .. }
+                | ProviderError::Timeout
+                | ProviderError::Overloaded { .. }
+                | ProviderError::Upstream { .. }
+                | ProviderError::Connection(_)
+        )
+    }
+
+    /// Whether another model may answer where this one could not. A bad
+    /// request or filtered content would fail the same way anywhere.
+    pub fn allows_fallback(&self) -> bool {
+        !matches!(
+            self,
+            ProviderError::BadRequest(_) | ProviderError::ContentFiltered(_)
+        )
+    }
+
+    /// Whether this counts against the model's health (circuit breaker):
+    /// failures of the service, not of the request or of our rate.
+    pub fn is_service_failure(&self) -> bool {
+        matches!(
+            self,
+            ProviderError::Timeout
+                | ProviderError::Overloaded { .. }
+                | ProviderError::Upstream { .. }
+                | ProviderError::Connection(_)
+                | ProviderError::Auth(_)
+        )
+    }
+
+    /// What the provider asked us to wait before trying again.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ProviderError::RateLimited { retry_after, .. }
+            | ProviderError::Overloaded { retry_after, .. }
+            | ProviderError::Upstream { retry_after, .. } => *retry_after,
+            _ => None,
+        }
     }
 
     /// Low-cardinality label for metrics.
@@ -66,8 +170,14 @@ impl ProviderError {
         match self {
             ProviderError::RateLimited { .. } => "rate_limited",
             ProviderError::Timeout => "timeout",
-            ProviderError::Upstream(_) => "upstream_error",
+            ProviderError::Overloaded { .. } => "overloaded",
+            ProviderError::Auth(_) => "auth",
             ProviderError::BadRequest(_) => "bad_request",
+            ProviderError::ContextTooLong(_) => "context_too_long",
+            ProviderError::ContentFiltered(_) => "content_filtered",
+            ProviderError::Upstream { .. } => "upstream_error",
+            ProviderError::Connection(_) => "connection_error",
+            ProviderError::CircuitOpen => "circuit_open",
         }
     }
 }
@@ -77,6 +187,12 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     /// Provider family, for metrics (`mock`, `openai`, ...).
     fn provider_name(&self) -> &'static str;
 
+    /// Where calls go (empty for in-process providers): part of the cache
+    /// key, so that two servers never share answers.
+    fn endpoint(&self) -> &str {
+        ""
+    }
+
     async fn complete(&self, request: CompletionRequest<'_>) -> Result<Completion, ProviderError>;
 }
 
@@ -85,14 +201,62 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
 pub struct Price {
     pub input_per_million: f64,
     pub output_per_million: f64,
+    /// For input tokens read from the provider's prompt cache; the input
+    /// price when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_input_per_million: Option<f64>,
 }
 
 impl Price {
     pub fn cost(&self, usage: Usage) -> f64 {
-        (f64::from(usage.input_tokens) * self.input_per_million
+        let cached = usage.cached_tokens.min(usage.input_tokens);
+        let uncached = usage.input_tokens - cached;
+        (f64::from(uncached) * self.input_per_million
+            + f64::from(cached)
+                * self
+                    .cached_input_per_million
+                    .unwrap_or(self.input_per_million)
             + f64::from(usage.output_tokens) * self.output_per_million)
             / 1_000_000.0
     }
+}
+
+/// Per-model limits, enforced across every worker through Redis ([`limits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub requests_per_minute: Option<u32>,
+    pub tokens_per_minute: Option<u32>,
+    /// Calls in flight at once, across all workers.
+    pub concurrency: Option<u32>,
+    /// Requests that may start back to back before the per-minute pace applies.
+    pub burst: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            requests_per_minute: None,
+            tokens_per_minute: None,
+            concurrency: None,
+            burst: 1,
+        }
+    }
+}
+
+impl Limits {
+    pub fn is_unlimited(&self) -> bool {
+        self.requests_per_minute.is_none()
+            && self.tokens_per_minute.is_none()
+            && self.concurrency.is_none()
+    }
+}
+
+/// When a model's circuit breaker opens, and for how long ([`breaker`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CircuitSettings {
+    /// Consecutive service failures that open the circuit; 0 never opens it.
+    pub failures: u32,
+    pub open_for: Duration,
 }
 
 /// A model name resolved to what serves it.
@@ -100,25 +264,101 @@ impl Price {
 pub struct Model {
     pub name: String,
     pub provider: Arc<dyn Provider>,
+    /// The provider's own id for the model.
+    pub upstream: String,
     pub price: Price,
     /// Tries per call, the first included.
     pub max_attempts: u32,
+    pub timeout: Duration,
+    pub limits: Limits,
+    /// Models (by name) that answer, in order, when this one cannot.
+    pub fallbacks: Vec<String>,
+    pub circuit: CircuitSettings,
 }
 
-/// Resolves model names. Cheap to clone and share.
+/// Resolves model names: the registry's entries, then the built-in mock
+/// (`mock`, `mock:<options>`). Cheap to clone and share.
 #[derive(Debug, Clone, Default)]
-pub struct ModelCatalog;
+pub struct ModelCatalog {
+    models: Arc<BTreeMap<String, Arc<Model>>>,
+}
 
 impl ModelCatalog {
-    pub fn resolve(&self, name: &str) -> Result<Model, InvalidInput> {
-        let options = mock::MockOptions::parse(name)
-            .map_err(|message| InvalidInput::new("models", format!("model {name:?}: {message}")))?;
-        Ok(Model {
+    /// A catalog of the registry file named by `ASSAY_MODELS_FILE`, or of the
+    /// built-in mock only when it is unset.
+    pub fn from_env() -> Result<Self, registry::RegistryError> {
+        match std::env::var(registry::MODELS_FILE_VAR) {
+            Ok(path) if !path.trim().is_empty() => Self::load(std::path::Path::new(&path)),
+            _ => Ok(Self::default()),
+        }
+    }
+
+    pub fn load(path: &std::path::Path) -> Result<Self, registry::RegistryError> {
+        let models = registry::load(path, &registry::http_client())?;
+        Ok(Self {
+            models: Arc::new(models),
+        })
+    }
+
+    /// The registry's models, by name.
+    pub fn models(&self) -> impl Iterator<Item = &Model> {
+        self.models.values().map(AsRef::as_ref)
+    }
+
+    pub fn resolve(&self, name: &str) -> Result<Arc<Model>, InvalidInput> {
+        if let Some(model) = self.models.get(name) {
+            return Ok(model.clone());
+        }
+        let options = mock::MockOptions::parse(name).map_err(|message| {
+            let known = if self.models.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; the registry has {}",
+                    self.models
+                        .keys()
+                        .map(|name| format!("{name:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            InvalidInput::new("models", format!("model {name:?}: {message}{known}"))
+        })?;
+        Ok(Arc::new(Model {
             name: name.to_owned(),
+            upstream: name.to_owned(),
             price: options.price,
             max_attempts: 3,
+            timeout: Duration::from_secs(600),
+            limits: Limits::default(),
+            fallbacks: Vec::new(),
+            circuit: CircuitSettings {
+                failures: 0,
+                open_for: Duration::ZERO,
+            },
             provider: Arc::new(mock::MockProvider::new(name, options)),
-        })
+        }))
+    }
+
+    /// `model` followed by its fallbacks, depth first, each once.
+    pub fn chain(&self, model: &Arc<Model>) -> Vec<Arc<Model>> {
+        let mut chain = vec![model.clone()];
+        let mut next = 0;
+        while next < chain.len() {
+            let fallbacks = chain[next].fallbacks.clone();
+            let mut insert_at = next + 1;
+            for name in fallbacks {
+                if chain.iter().any(|model| model.name == name) {
+                    continue;
+                }
+                if let Ok(fallback) = self.resolve(&name) {
+                    chain.insert(insert_at, fallback);
+                    insert_at += 1;
+                }
+            }
+            next += 1;
+        }
+        chain
     }
 
     /// Checks a judge model name (graders name theirs in `model`).
