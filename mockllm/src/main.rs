@@ -9,7 +9,7 @@ use clap::Parser;
 #[command(
     name = "assay-mockllm",
     version,
-    about = "Mock LLM server (OpenAI and Anthropic wire formats)"
+    about = "Mock LLM server (OpenAI, Anthropic and Gemini wire formats)"
 )]
 struct Cli {
     /// Address to listen on.
@@ -33,6 +33,12 @@ struct Cli {
     /// Hard cap on requests per second; more are answered 429.
     #[arg(long)]
     max_rps: Option<u64>,
+    /// Require this API key; a wrong one is answered 401 and echoed back.
+    #[arg(long, env = "ASSAY_MOCKLLM_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Keep every request for GET /requests (arrival, model, last user message).
+    #[arg(long)]
+    record_requests: bool,
 }
 
 #[tokio::main]
@@ -56,6 +62,8 @@ async fn main() -> anyhow::Result<()> {
             rate_limit_rate: cli.rate_limit_rate,
             retry_after_seconds: cli.retry_after,
             max_rps: cli.max_rps,
+            api_key: cli.api_key,
+            record_requests: cli.record_requests,
         },
     )?;
     eprintln!("assay-mockllm listening on port {}", server.port);
