@@ -64,17 +64,16 @@ impl Application {
         let prometheus = assay_core::telemetry::install_prometheus();
         metrics::describe();
         let pool = assay_core::db::pool(&settings.database_url, settings.database_pool_size)?;
-        let redis = deadpool_redis::Config::from_url(&settings.redis_url)
-            .builder()?
-            .max_size(8)
-            .runtime(deadpool_redis::Runtime::Tokio1)
-            .build()?;
+        // Checked before anything is bound: a bad registry entry stops the
+        // process with a message naming it.
+        let catalog = ModelCatalog::from_env()?;
+        let redis = assay_core::redis_pool::build(&settings.redis_url, 8)?;
         let queue = JobQueue::connect(&settings.redis_url, &settings.queue_prefix).await?;
         let state = web::Data::new(AppState {
             pool,
             redis,
             queue,
-            catalog: ModelCatalog,
+            catalog,
             prometheus,
             max_body_bytes: config.max_body_bytes,
         });

@@ -55,6 +55,9 @@ async fn main() -> anyhow::Result<()> {
             attempts: 1,
             finish_reason: Some("stop".to_owned()),
             error: None,
+            answered_by: Some("mock".to_owned()),
+            cached: false,
+            cached_tokens: 0,
         })
         .collect();
     let started = Instant::now();

@@ -3,12 +3,14 @@
 use std::sync::Arc;
 
 use assay_core::db::DbPool;
-use assay_core::providers::ModelCatalog;
+use assay_core::providers::call::LlmClient;
 use tokio::sync::{Semaphore, watch};
 
 pub struct Environment {
     pub pool: DbPool,
-    pub catalog: ModelCatalog,
+    /// Every model call goes through it: cache, shared limits, retries,
+    /// fallbacks, circuit breakers, cost.
+    pub llm: Arc<LlmClient>,
     /// LLM calls in flight in this process, across all jobs (`--concurrency`).
     pub llm_slots: Arc<Semaphore>,
     /// This process's unique name, as the events table records it.

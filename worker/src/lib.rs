@@ -20,6 +20,9 @@ use anyhow::Context as _;
 use apalis::prelude::*;
 use assay_core::config::Settings;
 use assay_core::providers::ModelCatalog;
+use assay_core::providers::cache::ResponseCache;
+use assay_core::providers::call::LlmClient;
+use assay_core::providers::limits::Limiter;
 use tokio::sync::{Semaphore, watch};
 
 use crate::environment::Environment;
@@ -42,6 +45,8 @@ pub struct WorkerConfig {
     /// failing restart takes about 10 s (the connection's reconnect backoff),
     /// so the default of 30 rides out a Redis outage of about 5 minutes.
     pub max_restarts: usize,
+    /// How long cached answers are kept; zero turns the response cache off.
+    pub cache_ttl: Duration,
 }
 
 /// Runs the worker until SIGTERM or SIGINT (Ok) or until its queue consumer
@@ -50,13 +55,23 @@ pub async fn run(config: WorkerConfig) -> anyhow::Result<()> {
     let prometheus = assay_core::telemetry::install_prometheus();
     metrics::describe();
     let settings = &config.settings;
+    // Checked first: a bad registry entry stops the process with a message naming it.
+    let catalog = ModelCatalog::from_env()?;
     let pool = assay_core::db::pool(&settings.database_url, settings.database_pool_size)?;
+    // Limits and the cache: a few commands per call, from at most
+    // `concurrency` calls at once.
+    let redis =
+        assay_core::redis_pool::build(&settings.redis_url, config.concurrency.clamp(4, 64))?;
+    let limiter = Limiter::new(redis.clone(), &settings.queue_prefix);
+    let cache = (!config.cache_ttl.is_zero())
+        .then(|| ResponseCache::new(redis.clone(), &settings.queue_prefix, config.cache_ttl));
+    let llm = Arc::new(LlmClient::new(catalog, Some(limiter), cache));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".to_owned());
     let process_name = format!("{host}-{}", std::process::id());
     let env = Arc::new(Environment {
         pool: pool.clone(),
-        catalog: ModelCatalog,
+        llm,
         llm_slots: Arc::new(Semaphore::new(config.concurrency)),
         worker_name: process_name.clone(),
         shutdown: shutdown_rx,

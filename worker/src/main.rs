@@ -27,6 +27,9 @@ struct Cli {
     /// Restarts of the queue consumer after Redis errors before exiting non-zero.
     #[arg(long, env = "ASSAY_WORKER_MAX_RESTARTS", default_value_t = 30)]
     max_restarts: usize,
+    /// How long answers stay in the response cache; 0s turns it off.
+    #[arg(long, env = "ASSAY_CACHE_TTL", default_value = "7d", value_parser = humantime::parse_duration)]
+    cache_ttl: Duration,
 }
 
 #[tokio::main]
@@ -46,6 +49,7 @@ async fn main() -> anyhow::Result<()> {
         shutdown_timeout: cli.shutdown_timeout,
         poll_interval: cli.poll_interval,
         max_restarts: cli.max_restarts,
+        cache_ttl: cli.cache_ttl,
     })
     .await
 }

@@ -36,6 +36,8 @@ struct EvaluationBody {
     params: Value,
     repeat: i32,
     threshold: Option<f64>,
+    /// Whether deterministic calls may be answered from the response cache.
+    cache: bool,
     /// For a re-grading: the evaluation whose outputs it grades.
     source_evaluation_id: Option<Uuid>,
     counts: Counts,
@@ -58,6 +60,7 @@ impl From<Evaluation> for EvaluationBody {
             params: evaluation.params,
             repeat: evaluation.repeats,
             threshold: evaluation.threshold,
+            cache: evaluation.use_cache,
             source_evaluation_id: evaluation.source_evaluation_id,
             counts: Counts {
                 total: evaluation.total,
@@ -116,6 +119,7 @@ pub async fn create(
         repeats: i32::try_from(repeats).expect("validated"),
         threshold: request.threshold,
         source_evaluation_id: None,
+        use_cache: request.cache.unwrap_or(true),
     };
     drop(conn);
     enqueue(&state, &caller, new).await
@@ -206,6 +210,7 @@ pub async fn regrade(
         repeats: source.repeats,
         threshold: body.threshold,
         source_evaluation_id: Some(source.id),
+        use_cache: source.use_cache,
     };
     drop(conn);
     enqueue(&state, &caller, new).await

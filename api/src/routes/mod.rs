@@ -3,6 +3,7 @@
 mod datasets;
 mod evaluations;
 mod health;
+mod models;
 mod prompts;
 
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -38,6 +39,11 @@ pub fn configure(config: &mut web::ServiceConfig) {
                 .service(
                     web::resource("/prompts/{prompt_id}/versions/{version}")
                         .get(prompts::get_version)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/models")
+                        .get(models::list)
                         .default_service(web::to(method_not_allowed)),
                 )
                 .service(

@@ -57,6 +57,9 @@ diesel::table! {
         repeat_index -> Int4,
         finish_reason -> Nullable<Text>,
         grading_cost_usd -> Float8,
+        answered_by -> Nullable<Text>,
+        cached -> Bool,
+        cached_tokens -> Int4,
     }
 }
 
@@ -84,6 +87,7 @@ diesel::table! {
         repeats -> Int4,
         threshold -> Nullable<Float8>,
         source_evaluation_id -> Nullable<Uuid>,
+        use_cache -> Bool,
     }
 }
 

@@ -29,6 +29,10 @@ pub struct EvaluationRequest {
     /// instead of when every grader passes.
     #[serde(default)]
     pub threshold: Option<f64>,
+    /// Whether deterministic calls (temperature 0 or a seed) may be answered
+    /// from the response cache (default true).
+    #[serde(default)]
+    pub cache: Option<bool>,
 }
 
 /// Most runs of one item x model.
@@ -193,7 +197,11 @@ mod tests {
             json!([{"type": "equals", "value": "{{ expected }}"}]),
         );
         request
-            .validate(&ModelCatalog, &prompt("{{ q }}"), &shape(&["q"], true))
+            .validate(
+                &ModelCatalog::default(),
+                &prompt("{{ q }}"),
+                &shape(&["q"], true),
+            )
             .unwrap();
     }
 
@@ -205,7 +213,7 @@ mod tests {
         );
         let error = request
             .validate(
-                &ModelCatalog,
+                &ModelCatalog::default(),
                 &prompt("{{ q }} {{ r }}"),
                 &shape(&["q"], true),
             )
@@ -213,7 +221,11 @@ mod tests {
         assert_eq!(error.field, "prompt_version_id");
         assert!(error.message.contains("`r`"), "{}", error.message);
         let error = request
-            .validate(&ModelCatalog, &prompt("{{ q }}"), &shape(&["q"], false))
+            .validate(
+                &ModelCatalog::default(),
+                &prompt("{{ q }}"),
+                &shape(&["q"], false),
+            )
             .unwrap_err();
         assert_eq!(error.field, "graders[0]");
         assert!(error.message.contains("`expected`"), "{}", error.message);
@@ -224,7 +236,7 @@ mod tests {
         let mut bad = request(&["mock"], json!([{"type": "is-json"}]));
         bad.repeat = Some(0);
         assert_eq!(
-            bad.validate(&ModelCatalog, &prompt("x"), &shape(&[], false))
+            bad.validate(&ModelCatalog::default(), &prompt("x"), &shape(&[], false))
                 .unwrap_err()
                 .field,
             "repeat"
@@ -232,7 +244,7 @@ mod tests {
         bad.repeat = Some(5);
         bad.threshold = Some(1.5);
         assert_eq!(
-            bad.validate(&ModelCatalog, &prompt("x"), &shape(&[], false))
+            bad.validate(&ModelCatalog::default(), &prompt("x"), &shape(&[], false))
                 .unwrap_err()
                 .field,
             "threshold"
@@ -242,7 +254,7 @@ mod tests {
             json!([{"type": "is-json"}, {"type": "llm-rubric", "rubric": "r", "model": "gpt-9"}]),
         );
         let error = judge
-            .validate(&ModelCatalog, &prompt("x"), &shape(&[], false))
+            .validate(&ModelCatalog::default(), &prompt("x"), &shape(&[], false))
             .unwrap_err();
         assert_eq!(error.field, "graders[1].model");
         let unknown = request(
@@ -250,19 +262,19 @@ mod tests {
             json!([{"type": "is-json"}, {"type": "not-telepathy"}]),
         );
         let error = unknown
-            .validate(&ModelCatalog, &prompt("x"), &shape(&[], false))
+            .validate(&ModelCatalog::default(), &prompt("x"), &shape(&[], false))
             .unwrap_err();
         assert_eq!(error.field, "graders[1].type");
         assert!(error.message.contains("not-telepathy"));
         let option = request(&["mock"], json!([{"type": "contains", "valeu": "x"}]));
         let error = option
-            .validate(&ModelCatalog, &prompt("x"), &shape(&[], false))
+            .validate(&ModelCatalog::default(), &prompt("x"), &shape(&[], false))
             .unwrap_err();
         assert_eq!(error.field, "graders[0]");
         assert!(error.message.contains("valeu"), "{}", error.message);
         let weight = request(&["mock"], json!([{"type": "is-json", "weight": -1}]));
         let error = weight
-            .validate(&ModelCatalog, &prompt("x"), &shape(&[], false))
+            .validate(&ModelCatalog::default(), &prompt("x"), &shape(&[], false))
             .unwrap_err();
         assert_eq!(error.field, "graders[0].weight");
         let threshold = request(
@@ -270,7 +282,7 @@ mod tests {
             json!([{"type": "similarity", "value": "x", "threshold": 2}]),
         );
         let error = threshold
-            .validate(&ModelCatalog, &prompt("x"), &shape(&[], false))
+            .validate(&ModelCatalog::default(), &prompt("x"), &shape(&[], false))
             .unwrap_err();
         assert_eq!(error.field, "graders[0].threshold");
     }
@@ -279,7 +291,7 @@ mod tests {
     fn rejects_unknown_models() {
         let request = request(&["mock", "gpt-17"], json!([{"type": "is-json"}]));
         let error = request
-            .validate(&ModelCatalog, &prompt("x"), &shape(&[], false))
+            .validate(&ModelCatalog::default(), &prompt("x"), &shape(&[], false))
             .unwrap_err();
         assert_eq!(error.field, "models");
         assert!(error.message.contains("gpt-17"));

@@ -26,11 +26,11 @@ use assay_core::db::models::prompts;
 use assay_core::db::models::results::{self, NewResult, ResultStatus};
 use assay_core::domain::{ChatMessage, ModelParams};
 use assay_core::graders::{self, GradeInput, Grader, GraderSpec, Judge, JudgeReply};
-use assay_core::providers::{CompletionRequest, Model, ModelCatalog, ProviderError};
+use assay_core::providers::Model;
+use assay_core::providers::call::{CallOptions, LlmClient};
 use assay_core::queue::EvaluationJob;
 use assay_core::templates::PromptTemplate;
-use metrics::{counter, gauge, histogram};
-use rand::Rng;
+use metrics::{counter, histogram};
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -70,29 +70,40 @@ struct Plan {
     evaluation: Evaluation,
     template: PromptTemplate,
     graders: Vec<Grader>,
-    models: Vec<Model>,
+    models: Vec<Arc<Model>>,
     params: ModelParams,
     judge: ProviderJudge,
+    llm: Arc<LlmClient>,
 }
 
 /// Judge calls go through the same provider layer as generation.
 struct ProviderJudge {
-    catalog: ModelCatalog,
+    llm: Arc<LlmClient>,
+    use_cache: bool,
 }
 
 #[async_trait::async_trait]
 impl Judge for ProviderJudge {
     async fn ask(&self, model: &str, messages: &[ChatMessage]) -> Result<JudgeReply, String> {
-        let model = self.catalog.resolve(model).map_err(|error| error.message)?;
+        let model = self
+            .llm
+            .catalog
+            .resolve(model)
+            .map_err(|error| error.message)?;
         // Judges answer at temperature 0: the same output gets the same verdict.
         let params = ModelParams {
             temperature: Some(0.0),
             ..ModelParams::default()
         };
-        let (answer, _) = call_with_retries(&model, messages, &params, 0, "judge").await;
-        let (completion, _) = answer.map_err(|error| error.to_string())?;
+        let options = CallOptions {
+            purpose: "judge",
+            repeat: 0,
+            use_cache: self.use_cache,
+        };
+        let report = self.llm.complete(&model, messages, &params, options).await;
+        let completion = report.outcome.map_err(|error| error.to_string())?;
         Ok(JudgeReply {
-            cost_usd: model.price.cost(completion.usage),
+            cost_usd: report.cost_usd,
             text: completion.text,
         })
     }
@@ -199,14 +210,15 @@ async fn plan(
     let graders =
         graders::compile_all(&specs).map_err(|error| PlanError::Invalid(error.to_string()))?;
     let judge = ProviderJudge {
-        catalog: env.catalog.clone(),
+        llm: env.llm.clone(),
+        use_cache: evaluation.use_cache,
     };
     let overrides: ModelParams = serde_json::from_value(evaluation.params.clone())
         .map_err(|error| PlanError::Invalid(format!("stored params do not parse: {error}")))?;
     let models = evaluation
         .model_names()
         .iter()
-        .map(|name| env.catalog.resolve(name))
+        .map(|name| env.llm.catalog.resolve(name))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|error| PlanError::Invalid(error.to_string()))?;
     Ok(Plan {
@@ -216,6 +228,7 @@ async fn plan(
         graders,
         models,
         judge,
+        llm: env.llm.clone(),
     })
 }
 
@@ -350,6 +363,9 @@ struct Generated {
     cost_usd: f64,
     attempts: i32,
     finish_reason: Option<String>,
+    answered_by: Option<String>,
+    cached: bool,
+    cached_tokens: i32,
 }
 
 impl Generated {
@@ -363,6 +379,9 @@ impl Generated {
             cost_usd: 0.0,
             attempts: 0,
             finish_reason: None,
+            answered_by: None,
+            cached: false,
+            cached_tokens: 0,
         }
     }
 }
@@ -379,7 +398,14 @@ async fn evaluate_one(
     let model = &plan.models[run.model_index];
     let generated = match run.source {
         Some(stored) => from_source(stored),
-        None => generate(model, rendered, &plan.params, run.repeat).await,
+        None => {
+            let options = CallOptions {
+                purpose: "generate",
+                repeat: u32::try_from(run.repeat).unwrap_or(0),
+                use_cache: plan.evaluation.use_cache,
+            };
+            generate(&plan.llm, model, rendered, &plan.params, options).await
+        }
     };
     let mut result = NewResult {
         evaluation_id: plan.evaluation.id,
@@ -400,6 +426,9 @@ async fn evaluate_one(
         attempts: generated.attempts,
         finish_reason: generated.finish_reason,
         error: None,
+        answered_by: generated.answered_by,
+        cached: generated.cached,
+        cached_tokens: generated.cached_tokens,
     };
     let output = match generated.output {
         Ok(output) => output,
@@ -442,34 +471,38 @@ async fn evaluate_one(
 }
 
 async fn generate(
-    model: &Model,
+    llm: &LlmClient,
+    model: &Arc<Model>,
     rendered: &Result<Vec<ChatMessage>, assay_core::templates::TemplateError>,
     params: &ModelParams,
-    repeat: i32,
+    options: CallOptions,
 ) -> Generated {
     let messages = match rendered {
         Ok(messages) => messages,
         Err(error) => return Generated::nothing(format!("template: {error}")),
     };
+    let report = llm.complete(model, messages, params, options).await;
+    let saturate = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
     let mut generated = Generated::nothing(String::new());
-    let repeat = u32::try_from(repeat).unwrap_or(0);
-    let (answer, attempts) = call_with_retries(model, messages, params, repeat, "generate").await;
-    generated.attempts = i32::try_from(attempts).unwrap_or(i32::MAX);
-    match answer {
-        Ok((completion, latency)) => {
-            generated.latency_ms = Some(i32::try_from(latency.as_millis()).unwrap_or(i32::MAX));
-            generated.input_tokens =
-                i32::try_from(completion.usage.input_tokens).unwrap_or(i32::MAX);
-            generated.output_tokens =
-                i32::try_from(completion.usage.output_tokens).unwrap_or(i32::MAX);
-            generated.cost_usd = model.price.cost(completion.usage);
+    generated.attempts = saturate(report.attempts);
+    generated.answered_by = report.answered_by;
+    generated.cached = report.cached;
+    generated.cost_usd = report.cost_usd;
+    match report.outcome {
+        Ok(completion) => {
+            generated.latency_ms = report
+                .latency
+                .map(|latency| i32::try_from(latency.as_millis()).unwrap_or(i32::MAX));
+            generated.input_tokens = saturate(completion.usage.input_tokens);
+            generated.output_tokens = saturate(completion.usage.output_tokens);
+            generated.cached_tokens = saturate(completion.usage.cached_tokens);
             generated.finish_reason = completion.finish_reason;
             generated.output = Ok(completion.text);
         }
         Err(error) => {
             generated.output = Err(format!(
-                "{} after {attempts} attempt(s): {error}",
-                model.name
+                "{} after {} attempt(s): {error}",
+                model.name, report.attempts
             ))
         }
     }
@@ -493,65 +526,9 @@ fn from_source(stored: Option<results::StoredOutput>) -> Generated {
         cost_usd: stored.cost_usd,
         attempts: stored.attempts,
         finish_reason: stored.finish_reason,
-    }
-}
-
-/// Tries a call up to the model's `max_attempts` while errors are transient,
-/// with exponential backoff and full jitter. Returns the answer with the
-/// duration of the attempt that answered, and the number of attempts made.
-async fn call_with_retries(
-    model: &Model,
-    messages: &[ChatMessage],
-    params: &ModelParams,
-    repeat: u32,
-    purpose: &'static str,
-) -> (
-    Result<(assay_core::providers::Completion, Duration), ProviderError>,
-    u32,
-) {
-    let provider = model.provider.provider_name();
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        gauge!("assay_llm_calls_in_flight").increment(1.0);
-        let started = Instant::now();
-        let outcome = model
-            .provider
-            .complete(CompletionRequest {
-                messages,
-                params,
-                attempt,
-                repeat,
-            })
-            .await;
-        let elapsed = started.elapsed();
-        gauge!("assay_llm_calls_in_flight").decrement(1.0);
-        let label = match &outcome {
-            Ok(_) => "ok",
-            Err(error) => error.outcome(),
-        };
-        let labels = [
-            ("model", model.name.clone()),
-            ("provider", provider.to_owned()),
-            ("outcome", label.to_owned()),
-            ("purpose", purpose.to_owned()),
-        ];
-        counter!("assay_llm_calls_total", &labels).increment(1);
-        histogram!("assay_llm_call_duration_seconds", &labels).record(elapsed.as_secs_f64());
-        match outcome {
-            Ok(completion) => return (Ok((completion, elapsed)), attempt),
-            Err(error) if error.is_transient() && attempt < model.max_attempts => {
-                let ceiling = match &error {
-                    ProviderError::RateLimited {
-                        retry_after: Some(retry_after),
-                    } => *retry_after,
-                    _ => Duration::from_millis(100 * 2u64.pow(attempt.min(8))),
-                };
-                let backoff = ceiling.mul_f64(rand::rng().random_range(0.0..=1.0));
-                tokio::time::sleep(backoff).await;
-            }
-            Err(error) => return (Err(error), attempt),
-        }
+        answered_by: stored.answered_by,
+        cached: stored.cached,
+        cached_tokens: stored.cached_tokens,
     }
 }
 

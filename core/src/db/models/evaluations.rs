@@ -85,6 +85,8 @@ pub struct Evaluation {
     pub repeats: i32,
     pub threshold: Option<f64>,
     pub source_evaluation_id: Option<Uuid>,
+    /// Deterministic calls may be answered from the response cache.
+    pub use_cache: bool,
 }
 
 impl Evaluation {
@@ -140,6 +142,7 @@ pub struct NewEvaluation {
     pub repeats: i32,
     pub threshold: Option<f64>,
     pub source_evaluation_id: Option<Uuid>,
+    pub use_cache: bool,
 }
 
 /// Writes the evaluation (status `queued`) and its `evaluation.created` event.

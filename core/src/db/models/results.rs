@@ -58,6 +58,10 @@ pub struct NewResult {
     pub attempts: i32,
     pub finish_reason: Option<String>,
     pub error: Option<String>,
+    /// The model that answered (this row's model or a fallback); None when none did.
+    pub answered_by: Option<String>,
+    pub cached: bool,
+    pub cached_tokens: i32,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Serialize)]
@@ -80,6 +84,9 @@ pub struct EvaluationResult {
     pub finish_reason: Option<String>,
     pub error: Option<String>,
     pub created_at: DateTime<Utc>,
+    pub answered_by: Option<String>,
+    pub cached: bool,
+    pub cached_tokens: i32,
 }
 
 /// How many rows a batch actually wrote, by status.
@@ -185,6 +192,9 @@ pub struct StoredOutput {
     pub attempts: i32,
     pub finish_reason: Option<String>,
     pub error: Option<String>,
+    pub answered_by: Option<String>,
+    pub cached: bool,
+    pub cached_tokens: i32,
 }
 
 /// The stored outputs of items in `first..=last`, by run.
@@ -300,11 +310,27 @@ pub struct ModelSummary {
     pub input_tokens: i64,
     #[diesel(sql_type = Int8)]
     pub output_tokens: i64,
+    /// Input tokens the provider served from its prompt cache.
+    #[serde(default)]
+    #[diesel(sql_type = Int8)]
+    pub cached_tokens: i64,
     #[diesel(sql_type = Double)]
     pub cost_usd: f64,
     /// What judge calls cost, apart from generation.
     #[diesel(sql_type = Double)]
     pub grading_cost_usd: f64,
+    /// Requests sent upstream for generation, retries and fallbacks included.
+    #[serde(default)]
+    #[diesel(sql_type = Int8)]
+    pub attempts: i64,
+    /// Results answered from the response cache (no call, no cost).
+    #[serde(default)]
+    #[diesel(sql_type = Int8)]
+    pub cached_results: i64,
+    /// Results answered by one of the model's fallbacks.
+    #[serde(default)]
+    #[diesel(sql_type = Int8)]
+    pub fallback_results: i64,
 }
 
 /// Per-model figures, computed by PostgreSQL from the rows themselves.
@@ -327,8 +353,12 @@ pub async fn summarize(
                     FILTER (WHERE output IS NOT NULL) AS latency_p95_ms,
                 coalesce(sum(input_tokens), 0)::int8 AS input_tokens,
                 coalesce(sum(output_tokens), 0)::int8 AS output_tokens,
+                coalesce(sum(cached_tokens), 0)::int8 AS cached_tokens,
                 coalesce(sum(cost_usd), 0)::float8 AS cost_usd,
-                coalesce(sum(grading_cost_usd), 0)::float8 AS grading_cost_usd
+                coalesce(sum(grading_cost_usd), 0)::float8 AS grading_cost_usd,
+                coalesce(sum(attempts), 0)::int8 AS attempts,
+                count(*) FILTER (WHERE cached) AS cached_results,
+                count(*) FILTER (WHERE answered_by IS NOT NULL AND answered_by <> model) AS fallback_results
          FROM evaluation_results
          WHERE evaluation_id = $1 AND tenant_id = $2
          GROUP BY model",
