@@ -40,12 +40,32 @@ impl Process {
     /// Starts `binary` with `args` and `env`; its output goes to the test's
     /// stderr so failures show it.
     pub fn start(binary_name: &str, args: &[&str], env: &[(&str, String)]) -> anyhow::Result<Self> {
+        Self::start_logged(binary_name, args, env, None)
+    }
+
+    /// Like [`Process::start`], with stdout and stderr appended to `log` when
+    /// given (for tests that read what a process printed).
+    pub fn start_logged(
+        binary_name: &str,
+        args: &[&str],
+        env: &[(&str, String)],
+        log: Option<&std::path::Path>,
+    ) -> anyhow::Result<Self> {
         let mut command = Command::new(binary(binary_name));
-        command
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit());
+        command.args(args).stdin(Stdio::null());
+        match log {
+            None => {
+                command.stdout(Stdio::inherit()).stderr(Stdio::inherit());
+            }
+            Some(path) => {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .with_context(|| format!("opening {}", path.display()))?;
+                command.stdout(file.try_clone()?).stderr(file);
+            }
+        }
         command.env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned()),

@@ -207,7 +207,8 @@ mod tests {
 
     #[test]
     fn parses_recorded_errors() {
-        let cases: [(u16, &str, fn(&ProviderError) -> bool); 5] = [
+        type Expected = fn(&ProviderError) -> bool;
+        let cases: [(u16, &str, Expected); 5] = [
             (
                 401,
                 r#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#,

@@ -293,20 +293,23 @@ impl LlmClient {
             if !error.is_retryable() || tries >= model.max_attempts {
                 return Err(error);
             }
-            if has_fallback && self.breakers.open_for(&model.name).is_some() {
+            // With somewhere else to go, a model that is cooling down or whose
+            // circuit just opened is left for the next one now.
+            let rate_limited = matches!(error, ProviderError::RateLimited { .. });
+            if has_fallback && (rate_limited || self.breakers.open_for(&model.name).is_some()) {
                 return Err(error);
             }
             counter!("assay_llm_retries_total", "model" => model.name.clone(), "reason" => error.outcome())
                 .increment(1);
-            // With a limiter, a 429's wait is the shared cool-down, which
-            // `acquire` honours; otherwise wait here.
-            let wait = match (&error, limiter) {
-                (ProviderError::RateLimited { .. }, Some(_)) => Duration::ZERO,
+            // A 429 waits its own `Retry-After` (the shared pause, if one
+            // started, is honoured by `acquire` as well).
+            let wait = match &error {
+                ProviderError::RateLimited { retry_after, .. } => {
+                    backoff(tries, Some(retry_after.unwrap_or(DEFAULT_COOL_DOWN)))
+                }
                 _ => backoff(tries, error.retry_after()),
             };
-            if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
-            }
+            tokio::time::sleep(wait).await;
         }
     }
 }

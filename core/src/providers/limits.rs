@@ -13,8 +13,13 @@
 //! - **Concurrency**: leases in a sorted set scored by expiry. A lease lasts
 //!   the model's timeout plus a margin, so a killed worker's slots come back
 //!   by themselves.
-//! - **Shared cool-down**: a 429 sets a key for its `Retry-After`; while it
-//!   exists no worker starts a call to that model.
+//! - **Shared cool-down**: a 429 pauses every worker's new calls to that
+//!   model for its `Retry-After`. The pause is followed by a window of the
+//!   same length in which further 429s do not pause everyone again (each call
+//!   that got one still waits its own `Retry-After`): right after a pause the
+//!   calls that waited all start, and without that window the first 429
+//!   among them would stop the rest again, so a steady trickle of 429s would
+//!   stall the model instead of halving its pace.
 //!
 //! Time is Redis' own clock (`TIME`), so workers' clocks may disagree.
 //! Waiting for capacity is not an error: [`Limiter::acquire`] sleeps for
@@ -25,14 +30,14 @@
 use std::time::{Duration, Instant};
 
 use deadpool_redis::Pool;
-use metrics::histogram;
+use metrics::{counter, histogram};
 use rand::Rng;
 use redis::Script;
 
 use super::Model;
 
 /// How long a concurrency lease outlives the model's timeout.
-const LEASE_MARGIN: Duration = Duration::from_secs(10);
+const LEASE_MARGIN: Duration = Duration::from_secs(2);
 /// How often a caller waiting for a concurrency slot looks again.
 const CONCURRENCY_POLL: Duration = Duration::from_millis(20);
 
@@ -115,12 +120,14 @@ end
 return 1
 "#;
 
-// KEYS: cooldown. ARGV: ms. Only ever lengthens the cool-down.
+// KEYS: cooldown, its grace window. ARGV: ms. Starts a pause unless one
+// is under way or just ended (the grace key outlives the pause by `ms`).
+// Returns 1 when it started one.
 const COOL_DOWN: &str = r#"
 local ms = tonumber(ARGV[1])
-if redis.call('PTTL', KEYS[1]) < ms then
-  redis.call('SET', KEYS[1], '1', 'PX', ms)
-end
+if redis.call('PTTL', KEYS[2]) > 0 then return 0 end
+redis.call('SET', KEYS[1], '1', 'PX', ms)
+redis.call('SET', KEYS[2], '1', 'PX', 2 * ms)
 return 1
 "#;
 
@@ -177,6 +184,7 @@ impl std::fmt::Debug for Limiter {
 
 struct Keys {
     cooldown: String,
+    cooldown_grace: String,
     requests: String,
     tokens: String,
     leases: String,
@@ -197,6 +205,7 @@ impl Limiter {
         let tag = format!("{{{}:limits:{model}}}", self.prefix);
         Keys {
             cooldown: format!("{tag}:cooldown"),
+            cooldown_grace: format!("{tag}:cooldown-grace"),
             requests: format!("{tag}:requests"),
             tokens: format!("{tag}:tokens"),
             leases: format!("{tag}:leases"),
@@ -284,11 +293,17 @@ impl Limiter {
             if reason == WaitReason::CoolDown && avoid_cool_down {
                 return Ok(Err(CoolingDown(wait)));
             }
-            // Up to a quarter more (at most 250 ms), so that callers released
-            // at the same moment do not all ask again at once.
-            let jitter = wait
-                .min(Duration::from_secs(1))
-                .mul_f64(rand::rng().random_range(0.0..0.25));
+            // Callers released at the same moment should not all ask again at
+            // once: up to a quarter more (at most 250 ms). A cool-down is the
+            // exception: it already stops everyone, and spreading the restart
+            // would let the first 429 after it stop the rest again, so
+            // callers restart together (within 50 ms) and a requests-per-minute
+            // limit, if any, shapes the restart.
+            let spread = match reason {
+                WaitReason::CoolDown => Duration::from_millis(50),
+                _ => wait.min(Duration::from_secs(1)) / 4,
+            };
+            let jitter = spread.mul_f64(rand::rng().random_range(0.0..1.0));
             let sleep = wait + jitter;
             waits_by_reason[reason as usize] += sleep;
             tokio::time::sleep(sleep).await;
@@ -326,21 +341,26 @@ impl Limiter {
         Ok(())
     }
 
-    /// After a 429: no worker starts a call to `model` for `duration`.
+    /// After a 429: no worker starts a call to `model` for `duration`,
+    /// unless a pause is under way or just ended. True when it started one.
     pub async fn cool_down(
         &self,
         model: &Model,
         duration: Duration,
-    ) -> Result<(), redis::RedisError> {
+    ) -> Result<bool, redis::RedisError> {
         let keys = self.keys(&model.name);
         let mut conn = self.redis.get().await.map_err(pool_error)?;
-        let _: i64 = self
+        let started: i64 = self
             .cool_down
             .key(&keys.cooldown)
+            .key(&keys.cooldown_grace)
             .arg(duration.as_millis().max(1) as u64)
             .invoke_async(&mut *conn)
             .await?;
-        Ok(())
+        if started == 1 {
+            counter!("assay_llm_cool_downs_total", "model" => model.name.clone()).increment(1);
+        }
+        Ok(started == 1)
     }
 }
 

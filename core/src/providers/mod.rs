@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{ChatMessage, InvalidInput, ModelParams};
@@ -390,4 +391,62 @@ impl ModelCatalog {
         }
         Ok(())
     }
+}
+
+/// Describes the provider layer's metrics (once per process).
+pub fn describe_metrics() {
+    describe_counter!(
+        "assay_llm_calls_total",
+        "LLM requests sent upstream, by model, provider, outcome (ok, rate_limited, timeout, overloaded, auth, bad_request, context_too_long, content_filtered, upstream_error, connection_error) and purpose (generate, judge)."
+    );
+    describe_histogram!(
+        "assay_llm_call_duration_seconds",
+        Unit::Seconds,
+        "Duration of one upstream request, by model, provider, outcome and purpose."
+    );
+    describe_gauge!(
+        "assay_llm_calls_in_flight",
+        "Upstream requests in flight in this process."
+    );
+    describe_counter!(
+        "assay_llm_retries_total",
+        "Requests sent again after a retryable failure, by model and the failure (reason)."
+    );
+    describe_counter!(
+        "assay_llm_unknown_outcomes_total",
+        "Requests that timed out: the provider may have processed (and billed) them; not billed here."
+    );
+    describe_counter!(
+        "assay_llm_fallbacks_total",
+        "Calls handed from a model to its next fallback, by from, to and the reason."
+    );
+    describe_counter!(
+        "assay_llm_cache_requests_total",
+        "Response-cache lookups, by model and result (hit, miss)."
+    );
+    describe_counter!(
+        "assay_llm_tokens_total",
+        "Tokens of answered (not cached) calls, by model and kind (input, output, cached: input served from the provider's prompt cache)."
+    );
+    describe_gauge!(
+        "assay_llm_cost_usd",
+        "Dollars spent on answered calls since the process started, by model (prices from the registry)."
+    );
+    describe_histogram!(
+        "assay_llm_rate_limit_wait_seconds",
+        Unit::Seconds,
+        "Time a call waited for shared capacity before it was sent, by model and reason (requests, tokens, concurrency, cool_down)."
+    );
+    describe_counter!(
+        "assay_llm_cool_downs_total",
+        "Shared pauses started by a 429, by model (every worker stops new calls to it for the Retry-After)."
+    );
+    describe_gauge!(
+        "assay_llm_circuit_state",
+        "Circuit breaker of a model in this process: 0 closed, 1 half-open, 2 open."
+    );
+    describe_counter!(
+        "assay_llm_circuit_transitions_total",
+        "Circuit breaker state changes, by model and the state entered (open, half_open, closed)."
+    );
 }

@@ -440,6 +440,23 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_loads_when_its_keys_are_set() {
+        let example = include_str!("../../../models.example.toml");
+        let models = parse(example, &http_client(), |_| Some("sk-example".to_owned())).unwrap();
+        assert!(models.contains_key("gpt-4o-mini") && models.contains_key("claude-haiku"));
+        assert!(
+            !models.contains_key("gpt-4-1"),
+            "disabled entries are not served"
+        );
+        let missing = parse(example, &http_client(), |_| None).unwrap_err();
+        assert_eq!(missing.entry.as_deref(), Some("claude-haiku"), "{missing}");
+        assert!(
+            missing.message.contains("ANTHROPIC_API_KEY is not set"),
+            "{missing}"
+        );
+    }
+
+    #[test]
     fn disabled_entries_need_no_key_and_are_not_served() {
         let models = check(
             "[models.on]\nprovider = \"mock\"\nmodel = \"mock\"\n[models.off]\nprovider = \"openai\"\napi_key_env = \"UNSET_KEY\"\nenabled = false",

@@ -3,8 +3,10 @@
 
 mod evaluation;
 mod graders;
+mod providers;
 mod worker_failures;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use assay_testkit::{Client, Process, TestDatabase, TestRedis, eventually, free_port};
@@ -21,17 +23,41 @@ pub struct Stack {
     pub client: Client,
     pub database: TestDatabase,
     pub redis: TestRedis,
+    /// Environment every process gets on top of the defaults.
+    extra_env: Vec<(&'static str, String)>,
+    /// Where processes write their output (None: the test's stderr).
+    log_dir: Option<PathBuf>,
+}
+
+/// How [`Stack::start_with`] sets processes up.
+#[derive(Default)]
+pub struct StackOptions {
+    /// Environment of every process on top of the defaults (a registry file, API keys).
+    pub env: Vec<(&'static str, String)>,
+    /// A directory for `api.log` and `worker-<n>.log`.
+    pub log_dir: Option<PathBuf>,
 }
 
 impl Stack {
     pub async fn start(workers: usize, worker_args: &[&str]) -> Stack {
+        Self::start_with(workers, worker_args, StackOptions::default()).await
+    }
+
+    pub async fn start_with(workers: usize, worker_args: &[&str], options: StackOptions) -> Stack {
         let database = TestDatabase::create().await.expect("database");
         let redis = TestRedis::new();
         let port = free_port();
-        let api = Process::start(
+        let mut env = Self::env_of(&database, &redis, port);
+        env.extend(options.env.iter().cloned());
+        let api = Process::start_logged(
             "assay-api",
             &["serve"],
-            &Self::env_of(&database, &redis, port),
+            &env,
+            options
+                .log_dir
+                .as_ref()
+                .map(|dir| dir.join("api.log"))
+                .as_deref(),
         )
         .expect("api starts");
         let key = assay_testkit::api_key(&database, "e2e").await.expect("key");
@@ -55,6 +81,8 @@ impl Stack {
             api,
             workers: Vec::new(),
             client,
+            extra_env: options.env,
+            log_dir: options.log_dir,
         };
         for _ in 0..workers {
             stack.start_worker(worker_args).await;
@@ -97,8 +125,14 @@ impl Stack {
         ];
         all_args.extend_from_slice(args);
         let mut env = Self::env_of(&self.database, &self.redis, 0);
+        env.extend(self.extra_env.iter().cloned());
         env.push(("REDIS_URL", redis_url));
-        let worker = Process::start("assay-worker", &all_args, &env).expect("worker starts");
+        let log = self
+            .log_dir
+            .as_ref()
+            .map(|dir| dir.join(format!("worker-{}.log", self.workers.len())));
+        let worker = Process::start_logged("assay-worker", &all_args, &env, log.as_deref())
+            .expect("worker starts");
         let probe = Client::new(format!("http://127.0.0.1:{port}"), None);
         eventually(
             Duration::from_secs(20),
