@@ -66,7 +66,7 @@ impl Application {
         let pool = assay_core::db::pool(&settings.database_url, settings.database_pool_size)?;
         // Checked before anything is bound: a bad registry entry stops the
         // process with a message naming it.
-        let catalog = ModelCatalog::from_env()?;
+        let catalog = ModelCatalog::from_env(assay_core::providers::registry::Keys::NotNeeded)?;
         let redis = assay_core::redis_pool::build(&settings.redis_url, 8)?;
         let queue = JobQueue::connect(&settings.redis_url, &settings.queue_prefix).await?;
         let state = web::Data::new(AppState {

@@ -56,7 +56,7 @@ pub async fn run(config: WorkerConfig) -> anyhow::Result<()> {
     metrics::describe();
     let settings = &config.settings;
     // Checked first: a bad registry entry stops the process with a message naming it.
-    let catalog = ModelCatalog::from_env()?;
+    let catalog = ModelCatalog::from_env(assay_core::providers::registry::Keys::Required)?;
     let pool = assay_core::db::pool(&settings.database_url, settings.database_pool_size)?;
     // Limits and the cache: a few commands per call, from at most
     // `concurrency` calls at once.

@@ -286,16 +286,20 @@ pub struct ModelCatalog {
 
 impl ModelCatalog {
     /// A catalog of the registry file named by `ASSAY_MODELS_FILE`, or of the
-    /// built-in mock only when it is unset.
-    pub fn from_env() -> Result<Self, registry::RegistryError> {
+    /// built-in mock only when it is unset. `keys` says whether this process
+    /// calls models (and so needs their API keys).
+    pub fn from_env(keys: registry::Keys) -> Result<Self, registry::RegistryError> {
         match std::env::var(registry::MODELS_FILE_VAR) {
-            Ok(path) if !path.trim().is_empty() => Self::load(std::path::Path::new(&path)),
+            Ok(path) if !path.trim().is_empty() => Self::load(std::path::Path::new(&path), keys),
             _ => Ok(Self::default()),
         }
     }
 
-    pub fn load(path: &std::path::Path) -> Result<Self, registry::RegistryError> {
-        let models = registry::load(path, &registry::http_client())?;
+    pub fn load(
+        path: &std::path::Path,
+        keys: registry::Keys,
+    ) -> Result<Self, registry::RegistryError> {
+        let models = registry::load(path, &registry::http_client(), keys)?;
         Ok(Self {
             models: Arc::new(models),
         })

@@ -138,17 +138,35 @@ impl Default for CircuitEntry {
     }
 }
 
+/// Whether a process needs the registry's API keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keys {
+    /// It calls models (workers): an enabled entry's unset key variable is an error.
+    Required,
+    /// It only validates names (the API): keys are not read, so it needs no secrets.
+    NotNeeded,
+}
+
 /// Parses and checks a registry; `env` looks up environment variables.
 pub fn parse(
     text: &str,
     http: &reqwest::Client,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<BTreeMap<String, Arc<Model>>, RegistryError> {
+    parse_with(text, http, env, Keys::Required)
+}
+
+pub fn parse_with(
+    text: &str,
+    http: &reqwest::Client,
+    env: impl Fn(&str) -> Option<String>,
+    keys: Keys,
+) -> Result<BTreeMap<String, Arc<Model>>, RegistryError> {
     let file: RegistryFile =
         toml::from_str(text).map_err(|error| RegistryError::file(error.to_string()))?;
     let mut models = BTreeMap::new();
     for (name, entry) in file.models.iter().filter(|(_, entry)| entry.enabled) {
-        let model = build(name, entry, http, &env)?;
+        let model = build(name, entry, http, &env, keys)?;
         models.insert(name.clone(), Arc::new(model));
     }
     for (name, entry) in file.models.iter().filter(|(_, entry)| entry.enabled) {
@@ -188,10 +206,11 @@ pub fn parse(
 pub fn load(
     path: &Path,
     http: &reqwest::Client,
+    keys: Keys,
 ) -> Result<BTreeMap<String, Arc<Model>>, RegistryError> {
     let text = std::fs::read_to_string(path)
         .map_err(|error| RegistryError::file(format!("cannot read {}: {error}", path.display())))?;
-    parse(&text, http, |name| std::env::var(name).ok()).map_err(|mut error| {
+    parse_with(&text, http, |name| std::env::var(name).ok(), keys).map_err(|mut error| {
         error.message = format!("{}: {}", path.display(), error.message);
         error
     })
@@ -202,6 +221,7 @@ fn build(
     entry: &Entry,
     http: &reqwest::Client,
     env: &impl Fn(&str) -> Option<String>,
+    keys: Keys,
 ) -> Result<Model, RegistryError> {
     let fail = |message: String| RegistryError::entry(name, message);
     if name.is_empty() || name.starts_with("mock:") || name.len() > 200 {
@@ -257,6 +277,7 @@ fn build(
     })?;
     let key = match &entry.api_key_env {
         None => None,
+        Some(_) if keys == Keys::NotNeeded => None,
         Some(variable) => {
             let value = env(variable).filter(|value| !value.trim().is_empty());
             Some(ApiKey::new(value.ok_or_else(|| {
