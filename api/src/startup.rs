@@ -22,6 +22,8 @@ pub struct AppState {
     pub queue: JobQueue,
     pub catalog: ModelCatalog,
     pub prometheus: PrometheusHandle,
+    /// Runs per chunk when planning evaluations.
+    pub runs_per_chunk: i32,
     /// Largest request body accepted (dataset uploads are the big ones).
     pub max_body_bytes: usize,
 }
@@ -75,6 +77,7 @@ impl Application {
             queue,
             catalog,
             prometheus,
+            runs_per_chunk: settings.runs_per_chunk,
             max_body_bytes: config.max_body_bytes,
         });
         let listener = TcpListener::bind(&config.bind)

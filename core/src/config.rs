@@ -21,6 +21,8 @@ pub struct Settings {
     pub queue_prefix: String,
     /// Connections in the PostgreSQL pool of this process.
     pub database_pool_size: usize,
+    /// Runs (items x repeats) per chunk of an evaluation (`ASSAY_CHUNK_RUNS`).
+    pub runs_per_chunk: i32,
 }
 
 impl Settings {
@@ -32,6 +34,11 @@ impl Settings {
             database_pool_size: var_or("ASSAY_DATABASE_POOL_SIZE", "16")
                 .parse()
                 .unwrap_or(16),
+            runs_per_chunk: var_or("ASSAY_CHUNK_RUNS", "")
+                .parse()
+                .ok()
+                .filter(|runs| (1..=100_000).contains(runs))
+                .unwrap_or(crate::db::models::chunks::DEFAULT_RUNS_PER_CHUNK),
         }
     }
 }

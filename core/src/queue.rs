@@ -1,7 +1,21 @@
 //! Job payloads and the Redis queues they travel on.
 //!
-//! Payloads hold ids, never data: PostgreSQL is the record, and a job lost
-//! in Redis can be rebuilt from it.
+//! Payloads hold ids, never data: PostgreSQL is the record (the plan of an
+//! evaluation's chunks and each chunk's state), and a job lost in Redis is
+//! pushed again from it. Every push carries a fresh task id, which the
+//! chunk's row remembers, so the sweeper can ask Redis whether that push is
+//! still alive.
+//!
+//! One queue per priority (`<prefix>:chunks:high|normal|low`): the Redis
+//! backend ignores priorities, so workers consume the three queues with
+//! their own consumers. Pushes are announced on `<prefix>:chunks:wake`, so an
+//! idle worker fetches at once instead of on its next poll.
+//!
+//! The backend's own keys (see `../shared/STACK.md`): `Q:scheduled` (ZSET by
+//! run-at second, every push lands there), `Q:active` (LIST of due ids),
+//! `Q:inflight:<worker>` (SET), `Q:data` (HASH id -> payload), `Q:meta:<id>`
+//! (HASH, `done_at` set on ack), `Q:done` and `Q:dead` (SETs), `Q:workers`
+//! (ZSET by last heartbeat).
 
 use std::time::Duration;
 
@@ -9,39 +23,57 @@ use apalis_core::backend::TaskSink;
 use apalis_core::task::builder::TaskBuilder;
 use apalis_core::task::task_id::TaskId;
 use apalis_redis::{Config, ConnectionManager, RedisStorage};
+use redis::Script;
 use redis::aio::ConnectionManagerConfig;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// Runs one evaluation: every item x model that has no result yet.
+use crate::domain::Priority;
+
+/// Runs one chunk of an evaluation: a range of items x one model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EvaluationJob {
+pub struct ChunkJob {
     /// Payload format, so that workers can refuse what they do not understand.
     pub v: u32,
-    pub evaluation_id: Uuid,
     pub tenant_id: Uuid,
+    pub evaluation_id: Uuid,
+    pub chunk_index: i32,
 }
 
-impl EvaluationJob {
+impl ChunkJob {
     pub const VERSION: u32 = 1;
 
-    pub fn new(tenant_id: Uuid, evaluation_id: Uuid) -> Self {
+    pub fn new(tenant_id: Uuid, evaluation_id: Uuid, chunk_index: i32) -> Self {
         Self {
             v: Self::VERSION,
-            evaluation_id,
             tenant_id,
+            evaluation_id,
+            chunk_index,
         }
     }
 }
 
-/// The apalis queue name of evaluation jobs under `prefix`.
-pub fn evaluation_queue(prefix: &str) -> String {
-    format!("{prefix}:evaluations")
+/// A chunk to push, under the task id its row records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Push {
+    pub job: ChunkJob,
+    pub priority: Priority,
+    pub job_id: Uuid,
+}
+
+/// The queue of chunk jobs of `priority` under `prefix`.
+pub fn chunk_queue(prefix: &str, priority: Priority) -> String {
+    format!("{prefix}:chunks:{}", priority.as_str())
+}
+
+/// The channel pushes are announced on.
+pub fn wake_channel(prefix: &str) -> String {
+    format!("{prefix}:chunks:wake")
 }
 
 /// How often a worker tells Redis it is alive. A worker silent for
 /// `HEARTBEAT_INTERVAL * MISSED_HEARTBEATS` is presumed dead and its jobs are
-/// handed to a live worker: 10 s, well within the 30 s recovery target.
+/// handed to a live worker: 10 s.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 pub const MISSED_HEARTBEATS: usize = 2;
 
@@ -57,19 +89,19 @@ pub async fn connect(redis_url: &str) -> redis::RedisResult<ConnectionManager> {
         .await
 }
 
-/// The apalis storage of evaluation jobs under `prefix`. `batch_size` is how
-/// many jobs one fetch moves to a worker: keep it at most the worker's job
-/// concurrency, or jobs wait behind a busy worker.
-pub fn evaluation_storage(
+/// The apalis storage of chunk jobs of `priority`. One job per fetch: a
+/// worker takes a chunk only when it can start it (prefetched ids wait
+/// without heartbeats, see STACK.md), so chunks spread over every replica.
+pub fn chunk_storage(
     conn: ConnectionManager,
     prefix: &str,
-    batch_size: usize,
-) -> RedisStorage<EvaluationJob> {
+    priority: Priority,
+) -> RedisStorage<ChunkJob> {
     let config = Config::default()
-        .queue(evaluation_queue(prefix))
+        .queue(chunk_queue(prefix, priority))
         .heartbeat_interval(HEARTBEAT_INTERVAL)
         .missed_heartbeats(MISSED_HEARTBEATS)
-        .batch_size(batch_size)
+        .batch_size(1)
         // Without stored results apalis does not ack, and finished jobs re-run.
         .persist_results(true)
         // Nothing subscribes to apalis' PUBLISH on every push, lock and ack.
@@ -77,39 +109,235 @@ pub fn evaluation_storage(
     RedisStorage::new(conn).with_config(config)
 }
 
-/// Where the API pushes jobs.
+// KEYS: data, done, dead. ARGV: task ids. For each: 1 when the task waits,
+// runs or waits for a retry (its payload exists and it is neither done nor
+// dead), else 0. One script, so no fetch or ack can fall between the checks.
+const ALIVE: &str = r#"
+local alive = {}
+for i, id in ipairs(ARGV) do
+  if redis.call('HEXISTS', KEYS[1], id) == 1
+     and redis.call('SISMEMBER', KEYS[2], id) == 0
+     and redis.call('SISMEMBER', KEYS[3], id) == 0 then
+    alive[i] = 1
+  else
+    alive[i] = 0
+  end
+end
+return alive
+"#;
+
+// KEYS: done or dead set, data hash. ARGV: meta key prefix, cutoff (unix
+// seconds), task ids. Deletes the tasks that finished before the cutoff.
+const FORGET: &str = r#"
+local removed = 0
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  local meta = ARGV[1] .. id
+  local done_at = tonumber(redis.call('HGET', meta, 'done_at') or '0')
+  if done_at < tonumber(ARGV[2]) then
+    redis.call('SREM', KEYS[1], id)
+    redis.call('HDEL', KEYS[2], id)
+    redis.call('DEL', meta)
+    removed = removed + 1
+  end
+end
+return removed
+"#;
+
+// KEYS: active, scheduled, workers. ARGV: now (unix seconds), worker
+// inflight-key prefix. Returns {ready, delayed, running}.
+const DEPTH: &str = r#"
+local ready = redis.call('LLEN', KEYS[1]) + redis.call('ZCOUNT', KEYS[2], '-inf', ARGV[1])
+local delayed = redis.call('ZCOUNT', KEYS[2], '(' .. ARGV[1], '+inf')
+local running = 0
+for _, worker in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+  running = running + redis.call('SCARD', ARGV[2] .. worker)
+end
+return {ready, delayed, running}
+"#;
+
+/// How many jobs a queue holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Depth {
+    /// Due: waiting for a worker.
+    pub ready: u64,
+    /// Scheduled later (retries).
+    pub delayed: u64,
+    /// Taken by a worker (including dead workers' not yet recovered).
+    pub running: u64,
+}
+
+/// Pushes chunk jobs and reads the queues' state. Cheap to clone.
 #[derive(Clone)]
 pub struct JobQueue {
-    storage: RedisStorage<EvaluationJob>,
+    prefix: String,
+    storages: [RedisStorage<ChunkJob>; 3],
+    /// For the announcement, and for the scripts above.
+    redis: deadpool_redis::Pool,
+    alive: Script,
+    forget: Script,
+    depth: Script,
 }
 
 impl JobQueue {
-    pub async fn connect(redis_url: &str, prefix: &str) -> redis::RedisResult<Self> {
+    pub async fn connect(redis_url: &str, prefix: &str) -> anyhow::Result<Self> {
+        let conn = connect(redis_url).await?;
         Ok(Self {
-            storage: evaluation_storage(connect(redis_url).await?, prefix, 1),
+            prefix: prefix.to_owned(),
+            storages: Priority::ALL.map(|priority| chunk_storage(conn.clone(), prefix, priority)),
+            redis: crate::redis_pool::build(redis_url, 8)?,
+            alive: Script::new(ALIVE),
+            forget: Script::new(FORGET),
+            depth: Script::new(DEPTH),
         })
     }
 
-    /// Pushes the job under the evaluation's id (pushing an id that is
-    /// queued already is a no-op). One retry: after a Redis restart the
-    /// first command on a reconnecting connection can fail.
-    pub async fn push_evaluation(&self, job: EvaluationJob) -> anyhow::Result<()> {
-        let mut storage = self.storage.clone();
-        let task = || {
-            TaskBuilder::new(job)
-                .task_id(TaskId::from_uuid(job.evaluation_id))
-                .build()
-        };
-        match storage.push_task(task()).await {
-            Ok(()) => Ok(()),
-            Err(first) => {
-                tracing::warn!(evaluation.id = %job.evaluation_id, error = %first, "push failed; retrying once");
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn storage(&self, priority: Priority) -> RedisStorage<ChunkJob> {
+        self.storages[priority.index()].clone()
+    }
+
+    /// Pushes `pushes` (each under its own task id) and announces them.
+    /// One retry: after a Redis restart the first command on a reconnecting
+    /// connection can fail. A task id that exists already is not pushed twice.
+    pub async fn push(&self, pushes: &[Push]) -> anyhow::Result<()> {
+        if pushes.is_empty() {
+            return Ok(());
+        }
+        for priority in Priority::ALL {
+            let tasks = || {
+                pushes
+                    .iter()
+                    .filter(|push| push.priority == priority)
+                    .map(|push| {
+                        TaskBuilder::new(push.job)
+                            .task_id(TaskId::from_uuid(push.job_id))
+                            .build()
+                    })
+                    .collect::<Vec<_>>()
+            };
+            if tasks().is_empty() {
+                continue;
+            }
+            let mut storage = self.storage(priority);
+            let first = storage.push_all(futures::stream::iter(tasks())).await;
+            if let Err(first) = first {
+                tracing::warn!(error = %first, "push failed; retrying once");
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 storage
-                    .push_task(task())
+                    .push_all(futures::stream::iter(tasks()))
                     .await
-                    .map_err(|error| anyhow::anyhow!("pushing job to Redis: {error}"))
+                    .map_err(|error| anyhow::anyhow!("pushing jobs to Redis: {error}"))?;
             }
         }
+        // Idle workers wake at once; if this is lost, they poll anyway.
+        if let Ok(mut conn) = self.redis.get().await {
+            let _: Result<i64, _> = redis::cmd("PUBLISH")
+                .arg(wake_channel(&self.prefix))
+                .arg(pushes.len())
+                .query_async(&mut *conn)
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Which of `job_ids` are still waiting, running or due for a retry in
+    /// the queue of `priority`.
+    pub async fn alive(&self, priority: Priority, job_ids: &[Uuid]) -> anyhow::Result<Vec<bool>> {
+        if job_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let queue = chunk_queue(&self.prefix, priority);
+        let mut conn = self.redis.get().await?;
+        let mut invocation = self.alive.prepare_invoke();
+        invocation
+            .key(format!("{queue}:data"))
+            .key(format!("{queue}:done"))
+            .key(format!("{queue}:dead"));
+        for id in job_ids {
+            invocation.arg(id.to_string());
+        }
+        let flags: Vec<i64> = invocation.invoke_async(&mut *conn).await?;
+        Ok(flags.into_iter().map(|flag| flag == 1).collect())
+    }
+
+    /// Deletes finished and dead jobs (payload, metadata, set entry) of the
+    /// queue of `priority` that finished more than `age` ago; returns how
+    /// many. apalis never trims them (and its `vacuum` deletes jobs that
+    /// wait for a retry), so without this Redis grows with every chunk run.
+    pub async fn forget_finished(&self, priority: Priority, age: Duration) -> anyhow::Result<u64> {
+        let queue = chunk_queue(&self.prefix, priority);
+        let cutoff = chrono::Utc::now().timestamp() - i64::try_from(age.as_secs()).unwrap_or(0);
+        let mut removed = 0;
+        for set in ["done", "dead"] {
+            let set_key = format!("{queue}:{set}");
+            let mut cursor: u64 = 0;
+            loop {
+                let mut conn = self.redis.get().await?;
+                let (next, ids): (u64, Vec<String>) = redis::cmd("SSCAN")
+                    .arg(&set_key)
+                    .arg(cursor)
+                    .arg("COUNT")
+                    .arg(500)
+                    .query_async(&mut *conn)
+                    .await?;
+                if !ids.is_empty() {
+                    let mut invocation = self.forget.prepare_invoke();
+                    invocation
+                        .key(&set_key)
+                        .key(format!("{queue}:data"))
+                        .arg(format!("{queue}:meta:"))
+                        .arg(cutoff);
+                    for id in &ids {
+                        invocation.arg(id);
+                    }
+                    let count: u64 = invocation.invoke_async(&mut *conn).await?;
+                    removed += count;
+                }
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The queue of `priority`: due, delayed and running jobs.
+    pub async fn depth(&self, priority: Priority) -> anyhow::Result<Depth> {
+        let queue = chunk_queue(&self.prefix, priority);
+        let mut conn = self.redis.get().await?;
+        let (ready, delayed, running): (u64, u64, u64) = self
+            .depth
+            .key(format!("{queue}:active"))
+            .key(format!("{queue}:scheduled"))
+            .key(format!("{queue}:workers"))
+            .arg(chrono::Utc::now().timestamp())
+            .arg(format!("{queue}:inflight:"))
+            .invoke_async(&mut *conn)
+            .await?;
+        Ok(Depth {
+            ready,
+            delayed,
+            running,
+        })
+    }
+
+    /// Worker processes that heartbeat on the normal queue now.
+    pub async fn live_workers(&self) -> anyhow::Result<u64> {
+        let queue = chunk_queue(&self.prefix, Priority::Normal);
+        let since = chrono::Utc::now().timestamp()
+            - (HEARTBEAT_INTERVAL * MISSED_HEARTBEATS as u32).as_secs() as i64;
+        let mut conn = self.redis.get().await?;
+        let count: u64 = redis::cmd("ZCOUNT")
+            .arg(format!("{queue}:workers"))
+            .arg(since)
+            .arg("+inf")
+            .query_async(&mut *conn)
+            .await?;
+        Ok(count)
     }
 }

@@ -8,6 +8,8 @@
 //!   (killed on drop), for tests that must see real processes die.
 //! - [`Client`]: a small JSON client with a bearer key.
 //! - [`Proxy`]: a TCP proxy a test can cut, to take Redis away from one process.
+//! - [`PrivatePostgres`], [`PrivateRedis`]: servers of the test's own, to
+//!   restart or flush without disturbing the tests running beside it.
 //!
 //! Defaults match the local services; `ASSAY_TEST_ADMIN_DATABASE_URL` and
 //! `ASSAY_TEST_REDIS_URL` point elsewhere.
@@ -15,6 +17,7 @@
 pub mod client;
 mod process;
 mod proxy;
+mod servers;
 
 use std::time::Duration;
 
@@ -24,6 +27,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 pub use client::Client;
 pub use process::{Process, binary, free_port};
 pub use proxy::Proxy;
+pub use servers::{PrivatePostgres, PrivateRedis};
 
 fn admin_url() -> String {
     std::env::var("ASSAY_TEST_ADMIN_DATABASE_URL")
@@ -43,12 +47,19 @@ fn unique_suffix() -> String {
 pub struct TestDatabase {
     pub name: String,
     pub url: String,
+    /// The server's admin URL, to drop it from.
+    admin: String,
 }
 
 impl TestDatabase {
     pub async fn create() -> anyhow::Result<Self> {
+        Self::create_on(&admin_url()).await
+    }
+
+    /// A fresh database on the server of `admin` (a URL to an existing database there).
+    pub async fn create_on(admin: &str) -> anyhow::Result<Self> {
         let name = format!("assay_test_{}", unique_suffix());
-        let admin = admin_url();
+        let admin = admin.to_owned();
         let mut conn = AsyncPgConnection::establish(&admin)
             .await
             .with_context(|| {
@@ -62,7 +73,7 @@ impl TestDatabase {
             None => anyhow::bail!("ASSAY_TEST_ADMIN_DATABASE_URL has no database part"),
         };
         // From here on, dropping `database` drops the database, also when migrating fails.
-        let database = Self { name, url };
+        let database = Self { name, url, admin };
         // The migration harness needs a multi-thread runtime (`block_in_place`);
         // tests may run on a current-thread one, so give it its own.
         let migrate_url = database.url.clone();
@@ -86,13 +97,14 @@ impl TestDatabase {
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         let name = self.name.clone();
+        let admin = self.admin.clone();
         // Drop runs inside tokio tests: do the async work on a thread with its own runtime.
         let dropped = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             runtime.block_on(async {
-                let mut conn = AsyncPgConnection::establish(&admin_url()).await?;
+                let mut conn = AsyncPgConnection::establish(&admin).await?;
                 diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
                     .execute(&mut conn)
                     .await?;
@@ -117,8 +129,13 @@ pub struct TestRedis {
 
 impl TestRedis {
     pub fn new() -> Self {
+        Self::on(&redis_url())
+    }
+
+    /// A prefix on the Redis at `url`.
+    pub fn on(url: &str) -> Self {
         Self {
-            url: redis_url(),
+            url: url.to_owned(),
             prefix: format!("assay-test-{}", unique_suffix()),
         }
     }

@@ -4,19 +4,31 @@ use std::sync::Arc;
 
 use assay_core::db::DbPool;
 use assay_core::providers::call::LlmClient;
-use tokio::sync::{Semaphore, watch};
+use assay_core::queue::JobQueue;
+use tokio::sync::watch;
+
+use crate::capacity::{Backlog, LlmSlots};
+use crate::jobs::chunk::PlanCache;
+use crate::leases::ActiveChunks;
 
 pub struct Environment {
     pub pool: DbPool,
     /// Every model call goes through it: cache, shared limits, retries,
     /// fallbacks, circuit breakers, cost.
     pub llm: Arc<LlmClient>,
-    /// LLM calls in flight in this process, across all jobs (`--concurrency`).
-    pub llm_slots: Arc<Semaphore>,
-    /// This process's unique name, as the events table records it.
+    /// To push the chunks that follow the ones this worker starts.
+    pub queue: JobQueue,
+    /// LLM calls in flight in this process, across all chunks (`--concurrency`).
+    pub slots: Arc<LlmSlots>,
+    /// Runs taken on and not started: what decides whether to fetch a chunk.
+    pub backlog: Arc<Backlog>,
+    /// The chunks running here, whose leases are renewed.
+    pub active: Arc<ActiveChunks>,
+    pub(crate) plans: PlanCache,
+    /// This process's unique name: chunk leases and events name it.
     pub worker_name: String,
-    /// Becomes true on SIGTERM: jobs stop starting calls, write what they
-    /// have and hand their job back to the queue.
+    /// Becomes true on SIGTERM: chunks stop starting calls, write what they
+    /// have and are handed back to the queue.
     pub shutdown: watch::Receiver<bool>,
 }
 

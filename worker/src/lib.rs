@@ -1,15 +1,23 @@
-//! Assay's worker: takes jobs from Redis (apalis) and runs them.
+//! Assay's worker: takes chunk jobs from Redis (apalis) and runs them.
 //!
 //! Layout: [`jobs`] holds one module per job type and registers them;
-//! [`environment`] is the context jobs share (pools, model catalog, the
-//! process-wide limit on LLM calls in flight); [`server`] is the worker's
+//! [`environment`] is the context jobs share (pools, the LLM client, the
+//! queue); [`capacity`] decides how much work the process takes on (LLM
+//! permits by priority, and the gate on fetching chunks); [`leases`] renews
+//! the leases of the chunks running here and stops canceled ones;
+//! [`sweeper`] recovers lost work from PostgreSQL and reports queue depths;
+//! [`wake`] fetches as soon as chunks are pushed; [`server`] is the worker's
 //! own HTTP port (metrics, health); [`run`] wires it all and runs until
 //! SIGTERM. Nothing here speaks the public HTTP API.
 
+pub mod capacity;
 pub mod environment;
 pub mod jobs;
+pub mod leases;
 pub mod metrics;
 pub mod server;
+pub mod sweeper;
+pub mod wake;
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -18,39 +26,49 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use apalis::prelude::*;
+use apalis_core::backend::ext::poll_strategy::Strategy;
 use assay_core::config::Settings;
+use assay_core::domain::Priority;
 use assay_core::providers::ModelCatalog;
 use assay_core::providers::cache::ResponseCache;
 use assay_core::providers::call::LlmClient;
 use assay_core::providers::limits::Limiter;
-use tokio::sync::{Semaphore, watch};
+use assay_core::queue::JobQueue;
+use tokio::sync::watch;
 
+use crate::capacity::{Backlog, GateLayer, LlmSlots};
 use crate::environment::Environment;
+use crate::leases::ActiveChunks;
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     pub settings: Settings,
-    /// LLM calls in flight in this process, across all jobs.
+    /// LLM calls in flight in this process, across all chunks.
     pub concurrency: usize,
-    /// Jobs (evaluations) this process runs at once.
+    /// Chunks this process runs at once, at most, per priority queue (the
+    /// backlog gate usually binds first).
     pub jobs: usize,
     /// Address of `/metrics`, `/healthz` and `/readyz`.
     pub bind: String,
-    /// On SIGTERM: how long running jobs get to write what they have and hand their job back.
+    /// On SIGTERM: how long running chunks get to write what they have and hand their job back.
     pub shutdown_timeout: Duration,
-    /// How often an idle worker looks for new jobs.
+    /// How often an idle worker looks for new chunks (pushes also wake it at once).
     pub poll_interval: Duration,
-    /// Restarts of the queue consumer (after Redis errors) before the process
+    /// Restarts of the queue consumers (after Redis errors) before the process
     /// gives up and exits non-zero, so that its supervisor restarts it. Each
     /// failing restart takes about 10 s (the connection's reconnect backoff),
     /// so the default of 30 rides out a Redis outage of about 5 minutes.
     pub max_restarts: usize,
     /// How long cached answers are kept; zero turns the response cache off.
     pub cache_ttl: Duration,
+    /// How often the sweeper looks for lost work.
+    pub sweep_every: Duration,
+    /// How long finished jobs stay in Redis.
+    pub job_retention: Duration,
 }
 
-/// Runs the worker until SIGTERM or SIGINT (Ok) or until its queue consumer
-/// is gone for good (Err).
+/// Runs the worker until SIGTERM or SIGINT (Ok) or until its queue consumers
+/// are gone for good (Err).
 pub async fn run(config: WorkerConfig) -> anyhow::Result<()> {
     let prometheus = assay_core::telemetry::install_prometheus();
     metrics::describe();
@@ -66,13 +84,22 @@ pub async fn run(config: WorkerConfig) -> anyhow::Result<()> {
     let cache = (!config.cache_ttl.is_zero())
         .then(|| ResponseCache::new(redis.clone(), &settings.queue_prefix, config.cache_ttl));
     let llm = Arc::new(LlmClient::new(catalog, Some(limiter), cache));
+    let queue = JobQueue::connect(&settings.redis_url, &settings.queue_prefix)
+        .await
+        .with_context(|| format!("connecting to Redis at {}", settings.redis_url))?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".to_owned());
     let process_name = format!("{host}-{}", std::process::id());
+    let backlog = Arc::new(Backlog::default());
+    let active = Arc::new(ActiveChunks::default());
     let env = Arc::new(Environment {
         pool: pool.clone(),
         llm,
-        llm_slots: Arc::new(Semaphore::new(config.concurrency)),
+        queue,
+        slots: LlmSlots::new(config.concurrency),
+        backlog: backlog.clone(),
+        active: active.clone(),
+        plans: Default::default(),
         worker_name: process_name.clone(),
         shutdown: shutdown_rx,
     });
@@ -81,28 +108,55 @@ pub async fn run(config: WorkerConfig) -> anyhow::Result<()> {
     let listener =
         TcpListener::bind(&config.bind).with_context(|| format!("binding {}", config.bind))?;
     let ops_port = listener.local_addr()?.port();
-    let ops = server::start(listener, prometheus, pool, consuming.clone())?;
+    let ops = server::start(listener, prometheus, pool.clone(), consuming.clone())?;
     tokio::spawn(ops);
+    tokio::spawn(active.renew_forever(pool, process_name.clone()));
+    tokio::spawn(sweeper::run_forever(
+        env.clone(),
+        sweeper::SweeperConfig {
+            every: config.sweep_every,
+            runs_per_chunk: settings.runs_per_chunk,
+            job_retention: config.job_retention,
+        },
+    ));
+    tokio::spawn(sweeper::report_forever(env.clone(), Duration::from_secs(5)));
+    let wakers = wake::Wakers::default();
+    tokio::spawn(wakers.clone().listen(
+        settings.redis_url.clone(),
+        assay_core::queue::wake_channel(&settings.queue_prefix),
+    ));
 
     let conn = assay_core::queue::connect(&settings.redis_url)
         .await
         .with_context(|| format!("connecting to Redis at {}", settings.redis_url))?;
-    let storage = assay_core::queue::evaluation_storage(conn, &settings.queue_prefix, config.jobs);
-    let queue = assay_core::queue::evaluation_queue(&settings.queue_prefix);
     let restarts = Arc::new(AtomicUsize::new(0));
-    let (jobs, poll_interval, max_restarts) =
-        (config.jobs, config.poll_interval, config.max_restarts);
-    let monitor = Monitor::new()
-        .register(move |restart| {
+    let chunk_runs = usize::try_from(settings.runs_per_chunk).unwrap_or(1);
+    let mut monitor = Monitor::new();
+    for priority in Priority::ALL {
+        let storage =
+            assay_core::queue::chunk_storage(conn.clone(), &settings.queue_prefix, priority);
+        let queue = assay_core::queue::chunk_queue(&settings.queue_prefix, priority);
+        let gate =
+            GateLayer::for_priority(backlog.clone(), priority, config.concurrency, chunk_runs);
+        let (env, wakers, process_name) = (env.clone(), wakers.clone(), process_name.clone());
+        let (jobs, poll_interval) = (config.jobs, config.poll_interval);
+        monitor = monitor.register(move |restart| {
+            let strategy = Strategy::new()
+                .apply(wakers.strategy())
+                .interval(poll_interval);
             // Unique per process and per restart: a name still heartbeating is
             // refused, and a shared name would hide a dead worker's jobs.
             WorkerBuilder::new(format!("{queue}-{process_name}-{restart}"))
-                .backend(storage.clone().poll_with_interval(poll_interval))
+                .backend(storage.clone().poll_with_strategy(strategy))
                 .data(env.clone())
+                .layer(gate.clone())
                 .concurrency(jobs)
                 .parallelize(tokio::spawn)
-                .build(jobs::run_evaluation)
-        })
+                .build(jobs::run_chunk)
+        });
+    }
+    let max_restarts = config.max_restarts;
+    let monitor = monitor
         .should_restart({
             let restarts = restarts.clone();
             move |worker, error| {
@@ -125,7 +179,9 @@ pub async fn run(config: WorkerConfig) -> anyhow::Result<()> {
         let consuming = consuming.clone();
         async move {
             wait_for_termination().await?;
-            tracing::info!("shutting down: no new jobs; running ones write what they have");
+            tracing::info!(
+                "shutting down: no new chunks; running ones write what they have and go back to the queue"
+            );
             signalled.store(true, Ordering::SeqCst);
             consuming.store(false, Ordering::SeqCst);
             let _ = shutdown_tx.send(true);
@@ -138,7 +194,7 @@ pub async fn run(config: WorkerConfig) -> anyhow::Result<()> {
     // `run_with_signal` also returns Ok when every consumer died without a signal.
     anyhow::ensure!(
         signalled.load(Ordering::SeqCst),
-        "the queue consumer stopped for good after {} restarts",
+        "the queue consumers stopped for good after {} restarts",
         restarts.load(Ordering::SeqCst)
     );
     tracing::info!("assay-worker stopped");

@@ -12,8 +12,9 @@ struct Cli {
     /// LLM calls in flight in this process, across all jobs.
     #[arg(long, env = "ASSAY_WORKER_CONCURRENCY", default_value_t = 64)]
     concurrency: usize,
-    /// Jobs (evaluations) run at once.
-    #[arg(long, env = "ASSAY_WORKER_JOBS", default_value_t = 4)]
+    /// Chunks run at once, at most, per priority queue (the worker fetches a
+    /// chunk only when its calls would soon idle, so this rarely binds).
+    #[arg(long, env = "ASSAY_WORKER_JOBS", default_value_t = 32)]
     jobs: usize,
     /// Address of the worker's /metrics, /healthz and /readyz.
     #[arg(long, env = "ASSAY_WORKER_BIND", default_value = "127.0.0.1:9090")]
@@ -30,6 +31,12 @@ struct Cli {
     /// How long answers stay in the response cache; 0s turns it off.
     #[arg(long, env = "ASSAY_CACHE_TTL", default_value = "7d", value_parser = humantime::parse_duration)]
     cache_ttl: Duration,
+    /// How often the sweeper looks for work lost in Redis or by dead workers.
+    #[arg(long, env = "ASSAY_SWEEP_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    sweep_interval: Duration,
+    /// How long finished jobs stay in Redis before they are deleted.
+    #[arg(long, env = "ASSAY_QUEUE_RETENTION", default_value = "1h", value_parser = humantime::parse_duration)]
+    job_retention: Duration,
 }
 
 #[tokio::main]
@@ -39,8 +46,9 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(cli.concurrency >= 1, "--concurrency must be at least 1");
     anyhow::ensure!(cli.jobs >= 1, "--jobs must be at least 1");
     let mut settings = Settings::from_env();
-    // Every job writes results and reads pages; leave room for all of them.
-    settings.database_pool_size = settings.database_pool_size.max(cli.jobs * 2 + 2);
+    // Chunks write results and read pages, leases and the sweeper need one
+    // each; the LLM calls themselves need none.
+    settings.database_pool_size = settings.database_pool_size.max(16);
     assay_worker::run(WorkerConfig {
         settings,
         concurrency: cli.concurrency,
@@ -50,6 +58,8 @@ async fn main() -> anyhow::Result<()> {
         poll_interval: cli.poll_interval,
         max_restarts: cli.max_restarts,
         cache_ttl: cli.cache_ttl,
+        sweep_every: cli.sweep_interval,
+        job_retention: cli.job_retention,
     })
     .await
 }

@@ -1,11 +1,13 @@
 //! Evaluations: submit, poll, page through results.
 
 use actix_web::{HttpResponse, web};
-use assay_core::db::models::evaluations::{self, Evaluation, NewEvaluation};
+use assay_core::db::models::chunks;
+use assay_core::db::models::evaluations::{
+    self, Evaluation, NewEvaluation, Planning, Reopen, ReopenRefused,
+};
 use assay_core::db::models::results::{self, EvaluationResult, ResultCursor};
 use assay_core::db::models::{datasets, prompts};
 use assay_core::domain::{EvaluationRequest, validate_graders, validate_threshold};
-use assay_core::queue::EvaluationJob;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
@@ -38,9 +40,15 @@ struct EvaluationBody {
     threshold: Option<f64>,
     /// Whether deterministic calls may be answered from the response cache.
     cache: bool,
+    priority: String,
+    /// 1, then one more per resume or retry-errors.
+    run: i32,
     /// For a re-grading: the evaluation whose outputs it grades.
     source_evaluation_id: Option<Uuid>,
     counts: Counts,
+    /// The evaluation's chunks by state (single-evaluation reads only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    chunks: Option<chunks::ChunkCounts>,
     summary: Option<Value>,
     error: Option<String>,
     created_at: DateTime<Utc>,
@@ -61,6 +69,8 @@ impl From<Evaluation> for EvaluationBody {
             repeat: evaluation.repeats,
             threshold: evaluation.threshold,
             cache: evaluation.use_cache,
+            priority: evaluation.priority,
+            run: evaluation.run,
             source_evaluation_id: evaluation.source_evaluation_id,
             counts: Counts {
                 total: evaluation.total,
@@ -69,6 +79,7 @@ impl From<Evaluation> for EvaluationBody {
                 failed: evaluation.failed,
                 errored: evaluation.errored,
             },
+            chunks: None,
             summary: evaluation.summary,
             error: evaluation.error,
             created_at: evaluation.created_at,
@@ -120,29 +131,34 @@ pub async fn create(
         threshold: request.threshold,
         source_evaluation_id: None,
         use_cache: request.cache.unwrap_or(true),
+        priority: request.priority.unwrap_or_default().as_str().to_owned(),
     };
     drop(conn);
-    enqueue(&state, &caller, new).await
+    enqueue(&state, &caller, new, dataset.item_count).await
 }
 
-/// Writes the evaluation, then pushes its job, and answers 202 with `Location`.
+/// Writes the evaluation and its plan, then pushes its first chunks, and
+/// answers 202 with `Location`.
 ///
-/// The row is written first so that a job is never queued for an evaluation
-/// that does not exist. If the push fails twice, the evaluation is marked
-/// failed (nothing half-done is left) and the answer is 503.
+/// The rows are written first so that a job never runs ahead of its record.
+/// If the push fails twice, the evaluation is marked failed (nothing
+/// half-done is left; it can be resumed once Redis is back) and the answer
+/// is 503.
 async fn enqueue(
     state: &AppState,
     caller: &assay_core::db::models::api_keys::Caller,
     new: NewEvaluation,
+    items: i32,
 ) -> Result<HttpResponse, ApiError> {
     let mut conn = state.pool.get().await?;
     let total = new.total;
-    let evaluation = evaluations::create(&mut conn, &caller.actor(), &new).await?;
-    if let Err(error) = state
-        .queue
-        .push_evaluation(EvaluationJob::new(caller.tenant_id, evaluation.id))
-        .await
-    {
+    let planning = Planning {
+        items,
+        runs_per_chunk: state.runs_per_chunk,
+    };
+    let (evaluation, pushes) =
+        evaluations::create(&mut conn, &caller.actor(), &new, planning).await?;
+    if let Err(error) = state.queue.push(&pushes).await {
         metrics::counter!("assay_queue_push_failures_total").increment(1);
         tracing::error!(evaluation.id = %evaluation.id, error = format!("{error:#}"), "could not enqueue evaluation");
         evaluations::fail(
@@ -154,14 +170,96 @@ async fn enqueue(
         )
         .await?;
         return Err(ApiError::Unavailable(format!(
-            "the job queue is unavailable; evaluation {} was recorded as failed, submit it again later",
-            evaluation.id
+            "the job queue is unavailable; evaluation {} was recorded as failed: resume it (POST /v1/evaluations/{}/resume) once the queue is back",
+            evaluation.id, evaluation.id
         )));
     }
     metrics::counter!("assay_evaluations_submitted_total").increment(1);
-    tracing::info!(evaluation.id = %evaluation.id, total, "evaluation queued");
+    tracing::info!(evaluation.id = %evaluation.id, total, chunks = pushes.len(), "evaluation queued");
     Ok(HttpResponse::Accepted()
         .insert_header(("Location", format!("/v1/evaluations/{}", evaluation.id)))
+        .json(EvaluationBody::from(evaluation)))
+}
+
+/// `POST /v1/evaluations/{id}/cancel`: no new LLM calls within seconds;
+/// what was written is kept.
+pub async fn cancel(
+    state: web::Data<AppState>,
+    Authenticated(caller): Authenticated,
+    path: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    let mut conn = state.pool.get().await?;
+    let canceled = evaluations::cancel(&mut conn, caller.tenant_id, *path, &caller.actor()).await?;
+    let evaluation = evaluations::get(&mut conn, caller.tenant_id, *path)
+        .await?
+        .ok_or(ApiError::NotFound("evaluation"))?;
+    if !canceled {
+        return Err(ApiError::Conflict(format!(
+            "only a queued or running evaluation can be canceled; this one is {}",
+            evaluation.status
+        )));
+    }
+    metrics::counter!("assay_evaluations_canceled_total").increment(1);
+    Ok(HttpResponse::Ok().json(EvaluationBody::from(evaluation)))
+}
+
+/// `POST /v1/evaluations/{id}/resume`: a failed or canceled evaluation
+/// finishes only what is missing.
+pub async fn resume(
+    state: web::Data<AppState>,
+    Authenticated(caller): Authenticated,
+    path: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    reopen(&state, &caller, *path, Reopen::Resume).await
+}
+
+/// `POST /v1/evaluations/{id}/retry-errors`: a finished evaluation runs its
+/// errored results again (and anything missing), as its next run.
+pub async fn retry_errors(
+    state: web::Data<AppState>,
+    Authenticated(caller): Authenticated,
+    path: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    reopen(&state, &caller, *path, Reopen::RetryErrors).await
+}
+
+async fn reopen(
+    state: &AppState,
+    caller: &assay_core::db::models::api_keys::Caller,
+    id: Uuid,
+    how: Reopen,
+) -> Result<HttpResponse, ApiError> {
+    let mut conn = state.pool.get().await?;
+    let (evaluation, pushes) =
+        match evaluations::reopen(&mut conn, caller.tenant_id, id, &caller.actor(), how).await? {
+            Ok(reopened) => reopened,
+            Err(ReopenRefused::NotFound) => return Err(ApiError::NotFound("evaluation")),
+            Err(ReopenRefused::Status(status)) => {
+                let allowed = match how {
+                    Reopen::Resume => "a failed or canceled evaluation",
+                    Reopen::RetryErrors => "a succeeded, failed or canceled evaluation",
+                };
+                return Err(ApiError::Conflict(format!(
+                    "only {allowed} can be {}; this one is {status}",
+                    match how {
+                        Reopen::Resume => "resumed",
+                        Reopen::RetryErrors => "retried",
+                    }
+                )));
+            }
+            Err(ReopenRefused::NothingToRetry) => {
+                return Err(ApiError::Conflict(
+                    "this evaluation has no errored results to retry".to_owned(),
+                ));
+            }
+        };
+    // If this push is lost, the rows say what is queued and the sweeper pushes it.
+    if let Err(error) = state.queue.push(&pushes).await {
+        metrics::counter!("assay_queue_push_failures_total").increment(1);
+        tracing::warn!(evaluation.id = %id, error = format!("{error:#}"), "push after reopening failed; the sweeper will push it");
+    }
+    Ok(HttpResponse::Accepted()
+        .insert_header(("Location", format!("/v1/evaluations/{id}")))
         .json(EvaluationBody::from(evaluation)))
 }
 
@@ -211,9 +309,10 @@ pub async fn regrade(
         threshold: body.threshold,
         source_evaluation_id: Some(source.id),
         use_cache: source.use_cache,
+        priority: source.priority.clone(),
     };
     drop(conn);
-    enqueue(&state, &caller, new).await
+    enqueue(&state, &caller, new, dataset.item_count).await
 }
 
 pub async fn get(
@@ -225,7 +324,10 @@ pub async fn get(
     let evaluation = evaluations::get(&mut conn, caller.tenant_id, *path)
         .await?
         .ok_or(ApiError::NotFound("evaluation"))?;
-    Ok(HttpResponse::Ok().json(EvaluationBody::from(evaluation)))
+    let chunks = chunks::counts(&mut conn, caller.tenant_id, *path).await?;
+    let mut body = EvaluationBody::from(evaluation);
+    body.chunks = Some(chunks);
+    Ok(HttpResponse::Ok().json(body))
 }
 
 pub async fn list(

@@ -74,6 +74,21 @@ pub fn configure(config: &mut web::ServiceConfig) {
                         .default_service(web::to(method_not_allowed)),
                 )
                 .service(
+                    web::resource("/evaluations/{evaluation_id}/cancel")
+                        .post(evaluations::cancel)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/evaluations/{evaluation_id}/resume")
+                        .post(evaluations::resume)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/evaluations/{evaluation_id}/retry-errors")
+                        .post(evaluations::retry_errors)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
                     web::resource("/evaluations/{evaluation_id}/regrade")
                         .post(evaluations::regrade)
                         .default_service(web::to(method_not_allowed)),

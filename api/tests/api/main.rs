@@ -34,6 +34,7 @@ impl TestApp {
                 redis_url: redis_url.unwrap_or_else(|| redis.url.clone()),
                 queue_prefix: redis.prefix.clone(),
                 database_pool_size: 4,
+                runs_per_chunk: assay_core::db::models::chunks::DEFAULT_RUNS_PER_CHUNK,
             },
             bind: "127.0.0.1:0".to_owned(),
             max_body_bytes: 1 << 20,

@@ -206,14 +206,21 @@ async fn an_evaluation_is_recorded_then_queued() {
         .unwrap();
     assert_eq!(fetched.status, 200);
     assert_eq!(fetched.body["status"], "queued");
+    assert_eq!(fetched.body["priority"], "normal");
+    // 10 items x 2 models: one range of items, one chunk per model; one
+    // chunk of an evaluation is queued at a time.
+    assert_eq!(
+        fetched.body["chunks"],
+        json!({"total": 2, "pending": 1, "queued": 1, "running": 0, "done": 0, "canceled": 0})
+    );
     let listed = client.get("/v1/evaluations").await.unwrap();
     assert_eq!(listed.body["data"][0]["id"], json!(evaluation_id));
 
-    // The job waits in Redis under this test's prefix, keyed by the evaluation id.
+    // The chunk jobs wait in Redis under this test's prefix, on the normal queue.
     let keys = app.redis.keys().unwrap();
     assert!(
         keys.iter()
-            .any(|key| key.ends_with(":evaluations:scheduled")),
+            .any(|key| key.ends_with(":chunks:normal:scheduled")),
         "queue keys: {keys:?}"
     );
     let pushed_again_is_harmless = app.count_rows("evaluations").await;

@@ -37,6 +37,25 @@ diesel::table! {
 }
 
 diesel::table! {
+    evaluation_chunks (evaluation_id, chunk_index) {
+        evaluation_id -> Uuid,
+        chunk_index -> Int4,
+        tenant_id -> Uuid,
+        model -> Text,
+        first_position -> Int4,
+        last_position -> Int4,
+        status -> Text,
+        job_id -> Nullable<Uuid>,
+        queued_at -> Nullable<Timestamptz>,
+        lease_owner -> Nullable<Text>,
+        lease_expires_at -> Nullable<Timestamptz>,
+        starts -> Int4,
+        priority -> Text,
+        finished_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
     evaluation_results (evaluation_id, item_position, model, repeat_index) {
         evaluation_id -> Uuid,
         model -> Text,
@@ -88,6 +107,8 @@ diesel::table! {
         threshold -> Nullable<Float8>,
         source_evaluation_id -> Nullable<Uuid>,
         use_cache -> Bool,
+        priority -> Text,
+        run -> Int4,
     }
 }
 
@@ -130,6 +151,25 @@ diesel::table! {
 }
 
 diesel::table! {
+    superseded_results (evaluation_id, run, item_position, model, repeat_index) {
+        evaluation_id -> Uuid,
+        run -> Int4,
+        model -> Text,
+        item_position -> Int4,
+        repeat_index -> Int4,
+        tenant_id -> Uuid,
+        item_key -> Text,
+        status -> Text,
+        output -> Nullable<Text>,
+        error -> Nullable<Text>,
+        attempts -> Int4,
+        cost_usd -> Float8,
+        created_at -> Timestamptz,
+        superseded_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     tenants (id) {
         id -> Uuid,
         name -> Text,
@@ -140,18 +180,22 @@ diesel::table! {
 diesel::joinable!(api_keys -> tenants (tenant_id));
 diesel::joinable!(dataset_items -> datasets (dataset_id));
 diesel::joinable!(datasets -> tenants (tenant_id));
+diesel::joinable!(evaluation_chunks -> evaluations (evaluation_id));
 diesel::joinable!(evaluation_results -> evaluations (evaluation_id));
 diesel::joinable!(events -> tenants (tenant_id));
 diesel::joinable!(prompts -> tenants (tenant_id));
+diesel::joinable!(superseded_results -> evaluations (evaluation_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     api_keys,
     dataset_items,
     datasets,
+    evaluation_chunks,
     evaluation_results,
     evaluations,
     events,
     prompt_versions,
     prompts,
+    superseded_results,
     tenants,
 );

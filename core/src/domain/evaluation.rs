@@ -33,6 +33,57 @@ pub struct EvaluationRequest {
     /// from the response cache (default true).
     #[serde(default)]
     pub cache: Option<bool>,
+    /// Which queue its chunks travel on (default normal).
+    #[serde(default)]
+    pub priority: Option<Priority>,
+}
+
+/// Which queue an evaluation's chunks travel on: workers serve high before
+/// normal before low, both when taking chunks and when handing out LLM calls.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    High,
+    #[default]
+    Normal,
+    Low,
+}
+
+impl Priority {
+    /// Highest first.
+    pub const ALL: [Priority; 3] = [Priority::High, Priority::Normal, Priority::Low];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::High => "high",
+            Priority::Normal => "normal",
+            Priority::Low => "low",
+        }
+    }
+
+    /// Position in [`Priority::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// One level up (high stays high).
+    pub fn raised(self) -> Self {
+        match self {
+            Priority::Low => Priority::Normal,
+            Priority::Normal | Priority::High => Priority::High,
+        }
+    }
+}
+
+impl std::str::FromStr for Priority {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Priority::ALL
+            .into_iter()
+            .find(|priority| priority.as_str() == text)
+            .ok_or_else(|| format!("unknown priority {text:?} (high, normal or low)"))
+    }
 }
 
 /// Most runs of one item x model.

@@ -7,7 +7,7 @@ mod prompt;
 
 pub use dataset::{DatasetItemInput, ParsedDataset, ParsedItem, parse_jsonl_items, validate_items};
 pub use evaluation::{
-    DatasetShape, EvaluationRequest, MAX_REPEAT, validate_graders, validate_threshold,
+    DatasetShape, EvaluationRequest, MAX_REPEAT, Priority, validate_graders, validate_threshold,
 };
 pub use prompt::{ChatMessage, ModelParams, PromptContent, Role};
 

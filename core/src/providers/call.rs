@@ -389,7 +389,8 @@ mod tests {
             "#,
         )
         .unwrap();
-        let catalog = ModelCatalog::load(&path, crate::providers::registry::Keys::Required).unwrap();
+        let catalog =
+            ModelCatalog::load(&path, crate::providers::registry::Keys::Required).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         let client = LlmClient::new(catalog.clone(), None, None);
         let broken = catalog.resolve("broken").unwrap();

@@ -24,7 +24,7 @@
 //! Time is Redis' own clock (`TIME`), so workers' clocks may disagree.
 //! Waiting for capacity is not an error: [`Limiter::acquire`] sleeps for
 //! what the script says (plus jitter, so waiters do not stampede).
-//! Keys share a hash tag per model (`{prefix:limits:model}`) so that the
+//! Keys share a hash tag per model (`prefix:limits:{model}:...`) so that the
 //! scripts also run on Redis Cluster.
 
 use std::time::{Duration, Instant};
@@ -202,7 +202,8 @@ impl Limiter {
     }
 
     fn keys(&self, model: &str) -> Keys {
-        let tag = format!("{{{}:limits:{model}}}", self.prefix);
+        // Every key under the deployment's prefix; the model is the hash tag.
+        let tag = format!("{}:limits:{{{model}}}", self.prefix);
         Keys {
             cooldown: format!("{tag}:cooldown"),
             cooldown_grace: format!("{tag}:cooldown-grace"),

@@ -181,14 +181,29 @@ async fn two_workers_run_an_evaluation_and_every_figure_checks_out() {
         total_cost
     ));
 
-    // Metrics of the workers that ran it.
+    // Metrics of the workers that ran it: the evaluation's chunks (600 items
+    // x 2 models, 250 runs per chunk: 6) spread over both workers.
     let mut metrics = String::new();
     for index in 0..stack.workers.len() {
-        metrics.push_str(&stack.worker_metrics(index).await);
+        let text = stack.worker_metrics(index).await;
+        assert!(
+            text.contains("assay_jobs_finished_total{kind=\"chunk\",outcome=\"succeeded\"}"),
+            "worker {index} ran no chunk:\n{text}"
+        );
+        metrics.push_str(&text);
     }
+    assert_eq!(
+        stack
+            .metric_sum(
+                "assay_jobs_finished_total",
+                &["kind=\"chunk\"", "outcome=\"succeeded\""]
+            )
+            .await,
+        6.0
+    );
     for expected in [
-        "assay_jobs_started_total{kind=\"evaluation\"}",
-        "assay_jobs_finished_total{kind=\"evaluation\",outcome=\"succeeded\"}",
+        "assay_jobs_started_total{kind=\"chunk\"}",
+        "assay_jobs_finished_total{kind=\"chunk\",outcome=\"succeeded\"}",
         "assay_llm_calls_total{model=\"mock\",provider=\"mock\",outcome=\"ok\",purpose=\"generate\"}",
         "assay_llm_call_duration_seconds_bucket{model=\"mock\",provider=\"mock\",outcome=\"ok\",purpose=\"generate\"",
         "assay_results_written_total{status=\"passed\"}",

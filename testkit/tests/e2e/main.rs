@@ -4,6 +4,7 @@
 mod evaluation;
 mod graders;
 mod providers;
+mod recovery;
 mod worker_failures;
 
 use std::path::PathBuf;
@@ -36,6 +37,10 @@ pub struct StackOptions {
     pub env: Vec<(&'static str, String)>,
     /// A directory for `api.log` and `worker-<n>.log`.
     pub log_dir: Option<PathBuf>,
+    /// Another PostgreSQL server (its admin URL) than the machine's.
+    pub postgres_admin_url: Option<String>,
+    /// Another Redis than the machine's.
+    pub redis_url: Option<String>,
 }
 
 impl Stack {
@@ -44,8 +49,15 @@ impl Stack {
     }
 
     pub async fn start_with(workers: usize, worker_args: &[&str], options: StackOptions) -> Stack {
-        let database = TestDatabase::create().await.expect("database");
-        let redis = TestRedis::new();
+        let database = match &options.postgres_admin_url {
+            Some(admin) => TestDatabase::create_on(admin).await,
+            None => TestDatabase::create().await,
+        }
+        .expect("database");
+        let redis = match &options.redis_url {
+            Some(url) => TestRedis::on(url),
+            None => TestRedis::new(),
+        };
         let port = free_port();
         let mut env = Self::env_of(&database, &redis, port);
         env.extend(options.env.iter().cloned());

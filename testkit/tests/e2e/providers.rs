@@ -569,6 +569,7 @@ async fn api_keys_appear_in_no_log_line_row_or_error_body() {
         StackOptions {
             env,
             log_dir: Some(logs.clone()),
+            ..StackOptions::default()
         },
     )
     .await;

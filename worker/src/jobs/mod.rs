@@ -6,57 +6,64 @@
 //! and once a job has failed [`MAX_ATTEMPTS`] times; otherwise a plain error
 //! lets the backend try again.
 
-pub mod evaluation;
+pub mod chunk;
 
 use std::sync::Arc;
 
 use apalis::prelude::*;
-use assay_core::queue::EvaluationJob;
+use assay_core::queue::ChunkJob;
 use metrics::counter;
 use tracing::Instrument;
 
 use crate::environment::Environment;
 
-/// Runs of one job (apalis counts them from 1) before its evaluation is marked failed. Under the
-/// backend's own limit of 25, so that Assay, not apalis, decides.
-pub const MAX_ATTEMPTS: usize = 12;
+/// Runs of one job (apalis counts them from 1) before its evaluation is
+/// marked failed: about three and a half minutes of retries (1 s, 2 s, ...),
+/// enough to ride out a restarting database. Under the backend's own limit
+/// of 25, so that Assay, not apalis, decides.
+pub const MAX_ATTEMPTS: usize = 20;
 
-/// The apalis handler of evaluation jobs.
-pub async fn run_evaluation(
-    job: EvaluationJob,
+/// The apalis handler of chunk jobs.
+pub async fn run_chunk(
+    job: ChunkJob,
     env: Data<Arc<Environment>>,
     attempt: Attempt,
 ) -> Result<(), BoxDynError> {
     let env = Arc::clone(&env);
-    counter!("assay_jobs_started_total", "kind" => "evaluation").increment(1);
-    let span = tracing::info_span!("job", job.kind = "evaluation", evaluation.id = %job.evaluation_id, attempt = attempt.current());
-    let outcome = evaluation::run(job, env.clone()).instrument(span).await;
+    counter!("assay_jobs_started_total", "kind" => "chunk").increment(1);
+    let span = tracing::info_span!("job", job.kind = "chunk", evaluation.id = %job.evaluation_id, chunk = job.chunk_index, attempt = attempt.current());
+    let outcome = chunk::run(job, env.clone()).instrument(span).await;
     let finished = |outcome: &'static str| {
-        counter!("assay_jobs_finished_total", "kind" => "evaluation", "outcome" => outcome)
-            .increment(1);
+        counter!("assay_jobs_finished_total", "kind" => "chunk", "outcome" => outcome).increment(1);
     };
     match outcome {
-        Ok(evaluation::Outcome::Finished) => {
+        Ok(chunk::Outcome::Done { .. }) => {
             finished("succeeded");
             Ok(())
         }
-        Ok(evaluation::Outcome::Skipped) => {
+        Ok(chunk::Outcome::Released) => {
+            finished("released");
+            Ok(())
+        }
+        Ok(chunk::Outcome::Stopped) => {
+            finished("stopped");
+            Ok(())
+        }
+        Ok(chunk::Outcome::Skipped) => {
             finished("skipped");
             Ok(())
         }
-        Err(evaluation::JobError::Permanent(error)) => {
+        Err(chunk::JobError::Permanent(error)) => {
             finished("failed");
             tracing::error!(evaluation.id = %job.evaluation_id, error = format!("{error:#}"), "evaluation failed");
             Err(AbortError::new(format!("{error:#}")).into())
         }
-        Err(evaluation::JobError::Transient(error)) if env.shutting_down() => {
-            finished("released");
-            tracing::info!(evaluation.id = %job.evaluation_id, "released on shutdown: {error:#}");
-            Err(format!("{error:#}").into())
-        }
-        Err(evaluation::JobError::Transient(error)) if attempt.current() >= MAX_ATTEMPTS => {
+        Err(chunk::JobError::Transient(error)) if attempt.current() >= MAX_ATTEMPTS => {
             finished("failed");
-            let reason = format!("gave up after {MAX_ATTEMPTS} attempts: {error:#}");
+            let reason = format!(
+                "chunk {} gave up after {MAX_ATTEMPTS} attempts: {error:#}",
+                job.chunk_index
+            );
             tracing::error!(evaluation.id = %job.evaluation_id, reason, "evaluation failed");
             if let Ok(mut conn) = env.pool.get().await {
                 let _ = assay_core::db::models::evaluations::fail(
@@ -70,9 +77,9 @@ pub async fn run_evaluation(
             }
             Err(AbortError::new(reason).into())
         }
-        Err(evaluation::JobError::Transient(error)) => {
+        Err(chunk::JobError::Transient(error)) => {
             finished("retried");
-            tracing::warn!(evaluation.id = %job.evaluation_id, attempt = attempt.current(), error = format!("{error:#}"), "evaluation will be retried");
+            tracing::warn!(evaluation.id = %job.evaluation_id, chunk = job.chunk_index, attempt = attempt.current(), error = format!("{error:#}"), "chunk will be retried");
             Err(format!("{error:#}").into())
         }
     }

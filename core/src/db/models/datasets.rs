@@ -173,6 +173,24 @@ pub async fn list(
 
 /// Items in position order, after position `after`: what the API pages
 /// through and what a job streams, so no one loads a whole dataset.
+/// Items at positions `from..=to`, in order (a chunk's range).
+pub async fn items_between(
+    conn: &mut AsyncPgConnection,
+    tenant_id: Uuid,
+    dataset_id: Uuid,
+    from: i32,
+    to: i32,
+) -> QueryResult<Vec<DatasetItem>> {
+    dataset_items::table
+        .filter(dataset_items::tenant_id.eq(tenant_id))
+        .filter(dataset_items::dataset_id.eq(dataset_id))
+        .filter(dataset_items::position.between(from, to))
+        .order(dataset_items::position.asc())
+        .select(DatasetItem::as_select())
+        .load(conn)
+        .await
+}
+
 pub async fn items_page(
     conn: &mut AsyncPgConnection,
     tenant_id: Uuid,

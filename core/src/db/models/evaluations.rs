@@ -2,7 +2,11 @@
 //!
 //! Status moves `queued` -> `running` -> `succeeded` | `failed` (or
 //! `canceled`); every transition is a guarded UPDATE (`WHERE status IN ...`),
-//! so a job delivered twice cannot finish an evaluation twice.
+//! so a job delivered twice cannot finish an evaluation twice. A failed or
+//! canceled evaluation can be resumed, and any finished one can have its
+//! errored results retried: both make it `queued` again, as run `run + 1`.
+//!
+//! The work itself is planned into chunks ([`super::chunks`]).
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -12,9 +16,12 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::Page;
+use super::chunks::{self, QUEUED_PER_EVALUATION};
 use super::events::{self, NewEvent};
 use super::results::{self, GraderSummary, ModelSummary, RepeatStats};
-use crate::db::schema::evaluations;
+use crate::db::schema::{datasets, evaluation_results, evaluations};
+use crate::domain::Priority;
+use crate::queue::Push;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -87,9 +94,16 @@ pub struct Evaluation {
     pub source_evaluation_id: Option<Uuid>,
     /// Deterministic calls may be answered from the response cache.
     pub use_cache: bool,
+    pub priority: String,
+    /// 1, then one more per resume or retry-errors.
+    pub run: i32,
 }
 
 impl Evaluation {
+    pub fn priority(&self) -> Priority {
+        self.priority.parse().unwrap_or_default()
+    }
+
     pub fn status(&self) -> EvaluationStatus {
         self.status
             .parse()
@@ -143,20 +157,43 @@ pub struct NewEvaluation {
     pub threshold: Option<f64>,
     pub source_evaluation_id: Option<Uuid>,
     pub use_cache: bool,
+    pub priority: String,
 }
 
-/// Writes the evaluation (status `queued`) and its `evaluation.created` event.
+/// How an evaluation is split into chunks.
+#[derive(Debug, Clone, Copy)]
+pub struct Planning {
+    /// Items in its dataset.
+    pub items: i32,
+    /// Runs (items x repeats) per chunk.
+    pub runs_per_chunk: i32,
+}
+
+/// Writes the evaluation (status `queued`), its plan of chunks and its
+/// `evaluation.created` event, and queues its first chunks: push the
+/// returned jobs after this returns (the rows exist before any job runs).
 pub async fn create(
     conn: &mut AsyncPgConnection,
     actor: &str,
     new: &NewEvaluation,
-) -> QueryResult<Evaluation> {
+    planning: Planning,
+) -> QueryResult<(Evaluation, Vec<Push>)> {
     conn.transaction(async |conn| {
         let evaluation: Evaluation = diesel::insert_into(evaluations::table)
             .values(new)
             .returning(Evaluation::as_returning())
             .get_result(conn)
             .await?;
+        let plan = chunks::plan(
+            new.tenant_id,
+            new.id,
+            &evaluation.model_names(),
+            planning.items,
+            new.repeats,
+            planning.runs_per_chunk,
+            evaluation.priority(),
+        );
+        chunks::insert_plan(conn, &plan).await?;
         events::record(
             conn,
             NewEvent {
@@ -165,13 +202,40 @@ pub async fn create(
                 action: "evaluation.created",
                 resource_type: "evaluation",
                 resource_id: new.id,
-                data: serde_json::json!({ "total": new.total, "models": new.models }),
+                data: serde_json::json!({ "total": new.total, "models": new.models, "chunks": plan.len() }),
             },
         )
         .await?;
-        Ok(evaluation)
+        let pushes = chunks::queue_pending(conn, &evaluation, QUEUED_PER_EVALUATION).await?;
+        Ok((evaluation, pushes))
     })
     .await
+}
+
+/// The evaluation, its row locked until the transaction ends.
+pub async fn lock(
+    conn: &mut AsyncPgConnection,
+    tenant_id: Uuid,
+    id: Uuid,
+) -> QueryResult<Option<Evaluation>> {
+    evaluations::table
+        .filter(evaluations::tenant_id.eq(tenant_id))
+        .filter(evaluations::id.eq(id))
+        .select(Evaluation::as_select())
+        .for_update()
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// Items in the evaluation's dataset.
+pub async fn item_count(conn: &mut AsyncPgConnection, evaluation: &Evaluation) -> QueryResult<i32> {
+    datasets::table
+        .filter(datasets::tenant_id.eq(evaluation.tenant_id))
+        .filter(datasets::id.eq(evaluation.dataset_id))
+        .select(datasets::item_count)
+        .first(conn)
+        .await
 }
 
 pub async fn get(
@@ -207,60 +271,230 @@ pub async fn list(
     Ok(Page::from_overfetched(query.load(conn).await?, limit))
 }
 
-/// Moves a queued (or already running, on re-delivery) evaluation to
-/// `running`. `None` when it is finished, canceled or gone: nothing to do.
-pub async fn start(
+/// Moves a queued evaluation (locked by the caller) to `running`, with its
+/// `evaluation.started` event: the first chunk to start does this, once.
+pub async fn mark_running(
+    conn: &mut AsyncPgConnection,
+    evaluation: &Evaluation,
+    actor: &str,
+) -> QueryResult<Evaluation> {
+    let running: Evaluation =
+        diesel::update(evaluations::table.filter(evaluations::id.eq(evaluation.id)))
+            .set((
+                evaluations::status.eq("running"),
+                evaluations::started_at.eq(diesel::dsl::sql::<
+                    diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>,
+                >("coalesce(started_at, now())")),
+                evaluations::updated_at.eq(diesel::dsl::now),
+            ))
+            .returning(Evaluation::as_returning())
+            .get_result(conn)
+            .await?;
+    events::record(
+        conn,
+        NewEvent {
+            tenant_id: evaluation.tenant_id,
+            actor,
+            action: "evaluation.started",
+            resource_type: "evaluation",
+            resource_id: evaluation.id,
+            data: serde_json::json!({ "run": evaluation.run }),
+        },
+    )
+    .await?;
+    Ok(running)
+}
+
+/// Cancels a queued or running evaluation: no chunk starts any more, running
+/// ones stop starting calls, and what was written is kept. False when it was
+/// not queued or running.
+pub async fn cancel(
     conn: &mut AsyncPgConnection,
     tenant_id: Uuid,
     id: Uuid,
     actor: &str,
-) -> QueryResult<Option<Evaluation>> {
+) -> QueryResult<bool> {
     conn.transaction(async |conn| {
-        let before = evaluations::table
-            .filter(evaluations::tenant_id.eq(tenant_id))
-            .filter(evaluations::id.eq(id))
-            .select(evaluations::status)
-            .for_update()
-            .first::<String>(conn)
-            .await
-            .optional()?;
-        let Some(before) = before else {
-            return Ok(None);
+        let Some(evaluation) = lock(conn, tenant_id, id).await? else {
+            return Ok(false);
         };
-        if before != "queued" && before != "running" {
-            return Ok(None);
+        if evaluation.status().is_terminal() {
+            return Ok(false);
         }
-        let evaluation: Evaluation =
-            diesel::update(evaluations::table.filter(evaluations::id.eq(id)))
-                .set((
-                    evaluations::status.eq("running"),
-                    evaluations::started_at.eq(diesel::dsl::sql::<
-                        diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>,
-                    >("coalesce(started_at, now())")),
-                    evaluations::updated_at.eq(diesel::dsl::now),
-                ))
-                .returning(Evaluation::as_returning())
-                .get_result(conn)
-                .await?;
+        diesel::update(evaluations::table.filter(evaluations::id.eq(id)))
+            .set((
+                evaluations::status.eq("canceled"),
+                evaluations::finished_at.eq(diesel::dsl::now),
+                evaluations::updated_at.eq(diesel::dsl::now),
+            ))
+            .execute(conn)
+            .await?;
+        let stopped = chunks::cancel_unfinished(conn, id).await?;
         events::record(
             conn,
             NewEvent {
                 tenant_id,
                 actor,
-                action: if before == "queued" {
-                    "evaluation.started"
-                } else {
-                    "evaluation.resumed"
-                },
+                action: "evaluation.canceled",
                 resource_type: "evaluation",
                 resource_id: id,
-                data: serde_json::json!({}),
+                data: serde_json::json!({ "completed": evaluation.completed, "chunks_stopped": stopped }),
             },
         )
         .await?;
-        Ok(Some(evaluation))
+        Ok(true)
     })
     .await
+}
+
+/// How [`reopen`] restarts an evaluation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reopen {
+    /// A failed or canceled evaluation finishes what is missing.
+    Resume,
+    /// Any finished evaluation runs its errored results again (they are
+    /// moved to `superseded_results`), and what is missing.
+    RetryErrors,
+}
+
+/// Why [`reopen`] refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReopenRefused {
+    NotFound,
+    /// Its status does not allow it (named).
+    Status(String),
+    /// Retry-errors on an evaluation without errored results.
+    NothingToRetry,
+}
+
+/// Restarts an evaluation as run `run + 1`; returns its first chunks to push.
+pub async fn reopen(
+    conn: &mut AsyncPgConnection,
+    tenant_id: Uuid,
+    id: Uuid,
+    actor: &str,
+    how: Reopen,
+) -> QueryResult<Result<(Evaluation, Vec<Push>), ReopenRefused>> {
+    conn.transaction(async |conn| {
+        let Some(evaluation) = lock(conn, tenant_id, id).await? else {
+            return Ok(Err(ReopenRefused::NotFound));
+        };
+        let status = evaluation.status();
+        let allowed = match how {
+            Reopen::Resume => matches!(status, EvaluationStatus::Failed | EvaluationStatus::Canceled),
+            Reopen::RetryErrors => status.is_terminal(),
+        };
+        if !allowed {
+            return Ok(Err(ReopenRefused::Status(evaluation.status.clone())));
+        }
+        let mut retried = 0;
+        if how == Reopen::RetryErrors {
+            let errored = supersede_errored(conn, &evaluation).await?;
+            if errored.is_empty() && status == EvaluationStatus::Succeeded {
+                return Ok(Err(ReopenRefused::NothingToRetry));
+            }
+            retried = errored.len();
+            let runs: Vec<(String, i32)> = errored.into_iter().collect();
+            chunks::reopen_holding(conn, id, &runs).await?;
+        }
+        chunks::reopen_unfinished(conn, id).await?;
+        let reopened: Evaluation = diesel::update(evaluations::table.filter(evaluations::id.eq(id)))
+            .set((
+                evaluations::status.eq("queued"),
+                evaluations::run.eq(evaluations::run + 1),
+                evaluations::error.eq(None::<String>),
+                evaluations::summary.eq(None::<Value>),
+                evaluations::finished_at.eq(None::<DateTime<Utc>>),
+                evaluations::updated_at.eq(diesel::dsl::now),
+            ))
+            .returning(Evaluation::as_returning())
+            .get_result(conn)
+            .await?;
+        events::record(
+            conn,
+            NewEvent {
+                tenant_id,
+                actor,
+                action: match how {
+                    Reopen::Resume => "evaluation.resumed",
+                    Reopen::RetryErrors => "evaluation.retrying_errors",
+                },
+                resource_type: "evaluation",
+                resource_id: id,
+                data: serde_json::json!({ "from": evaluation.status, "run": reopened.run, "errored_results_retried": retried }),
+            },
+        )
+        .await?;
+        let pushes = chunks::queue_pending(conn, &reopened, QUEUED_PER_EVALUATION).await?;
+        Ok(Ok((reopened, pushes)))
+    })
+    .await
+}
+
+/// Moves the evaluation's errored results to `superseded_results` (tagged
+/// with the run that wrote them) and takes them off its counters; returns
+/// the (model, position) of each.
+async fn supersede_errored(
+    conn: &mut AsyncPgConnection,
+    evaluation: &Evaluation,
+) -> QueryResult<std::collections::BTreeSet<(String, i32)>> {
+    use diesel::sql_types::{Int4, Uuid as SqlUuid};
+    #[derive(QueryableByName)]
+    struct Moved {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        model: String,
+        #[diesel(sql_type = Int4)]
+        item_position: i32,
+    }
+    let moved: Vec<Moved> = diesel::sql_query(
+        "WITH moved AS (
+             DELETE FROM evaluation_results
+             WHERE evaluation_id = $1 AND tenant_id = $2 AND status = 'errored'
+             RETURNING *)
+         INSERT INTO superseded_results
+             (evaluation_id, run, model, item_position, repeat_index, tenant_id, item_key,
+              status, output, error, attempts, cost_usd, created_at)
+         SELECT evaluation_id, $3, model, item_position, repeat_index, tenant_id, item_key,
+                status, output, error, attempts, cost_usd, created_at
+         FROM moved
+         ON CONFLICT DO NOTHING
+         RETURNING model, item_position",
+    )
+    .bind::<SqlUuid, _>(evaluation.id)
+    .bind::<SqlUuid, _>(evaluation.tenant_id)
+    .bind::<Int4, _>(evaluation.run)
+    .load(conn)
+    .await?;
+    // Counters follow the rows that are left, exactly.
+    let (passed, failed, errored): (i64, i64, i64) = evaluation_results::table
+        .filter(evaluation_results::evaluation_id.eq(evaluation.id))
+        .select((
+            diesel::dsl::sql::<diesel::sql_types::BigInt>(
+                "count(*) FILTER (WHERE status = 'passed')",
+            ),
+            diesel::dsl::sql::<diesel::sql_types::BigInt>(
+                "count(*) FILTER (WHERE status = 'failed')",
+            ),
+            diesel::dsl::sql::<diesel::sql_types::BigInt>(
+                "count(*) FILTER (WHERE status = 'errored')",
+            ),
+        ))
+        .get_result(conn)
+        .await?;
+    let count = |n: i64| i32::try_from(n).unwrap_or(i32::MAX);
+    diesel::update(evaluations::table.filter(evaluations::id.eq(evaluation.id)))
+        .set((
+            evaluations::completed.eq(count(passed + failed + errored)),
+            evaluations::passed.eq(count(passed)),
+            evaluations::failed.eq(count(failed)),
+            evaluations::errored.eq(count(errored)),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(moved
+        .into_iter()
+        .map(|row| (row.model, row.item_position))
+        .collect())
 }
 
 /// Marks an unfinished evaluation failed with `error`; false when it had finished already.
@@ -287,6 +521,8 @@ pub async fn fail(
         .execute(conn)
         .await?;
         if updated == 1 {
+            // Nothing more starts; a resume makes them pending again.
+            chunks::cancel_unfinished(conn, id).await?;
             events::record(
                 conn,
                 NewEvent {

@@ -154,12 +154,13 @@ pub async fn insert_batch(
 /// (position, model, repeat) of one run.
 pub type RunKey = (i32, String, i32);
 
-/// Keys of the results that exist for items in `first..=last`: what a
-/// re-run job must not do again.
+/// Keys of `model`'s results that exist for items in `first..=last`: what a
+/// re-run chunk must not do again.
 pub async fn existing_keys(
     conn: &mut AsyncPgConnection,
     tenant_id: Uuid,
     evaluation_id: Uuid,
+    model: &str,
     first: i32,
     last: i32,
 ) -> QueryResult<HashSet<RunKey>> {
@@ -167,6 +168,7 @@ pub async fn existing_keys(
         .filter(evaluation_results::evaluation_id.eq(evaluation_id))
         .filter(evaluation_results::tenant_id.eq(tenant_id))
         .filter(evaluation_results::item_position.between(first, last))
+        .filter(evaluation_results::model.eq(model))
         .select((
             evaluation_results::item_position,
             evaluation_results::model,
@@ -175,6 +177,25 @@ pub async fn existing_keys(
         .load(conn)
         .await?;
     Ok(rows.into_iter().collect())
+}
+
+/// `model`'s result rows for items in `first..=last` (every repeat).
+pub async fn count_in_range(
+    conn: &mut AsyncPgConnection,
+    tenant_id: Uuid,
+    evaluation_id: Uuid,
+    model: &str,
+    first: i32,
+    last: i32,
+) -> QueryResult<i64> {
+    evaluation_results::table
+        .filter(evaluation_results::evaluation_id.eq(evaluation_id))
+        .filter(evaluation_results::tenant_id.eq(tenant_id))
+        .filter(evaluation_results::item_position.between(first, last))
+        .filter(evaluation_results::model.eq(model))
+        .count()
+        .get_result(conn)
+        .await
 }
 
 /// What a re-grading takes from its source evaluation for one run.
@@ -197,11 +218,12 @@ pub struct StoredOutput {
     pub cached_tokens: i32,
 }
 
-/// The stored outputs of items in `first..=last`, by run.
+/// `model`'s stored outputs of items in `first..=last`, by run.
 pub async fn stored_outputs(
     conn: &mut AsyncPgConnection,
     tenant_id: Uuid,
     evaluation_id: Uuid,
+    model: &str,
     first: i32,
     last: i32,
 ) -> QueryResult<HashMap<RunKey, StoredOutput>> {
@@ -209,6 +231,7 @@ pub async fn stored_outputs(
         .filter(evaluation_results::evaluation_id.eq(evaluation_id))
         .filter(evaluation_results::tenant_id.eq(tenant_id))
         .filter(evaluation_results::item_position.between(first, last))
+        .filter(evaluation_results::model.eq(model))
         .select(StoredOutput::as_select())
         .load(conn)
         .await?;

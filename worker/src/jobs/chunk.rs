@@ -1,16 +1,22 @@
-//! The evaluation job: every item x model of one evaluation that has no
-//! result yet is rendered, sent to its model, graded and written.
+//! The chunk job: every run (item x repeat) of one chunk — a range of items
+//! of one evaluation on one model — that has no result yet is rendered,
+//! sent to its model, graded and written.
 //!
 //! How it stays exact under at-least-once delivery:
-//! - before each page of items it reads which (item, model) pairs have a
-//!   result, and skips them: a re-run redoes only what is missing;
+//! - a worker runs a chunk only while it holds the chunk's lease
+//!   ([`chunks::start`]); a second delivery meanwhile waits for it;
+//! - before calling, it reads which runs of the range have a result and
+//!   skips them: a re-run (after a crash, a shutdown, a retry) redoes only
+//!   what is missing, with no second LLM call or bill for finished runs;
 //! - results are written by one writer task in batches with
 //!   `ON CONFLICT DO NOTHING`, and counters move by the rows inserted;
-//! - the evaluation finishes through a guarded UPDATE (`status = 'running'`),
-//!   once, after every pair has a row.
+//! - the chunk is done only when every run of its range has a row, and the
+//!   last chunk to finish finalizes the evaluation through a guarded UPDATE.
 //!
-//! Memory stays flat: items are streamed a page at a time and at most
-//! `--concurrency` calls (and their results) are alive at once.
+//! It stops starting calls when the worker shuts down (the chunk is handed
+//! back to the queue at once) and when the lease renewal finds the chunk
+//! canceled or taken over. Memory stays flat: a chunk's items are read a
+//! page at a time and at most `--concurrency` calls are alive per process.
 //!
 //! A re-grading (an evaluation with a source) takes each output from its
 //! source evaluation's result instead of calling the model: only judge
@@ -20,6 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use assay_core::db::models::chunks::{self, Chunk, Finish, NotRun, Start};
 use assay_core::db::models::datasets::{self, DatasetItem};
 use assay_core::db::models::evaluations::{self, Evaluation};
 use assay_core::db::models::prompts;
@@ -28,7 +35,7 @@ use assay_core::domain::{ChatMessage, ModelParams};
 use assay_core::graders::{self, GradeInput, Grader, GraderSpec, Judge, JudgeReply};
 use assay_core::providers::Model;
 use assay_core::providers::call::{CallOptions, LlmClient};
-use assay_core::queue::EvaluationJob;
+use assay_core::queue::ChunkJob;
 use assay_core::templates::PromptTemplate;
 use metrics::{counter, histogram};
 use serde_json::Value;
@@ -36,32 +43,43 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::environment::Environment;
+use crate::leases::{ChunkHandle, LEASE};
 
 /// Items read per page.
-const ITEM_PAGE: i64 = 500;
-/// Result rows per INSERT (16 columns: far below the bind-parameter limit).
+const ITEM_PAGE: i32 = 500;
+/// Result rows per INSERT (19 columns: far below the bind-parameter limit).
 const WRITE_BATCH: usize = 500;
 /// A partial batch is written after this long, so counts stay current.
 const WRITE_INTERVAL: Duration = Duration::from_millis(250);
 
-/// Why a run did not finish its evaluation.
+/// Why a run did not finish its chunk.
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
     /// Retrying cannot help (the evaluation's inputs are broken); the
     /// evaluation has been marked failed.
     #[error("{0:#}")]
     Permanent(anyhow::Error),
-    /// Retrying may help (database or Redis trouble, a worker shutting down).
+    /// Retrying may help (database or Redis trouble, a lease held elsewhere).
     #[error("{0:#}")]
     Transient(anyhow::Error),
 }
 
-/// What a finished run did.
+impl JobError {
+    fn transient(error: impl Into<anyhow::Error>) -> Self {
+        JobError::Transient(error.into())
+    }
+}
+
+/// What a run of a chunk came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// The evaluation is finished (by this run, or it already was).
-    Finished,
-    /// Nothing to do: the evaluation is gone, finished or canceled.
+    /// Every run of the chunk has a result; `last` when it finished its evaluation.
+    Done { last: bool },
+    /// Handed back to the queue (the worker is shutting down).
+    Released,
+    /// Stopped early: canceled, or taken over by another worker.
+    Stopped,
+    /// Nothing to do: done already, gone, or its evaluation is finished.
     Skipped,
 }
 
@@ -109,85 +127,201 @@ impl Judge for ProviderJudge {
     }
 }
 
-pub async fn run(job: EvaluationJob, env: Arc<Environment>) -> Result<Outcome, JobError> {
-    if job.v != EvaluationJob::VERSION {
+pub async fn run(job: ChunkJob, env: Arc<Environment>) -> Result<Outcome, JobError> {
+    if job.v != ChunkJob::VERSION {
         return Err(JobError::Permanent(anyhow::anyhow!(
             "unknown job payload version {}",
             job.v
         )));
     }
-    let actor = env.actor();
-    let plan = {
-        let mut conn = env
-            .pool
-            .get()
+    let started = {
+        let mut conn = env.pool.get().await.map_err(JobError::transient)?;
+        chunks::start(&mut conn, &job, &env.worker_name, LEASE)
             .await
-            .map_err(|error| JobError::Transient(error.into()))?;
-        let Some(evaluation) =
-            evaluations::start(&mut conn, job.tenant_id, job.evaluation_id, &actor)
-                .await
-                .map_err(|error| JobError::Transient(error.into()))?
-        else {
-            return Ok(Outcome::Skipped);
-        };
-        match plan(&mut conn, &env, evaluation).await {
-            Ok(plan) => plan,
-            Err(PlanError::Database(error)) => return Err(JobError::Transient(error.into())),
-            Err(PlanError::Invalid(reason)) => {
-                evaluations::fail(&mut conn, job.tenant_id, job.evaluation_id, &actor, &reason)
-                    .await
-                    .map_err(|error| JobError::Transient(error.into()))?;
-                return Err(JobError::Permanent(anyhow::anyhow!(reason)));
-            }
+            .map_err(JobError::transient)?
+    };
+    let (chunk, evaluation, refill) = match started {
+        Start::Run {
+            chunk,
+            evaluation,
+            refill,
+        } => (chunk, evaluation, refill),
+        Start::NotRun(NotRun::Elsewhere) => {
+            // Its holder finishes it, or dies and its lease expires: look again later.
+            return Err(JobError::Transient(anyhow::anyhow!(
+                "chunk {} is running on another worker",
+                job.chunk_index
+            )));
+        }
+        Start::NotRun(_) => return Ok(Outcome::Skipped),
+    };
+    // The evaluation's next chunk, queued when this one started. If the push
+    // is lost, the sweeper finds the queued row without a job and pushes it.
+    if let Err(error) = env.queue.push(&refill).await {
+        tracing::warn!(
+            error = format!("{error:#}"),
+            "could not push the next chunk; the sweeper will"
+        );
+    }
+    let registration = env.active.register(chunk.evaluation_id, chunk.chunk_index);
+    let plan = match env.plan_for(&evaluation).await {
+        Ok(plan) => plan,
+        Err(PlanError::Database(error)) => {
+            give_back(&env, &chunk).await;
+            return Err(JobError::Transient(error));
+        }
+        Err(PlanError::Invalid(reason)) => {
+            let mut conn = env.pool.get().await.map_err(JobError::transient)?;
+            evaluations::fail(
+                &mut conn,
+                job.tenant_id,
+                job.evaluation_id,
+                &env.actor(),
+                &reason,
+            )
+            .await
+            .map_err(JobError::transient)?;
+            return Err(JobError::Permanent(anyhow::anyhow!(reason)));
         }
     };
-    let plan = Arc::new(plan);
+    let Some(model_index) = plan
+        .models
+        .iter()
+        .position(|model| model.name == chunk.model)
+    else {
+        return Err(JobError::Permanent(anyhow::anyhow!(
+            "chunk model {:?} is not one of the evaluation's",
+            chunk.model
+        )));
+    };
 
     let (results_tx, results_rx) = mpsc::channel::<NewResult>(WRITE_BATCH * 4);
     let writer = tokio::spawn(write_results(env.clone(), job, results_rx));
-    let produced = produce(&env, &plan, results_tx).await;
+    let produced = produce(
+        &env,
+        &plan,
+        &chunk,
+        model_index,
+        &registration.handle,
+        results_tx,
+    )
+    .await;
     let written = writer
         .await
-        .map_err(|error| JobError::Transient(anyhow::anyhow!("result writer panicked: {error}")))?;
-    produced?;
-    written?;
-
+        .map_err(|error| JobError::Transient(anyhow::anyhow!("result writer panicked: {error}")));
+    if let Err(error) = produced.and(written.and_then(|written| written)) {
+        give_back(&env, &chunk).await;
+        return Err(error);
+    }
+    if registration.handle.stopped() {
+        return Ok(Outcome::Stopped);
+    }
     if env.shutting_down() {
-        return Err(JobError::Transient(anyhow::anyhow!(
-            "worker shutting down; job released"
-        )));
+        hand_back(&env, &chunk).await?;
+        return Ok(Outcome::Released);
     }
-    let mut conn = env
-        .pool
-        .get()
+    let mut conn = env.pool.get().await.map_err(JobError::transient)?;
+    let finished = chunks::finish(&mut conn, &chunk, evaluation.repeats, &env.worker_name)
         .await
-        .map_err(|error| JobError::Transient(error.into()))?;
-    let current = evaluations::get(&mut conn, job.tenant_id, job.evaluation_id)
-        .await
-        .map_err(|error| JobError::Transient(error.into()))?
-        .ok_or_else(|| JobError::Permanent(anyhow::anyhow!("evaluation disappeared")))?;
-    if current.completed < current.total {
-        return Err(JobError::Transient(anyhow::anyhow!(
-            "{} of {} results written; retrying the rest",
-            current.completed,
-            current.total
-        )));
+        .map_err(JobError::transient)?;
+    match finished {
+        Finish::Done { last } => {
+            if last
+                && evaluations::finish(&mut conn, job.tenant_id, job.evaluation_id, &env.actor())
+                    .await
+                    .map_err(JobError::transient)?
+            {
+                tracing::info!(evaluation.id = %job.evaluation_id, total = evaluation.total, "evaluation finished");
+            }
+            Ok(Outcome::Done { last })
+        }
+        Finish::NotHeld => Ok(Outcome::Stopped),
+        Finish::Incomplete { missing } => {
+            drop(conn);
+            give_back(&env, &chunk).await;
+            Err(JobError::Transient(anyhow::anyhow!(
+                "{missing} runs of the chunk have no result; retrying them"
+            )))
+        }
     }
-    evaluations::finish(&mut conn, job.tenant_id, job.evaluation_id, &actor)
-        .await
-        .map_err(|error| JobError::Transient(error.into()))?;
-    tracing::info!(evaluation.id = %job.evaluation_id, total = current.total, "evaluation finished");
-    Ok(Outcome::Finished)
 }
 
-enum PlanError {
-    Database(diesel::result::Error),
+/// Drops the lease after a failure, so that the job's next delivery (the
+/// queue retries it under the same id) starts at once. If the database is
+/// down, the lease simply expires.
+async fn give_back(env: &Environment, chunk: &Chunk) {
+    if let Ok(mut conn) = env.pool.get().await
+        && let Err(error) = chunks::drop_lease(&mut conn, chunk, &env.worker_name).await
+    {
+        tracing::warn!(error = %error, "could not drop a chunk lease; it expires by itself");
+    }
+}
+
+/// Hands a chunk back on shutdown under a fresh job, so that another worker
+/// continues it at once instead of after the queue's retry delay.
+async fn hand_back(env: &Environment, chunk: &Chunk) -> Result<(), JobError> {
+    let push = {
+        let mut conn = env.pool.get().await.map_err(JobError::transient)?;
+        chunks::release(&mut conn, chunk, &env.worker_name)
+            .await
+            .map_err(JobError::transient)?
+    };
+    if let Some(push) = push {
+        env.queue
+            .push(&[push])
+            .await
+            .map_err(|error| JobError::Transient(error.context("handing the chunk back")))?;
+    }
+    Ok(())
+}
+
+pub enum PlanError {
+    /// The database could not be read: try again.
+    Database(anyhow::Error),
+    /// The evaluation cannot run (named why).
     Invalid(String),
 }
 
 impl From<diesel::result::Error> for PlanError {
     fn from(error: diesel::result::Error) -> Self {
-        PlanError::Database(error)
+        PlanError::Database(error.into())
+    }
+}
+
+/// Compiled plans of the evaluations whose chunks this process runs: chunks
+/// of one evaluation share one template, grader set and model list.
+#[derive(Default)]
+pub struct PlanCache {
+    plans: std::sync::Mutex<std::collections::HashMap<uuid::Uuid, Arc<Plan>>>,
+}
+
+/// Plans kept at most; the cache is cleared when it grows past this (a
+/// plan is cheap to rebuild, and finished evaluations leave theirs behind).
+const PLANS_KEPT: usize = 256;
+
+impl Environment {
+    async fn plan_for(&self, evaluation: &Evaluation) -> Result<Arc<Plan>, PlanError> {
+        if let Some(plan) = self
+            .plans
+            .plans
+            .lock()
+            .expect("plans lock")
+            .get(&evaluation.id)
+        {
+            return Ok(plan.clone());
+        }
+        let mut conn = self
+            .pool
+            .get()
+            .await
+            .map_err(|error| PlanError::Database(error.into()))?;
+        let plan = Arc::new(plan(&mut conn, self, evaluation.clone()).await?);
+        let mut plans = self.plans.plans.lock().expect("plans lock");
+        if plans.len() >= PLANS_KEPT {
+            plans.clear();
+        }
+        plans.insert(evaluation.id, plan.clone());
+        Ok(plan)
     }
 }
 
@@ -232,89 +366,101 @@ async fn plan(
     })
 }
 
-/// Walks the dataset page by page and starts a call for every missing
-/// (item, model), at most `--concurrency` at once across the process.
+/// Reads the chunk's items a page at a time and starts a call for every
+/// run that has no result, one permit at a time (so the chunks of a process
+/// take turns). Every run of the chunk is taken off the backlog: skipped,
+/// started, or abandoned when the chunk stops.
 async fn produce(
     env: &Arc<Environment>,
     plan: &Arc<Plan>,
+    chunk: &Chunk,
+    model_index: usize,
+    handle: &ChunkHandle,
     results: mpsc::Sender<NewResult>,
 ) -> Result<(), JobError> {
     let evaluation = &plan.evaluation;
+    let priority = chunk.priority();
+    let repeats = evaluation.repeats;
+    let runs = usize::try_from(i64::from(chunk.items()) * i64::from(repeats)).unwrap_or(0);
+    env.backlog.add(runs);
+    let mut accounted = 0;
     let mut calls = JoinSet::new();
-    let mut after = None;
-    loop {
+    let mut from = chunk.first_position;
+    let outcome = 'pages: loop {
         // A dead writer (it gave up on PostgreSQL) makes further calls pointless.
-        if env.shutting_down() || results.is_closed() {
-            break;
+        if from > chunk.last_position
+            || env.shutting_down()
+            || handle.stopped()
+            || results.is_closed()
+        {
+            break Ok(());
         }
-        let (page, done, sources) = {
-            let mut conn = env
-                .pool
-                .get()
-                .await
-                .map_err(|error| JobError::Transient(error.into()))?;
-            let page = datasets::items_page(
+        let to = (from + ITEM_PAGE - 1).min(chunk.last_position);
+        let page = async {
+            let mut conn = env.pool.get().await.map_err(JobError::transient)?;
+            let items = datasets::items_between(
                 &mut conn,
                 evaluation.tenant_id,
                 evaluation.dataset_id,
-                after,
-                ITEM_PAGE,
+                from,
+                to,
             )
             .await
-            .map_err(|error| JobError::Transient(error.into()))?;
-            let (Some(first), Some(last)) = (page.data.first(), page.data.last()) else {
-                break;
-            };
+            .map_err(JobError::transient)?;
             let done = results::existing_keys(
                 &mut conn,
                 evaluation.tenant_id,
                 evaluation.id,
-                first.position,
-                last.position,
+                &chunk.model,
+                from,
+                to,
             )
             .await
-            .map_err(|error| JobError::Transient(error.into()))?;
+            .map_err(JobError::transient)?;
             let sources = match evaluation.source_evaluation_id {
                 None => None,
-                Some(source) => Some(Arc::new(
+                Some(source) => Some(
                     results::stored_outputs(
                         &mut conn,
                         evaluation.tenant_id,
                         source,
-                        first.position,
-                        last.position,
+                        &chunk.model,
+                        from,
+                        to,
                     )
                     .await
-                    .map_err(|error| JobError::Transient(error.into()))?,
-                )),
+                    .map_err(JobError::transient)?,
+                ),
             };
-            (page, done, sources)
+            Ok::<_, JobError>((items, done, sources))
+        }
+        .await;
+        let (items, done, sources) = match page {
+            Ok(page) => page,
+            Err(error) => break 'pages Err(error),
         };
-        after = page.data.last().map(|item| item.position);
-        for item in page.data {
-            if env.shutting_down() || results.is_closed() {
-                break;
-            }
+        from = to + 1;
+        for item in items {
             let item = Arc::new(item);
             let context = Arc::new(item.template_context());
             let rendered = Arc::new(plan.template.render(&context));
-            for (model_index, repeat) in (0..plan.models.len()).flat_map(|model_index| {
-                (0..evaluation.repeats).map(move |repeat| (model_index, repeat))
-            }) {
-                let key = (item.position, plan.models[model_index].name.clone(), repeat);
+            for repeat in 0..repeats {
+                if env.shutting_down() || handle.stopped() || results.is_closed() {
+                    break 'pages Ok(());
+                }
+                let key = (item.position, chunk.model.clone(), repeat);
+                accounted += 1;
                 if done.contains(&key) {
+                    env.backlog.remove(1);
                     continue;
                 }
-                if env.shutting_down() || results.is_closed() {
-                    break;
-                }
                 let source = sources.as_ref().map(|sources| sources.get(&key).cloned());
-                let permit = env
-                    .llm_slots
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .expect("the semaphore is never closed");
+                let permit = env.slots.acquire(priority, evaluation.id).await;
+                env.backlog.remove(1);
+                // Checked again: a cancel may have come while waiting for the permit.
+                if handle.stopped() {
+                    break 'pages Ok(());
+                }
                 let (plan, item, context, rendered, results) = (
                     plan.clone(),
                     item.clone(),
@@ -337,12 +483,11 @@ async fn produce(
                 while calls.try_join_next().is_some() {}
             }
         }
-        if !page.has_more {
-            break;
-        }
-    }
+    };
+    // Runs never reached (a stop, a shutdown, an error, or items the dataset lacks).
+    env.backlog.remove(runs.saturating_sub(accounted));
     while calls.join_next().await.is_some() {}
-    Ok(())
+    outcome
 }
 
 /// One run of one item on one model.
@@ -537,7 +682,7 @@ fn from_source(stored: Option<results::StoredOutput>) -> Generated {
 /// connection dropped) for up to two minutes before the job gives up.
 async fn write_results(
     env: Arc<Environment>,
-    job: EvaluationJob,
+    job: ChunkJob,
     mut results: mpsc::Receiver<NewResult>,
 ) -> Result<(), JobError> {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
@@ -562,7 +707,7 @@ async fn write_results(
 
 async fn write_batch(
     env: &Environment,
-    job: EvaluationJob,
+    job: ChunkJob,
     batch: &[NewResult],
 ) -> Result<(), JobError> {
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -585,6 +730,8 @@ async fn write_batch(
             Ok(written) => {
                 histogram!("assay_result_batch_write_seconds")
                     .record(started.elapsed().as_secs_f64());
+                crate::metrics::RESULTS_WRITTEN
+                    .fetch_add(written.total() as u64, std::sync::atomic::Ordering::Relaxed);
                 for (status, count) in [
                     ("passed", written.passed),
                     ("failed", written.failed),

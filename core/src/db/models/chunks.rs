@@ -1,0 +1,850 @@
+//! Evaluation chunks: the plan of an evaluation (a range of items x one
+//! model each) and the state of every piece, which is what makes the work
+//! recoverable from PostgreSQL alone.
+//!
+//! A chunk moves `pending` -> `queued` (pushed under a fresh job id) ->
+//! `running` (a worker holds its lease, renewed while it runs) -> `done`
+//! (every run of its range has a result row); `canceled` when its evaluation
+//! is canceled or fails. A worker that dies leaves an expired lease, which
+//! the next delivery of the job (or the sweeper) takes over.
+//!
+//! Fairness: an evaluation keeps at most [`QUEUED_PER_EVALUATION`] chunk in
+//! the queue. Each chunk that starts queues the next one of its evaluation,
+//! so the queue interleaves the evaluations that are running: a small
+//! evaluation submitted behind a huge one waits for one chunk of it, not
+//! for all of it. Workers fetch a chunk only when they are about to run out
+//! of work, so one queued chunk per evaluation keeps every replica busy.
+//!
+//! Short evaluations first: the first chunk of each model travels one
+//! priority level above its evaluation, both in the queues and for LLM
+//! permits. An evaluation that fits in those chunks finishes about as fast
+//! as it would alone; a long one runs its first chunks raised, then settles
+//! at its own level (the idea of a multi-level feedback queue).
+//!
+//! Lock order, everywhere: the evaluation's row, then its chunks' rows.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{Array, Int4, Int8, Interval, Text, Uuid as SqlUuid};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use super::evaluations::{self, Evaluation, EvaluationStatus};
+use super::events::{self, NewEvent};
+use crate::db::schema::{evaluation_chunks, evaluations as evaluations_table};
+use crate::domain::Priority;
+use crate::queue::{ChunkJob, Push};
+
+/// Chunks of one evaluation in the queue at once.
+pub const QUEUED_PER_EVALUATION: i64 = 1;
+
+/// Runs (items x repeats) per chunk when not configured: large enough that
+/// queue and bookkeeping cost per item is small, small enough that every
+/// replica gets work and a crash redoes little.
+pub const DEFAULT_RUNS_PER_CHUNK: i32 = 250;
+
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
+#[diesel(table_name = evaluation_chunks, check_for_backend(diesel::pg::Pg))]
+pub struct Chunk {
+    pub evaluation_id: Uuid,
+    pub chunk_index: i32,
+    pub tenant_id: Uuid,
+    pub model: String,
+    pub first_position: i32,
+    pub last_position: i32,
+    pub status: String,
+    pub job_id: Option<Uuid>,
+    pub queued_at: Option<DateTime<Utc>>,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    pub starts: i32,
+    pub priority: String,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl Chunk {
+    pub fn items(&self) -> i32 {
+        self.last_position - self.first_position + 1
+    }
+
+    /// The queue it travels on, and the priority of its LLM calls.
+    pub fn priority(&self) -> Priority {
+        self.priority.parse().unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Insertable)]
+#[diesel(table_name = evaluation_chunks)]
+pub struct NewChunk {
+    pub evaluation_id: Uuid,
+    pub chunk_index: i32,
+    pub tenant_id: Uuid,
+    pub model: String,
+    pub first_position: i32,
+    pub last_position: i32,
+    pub priority: String,
+}
+
+/// Splits `items` x `models` x `repeats` into chunks of about
+/// `runs_per_chunk` runs, one model each; models interleave so that they
+/// progress together, and the first chunk of each model is raised one
+/// priority level above the evaluation's.
+pub fn plan(
+    tenant_id: Uuid,
+    evaluation_id: Uuid,
+    models: &[String],
+    items: i32,
+    repeats: i32,
+    runs_per_chunk: i32,
+    priority: Priority,
+) -> Vec<NewChunk> {
+    let items_per_chunk = (runs_per_chunk / repeats.max(1)).max(1);
+    let mut chunks = Vec::new();
+    let mut first = 0;
+    while first < items {
+        let last = (first + items_per_chunk - 1).min(items - 1);
+        for model in models {
+            chunks.push(NewChunk {
+                evaluation_id,
+                chunk_index: i32::try_from(chunks.len()).unwrap_or(i32::MAX),
+                tenant_id,
+                model: model.clone(),
+                first_position: first,
+                last_position: last,
+                priority: if first == 0 {
+                    priority.raised()
+                } else {
+                    priority
+                }
+                .as_str()
+                .to_owned(),
+            });
+        }
+        first = last + 1;
+    }
+    chunks
+}
+
+/// Writes a plan (in the caller's transaction).
+pub async fn insert_plan(conn: &mut AsyncPgConnection, chunks: &[NewChunk]) -> QueryResult<()> {
+    // 7 columns: 5,000 rows stay far below the 65,535 bind parameters.
+    for batch in chunks.chunks(5_000) {
+        diesel::insert_into(evaluation_chunks::table)
+            .values(batch)
+            .execute(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+#[derive(QueryableByName)]
+struct QueuedRow {
+    #[diesel(sql_type = Int4)]
+    chunk_index: i32,
+    #[diesel(sql_type = Text)]
+    priority: String,
+}
+
+/// Queues up to `room` pending chunks of an evaluation, in plan order, each
+/// under a fresh job id (UUIDv7: the queue orders ties by id, so by time).
+/// Runs in the caller's transaction; push the result after it commits.
+pub async fn queue_pending(
+    conn: &mut AsyncPgConnection,
+    evaluation: &Evaluation,
+    room: i64,
+) -> QueryResult<Vec<Push>> {
+    if room <= 0 {
+        return Ok(Vec::new());
+    }
+    let picked: Vec<QueuedRow> = diesel::sql_query(
+        "SELECT chunk_index, priority FROM evaluation_chunks
+         WHERE evaluation_id = $1 AND status = 'pending'
+         ORDER BY chunk_index LIMIT $2 FOR UPDATE SKIP LOCKED",
+    )
+    .bind::<SqlUuid, _>(evaluation.id)
+    .bind::<Int8, _>(room)
+    .load(conn)
+    .await?;
+    if picked.is_empty() {
+        return Ok(Vec::new());
+    }
+    let indices: Vec<i32> = picked.iter().map(|row| row.chunk_index).collect();
+    let job_ids: Vec<Uuid> = indices.iter().map(|_| Uuid::now_v7()).collect();
+    mark_queued(conn, evaluation.id, &indices, &job_ids).await?;
+    Ok(picked
+        .iter()
+        .zip(job_ids)
+        .map(|(row, job_id)| Push {
+            job: ChunkJob::new(evaluation.tenant_id, evaluation.id, row.chunk_index),
+            priority: row.priority.parse().unwrap_or_default(),
+            job_id,
+        })
+        .collect())
+}
+
+/// Sets `indices` of an evaluation queued under `job_ids`.
+async fn mark_queued(
+    conn: &mut AsyncPgConnection,
+    evaluation_id: Uuid,
+    indices: &[i32],
+    job_ids: &[Uuid],
+) -> QueryResult<()> {
+    diesel::sql_query(
+        "UPDATE evaluation_chunks c
+         SET status = 'queued', job_id = u.job_id, queued_at = now(),
+             lease_owner = NULL, lease_expires_at = NULL
+         FROM unnest($2::int4[], $3::uuid[]) AS u(chunk_index, job_id)
+         WHERE c.evaluation_id = $1 AND c.chunk_index = u.chunk_index",
+    )
+    .bind::<SqlUuid, _>(evaluation_id)
+    .bind::<Array<Int4>, _>(indices)
+    .bind::<Array<SqlUuid>, _>(job_ids)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Tops the evaluation's queued chunks up to [`QUEUED_PER_EVALUATION`].
+async fn refill(conn: &mut AsyncPgConnection, evaluation: &Evaluation) -> QueryResult<Vec<Push>> {
+    let queued: i64 = evaluation_chunks::table
+        .filter(evaluation_chunks::evaluation_id.eq(evaluation.id))
+        .filter(evaluation_chunks::status.eq("queued"))
+        .count()
+        .get_result(conn)
+        .await?;
+    queue_pending(conn, evaluation, QUEUED_PER_EVALUATION - queued).await
+}
+
+/// Why a delivered chunk job is not run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotRun {
+    /// The chunk, or its evaluation, is gone.
+    Gone,
+    /// It is done already.
+    Done,
+    /// Its evaluation is canceled, failed or finished.
+    Stopped,
+    /// Another live worker holds its lease.
+    Elsewhere,
+}
+
+/// What [`start`] decided.
+#[derive(Debug)]
+pub enum Start {
+    /// Run it: this worker holds the lease. `refill` are the next chunks of
+    /// the evaluation, queued; push them.
+    Run {
+        chunk: Box<Chunk>,
+        evaluation: Box<Evaluation>,
+        refill: Vec<Push>,
+    },
+    NotRun(NotRun),
+}
+
+/// Takes a delivered chunk for worker `owner` for `lease`: unless it is
+/// finished, stopped, or leased by another live worker. Moves a queued
+/// evaluation to running (once, with its `evaluation.started` event) and
+/// queues the evaluation's next chunk.
+pub async fn start(
+    conn: &mut AsyncPgConnection,
+    job: &ChunkJob,
+    owner: &str,
+    lease: std::time::Duration,
+) -> QueryResult<Start> {
+    conn.transaction(async |conn| {
+        let Some(evaluation) = evaluations::lock(conn, job.tenant_id, job.evaluation_id).await?
+        else {
+            return Ok(Start::NotRun(NotRun::Gone));
+        };
+        let Some(chunk) = evaluation_chunks::table
+            .filter(evaluation_chunks::evaluation_id.eq(job.evaluation_id))
+            .filter(evaluation_chunks::chunk_index.eq(job.chunk_index))
+            .select(Chunk::as_select())
+            .for_update()
+            .first(conn)
+            .await
+            .optional()?
+        else {
+            return Ok(Start::NotRun(NotRun::Gone));
+        };
+        match chunk.status.as_str() {
+            "done" => return Ok(Start::NotRun(NotRun::Done)),
+            "canceled" => return Ok(Start::NotRun(NotRun::Stopped)),
+            "running"
+                if chunk.lease_owner.as_deref() != Some(owner)
+                    && chunk
+                        .lease_expires_at
+                        .is_some_and(|until| until > Utc::now()) =>
+            {
+                return Ok(Start::NotRun(NotRun::Elsewhere));
+            }
+            _ => {}
+        }
+        let evaluation = match evaluation.status() {
+            EvaluationStatus::Queued => evaluations::mark_running(conn, &evaluation, owner).await?,
+            EvaluationStatus::Running => evaluation,
+            _ => return Ok(Start::NotRun(NotRun::Stopped)),
+        };
+        let chunk: Chunk = diesel::update(
+            evaluation_chunks::table
+                .filter(evaluation_chunks::evaluation_id.eq(job.evaluation_id))
+                .filter(evaluation_chunks::chunk_index.eq(job.chunk_index)),
+        )
+        .set((
+            evaluation_chunks::status.eq("running"),
+            evaluation_chunks::lease_owner.eq(owner),
+            evaluation_chunks::lease_expires_at.eq(lease_until(lease)),
+            evaluation_chunks::starts.eq(evaluation_chunks::starts + 1),
+        ))
+        .returning(Chunk::as_returning())
+        .get_result(conn)
+        .await?;
+        let refill = refill(conn, &evaluation).await?;
+        Ok(Start::Run {
+            chunk: Box::new(chunk),
+            evaluation: Box::new(evaluation),
+            refill,
+        })
+    })
+    .await
+}
+
+/// `now() + lease` on PostgreSQL's clock, the one every lease is compared
+/// with, whatever the workers' clocks say.
+fn lease_until(
+    lease: std::time::Duration,
+) -> diesel::expression::SqlLiteral<diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>> {
+    diesel::dsl::sql(&format!(
+        "now() + interval '{} milliseconds'",
+        lease.as_millis()
+    ))
+}
+
+#[derive(QueryableByName)]
+struct Held {
+    #[diesel(sql_type = SqlUuid)]
+    evaluation_id: Uuid,
+    #[diesel(sql_type = Int4)]
+    chunk_index: i32,
+}
+
+/// Extends `owner`'s leases on `chunks` (the ones its process runs) and
+/// returns those it still holds: a chunk missing from the answer was
+/// canceled, or taken over after its lease expired, and must stop.
+pub async fn renew_leases(
+    conn: &mut AsyncPgConnection,
+    owner: &str,
+    chunks: &[(Uuid, i32)],
+    lease: std::time::Duration,
+) -> QueryResult<Vec<(Uuid, i32)>> {
+    if chunks.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (ids, indices): (Vec<Uuid>, Vec<i32>) = chunks.iter().copied().unzip();
+    let held: Vec<Held> = diesel::sql_query(
+        "UPDATE evaluation_chunks c
+         SET lease_expires_at = now() + $4
+         FROM unnest($2::uuid[], $3::int4[]) AS u(evaluation_id, chunk_index)
+         WHERE c.evaluation_id = u.evaluation_id AND c.chunk_index = u.chunk_index
+           AND c.status = 'running' AND c.lease_owner = $1
+         RETURNING c.evaluation_id, c.chunk_index",
+    )
+    .bind::<Text, _>(owner)
+    .bind::<Array<SqlUuid>, _>(&ids)
+    .bind::<Array<Int4>, _>(&indices)
+    .bind::<Interval, _>(diesel::data_types::PgInterval::from_microseconds(
+        i64::try_from(lease.as_micros()).unwrap_or(i64::MAX),
+    ))
+    .load(conn)
+    .await?;
+    Ok(held
+        .into_iter()
+        .map(|row| (row.evaluation_id, row.chunk_index))
+        .collect())
+}
+
+/// What [`finish`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// Some runs of the range have no result: the chunk is not done.
+    Incomplete { missing: i64 },
+    /// Done. `last` when no chunk of the evaluation is left: finalize it.
+    Done { last: bool },
+    /// The lease was lost (canceled, or taken over): nothing changed.
+    NotHeld,
+}
+
+/// Marks a chunk done once every run of its range has a result row, and
+/// says whether it was the evaluation's last. Serialized per evaluation (its
+/// row is locked), so exactly one chunk sees itself last.
+pub async fn finish(
+    conn: &mut AsyncPgConnection,
+    chunk: &Chunk,
+    repeats: i32,
+    owner: &str,
+) -> QueryResult<Finish> {
+    conn.transaction(async |conn| {
+        if evaluations::lock(conn, chunk.tenant_id, chunk.evaluation_id)
+            .await?
+            .is_none()
+        {
+            return Ok(Finish::NotHeld);
+        }
+        let written = super::results::count_in_range(
+            conn,
+            chunk.tenant_id,
+            chunk.evaluation_id,
+            &chunk.model,
+            chunk.first_position,
+            chunk.last_position,
+        )
+        .await?;
+        let expected = i64::from(chunk.items()) * i64::from(repeats);
+        if written < expected {
+            return Ok(Finish::Incomplete {
+                missing: expected - written,
+            });
+        }
+        let updated = diesel::update(
+            evaluation_chunks::table
+                .filter(evaluation_chunks::evaluation_id.eq(chunk.evaluation_id))
+                .filter(evaluation_chunks::chunk_index.eq(chunk.chunk_index))
+                .filter(evaluation_chunks::status.eq("running"))
+                .filter(evaluation_chunks::lease_owner.eq(owner)),
+        )
+        .set((
+            evaluation_chunks::status.eq("done"),
+            evaluation_chunks::finished_at.eq(diesel::dsl::now),
+            evaluation_chunks::lease_owner.eq(None::<String>),
+            evaluation_chunks::lease_expires_at.eq(None::<DateTime<Utc>>),
+        ))
+        .execute(conn)
+        .await?;
+        if updated == 0 {
+            return Ok(Finish::NotHeld);
+        }
+        let left: i64 = evaluation_chunks::table
+            .filter(evaluation_chunks::evaluation_id.eq(chunk.evaluation_id))
+            .filter(evaluation_chunks::status.ne("done"))
+            .count()
+            .get_result(conn)
+            .await?;
+        Ok(Finish::Done { last: left == 0 })
+    })
+    .await
+}
+
+/// Hands a chunk back: it goes back to `queued` under a fresh job id (push
+/// the returned job). `None` when `owner` no longer held it.
+pub async fn release(
+    conn: &mut AsyncPgConnection,
+    chunk: &Chunk,
+    owner: &str,
+) -> QueryResult<Option<Push>> {
+    let job_id = Uuid::now_v7();
+    let updated = diesel::update(
+        evaluation_chunks::table
+            .filter(evaluation_chunks::evaluation_id.eq(chunk.evaluation_id))
+            .filter(evaluation_chunks::chunk_index.eq(chunk.chunk_index))
+            .filter(evaluation_chunks::status.eq("running"))
+            .filter(evaluation_chunks::lease_owner.eq(owner)),
+    )
+    .set((
+        evaluation_chunks::status.eq("queued"),
+        evaluation_chunks::job_id.eq(job_id),
+        evaluation_chunks::queued_at.eq(diesel::dsl::now),
+        evaluation_chunks::lease_owner.eq(None::<String>),
+        evaluation_chunks::lease_expires_at.eq(None::<DateTime<Utc>>),
+    ))
+    .execute(conn)
+    .await?;
+    Ok((updated == 1).then(|| Push {
+        job: ChunkJob::new(chunk.tenant_id, chunk.evaluation_id, chunk.chunk_index),
+        priority: chunk.priority(),
+        job_id,
+    }))
+}
+
+/// Gives up a lease without requeueing (the job will be delivered again by
+/// the queue, under its own id): the chunk is `queued` again.
+pub async fn drop_lease(
+    conn: &mut AsyncPgConnection,
+    chunk: &Chunk,
+    owner: &str,
+) -> QueryResult<()> {
+    diesel::update(
+        evaluation_chunks::table
+            .filter(evaluation_chunks::evaluation_id.eq(chunk.evaluation_id))
+            .filter(evaluation_chunks::chunk_index.eq(chunk.chunk_index))
+            .filter(evaluation_chunks::status.eq("running"))
+            .filter(evaluation_chunks::lease_owner.eq(owner)),
+    )
+    .set((
+        evaluation_chunks::status.eq("queued"),
+        evaluation_chunks::lease_owner.eq(None::<String>),
+        evaluation_chunks::lease_expires_at.eq(None::<DateTime<Utc>>),
+    ))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Cancels every unfinished chunk of an evaluation (in the caller's transaction).
+pub async fn cancel_unfinished(
+    conn: &mut AsyncPgConnection,
+    evaluation_id: Uuid,
+) -> QueryResult<usize> {
+    diesel::update(
+        evaluation_chunks::table
+            .filter(evaluation_chunks::evaluation_id.eq(evaluation_id))
+            .filter(evaluation_chunks::status.eq_any(["pending", "queued", "running"])),
+    )
+    .set((
+        evaluation_chunks::status.eq("canceled"),
+        evaluation_chunks::lease_owner.eq(None::<String>),
+        evaluation_chunks::lease_expires_at.eq(None::<DateTime<Utc>>),
+    ))
+    .execute(conn)
+    .await
+}
+
+/// Makes every chunk that is not done pending again (in the caller's transaction).
+pub async fn reopen_unfinished(
+    conn: &mut AsyncPgConnection,
+    evaluation_id: Uuid,
+) -> QueryResult<usize> {
+    diesel::update(
+        evaluation_chunks::table
+            .filter(evaluation_chunks::evaluation_id.eq(evaluation_id))
+            .filter(evaluation_chunks::status.ne("done")),
+    )
+    .set((
+        evaluation_chunks::status.eq("pending"),
+        evaluation_chunks::job_id.eq(None::<Uuid>),
+        evaluation_chunks::lease_owner.eq(None::<String>),
+        evaluation_chunks::lease_expires_at.eq(None::<DateTime<Utc>>),
+    ))
+    .execute(conn)
+    .await
+}
+
+/// Makes the done chunks that hold one of `runs` (model, position) pending again.
+pub async fn reopen_holding(
+    conn: &mut AsyncPgConnection,
+    evaluation_id: Uuid,
+    runs: &[(String, i32)],
+) -> QueryResult<usize> {
+    if runs.is_empty() {
+        return Ok(0);
+    }
+    let (models, positions): (Vec<String>, Vec<i32>) = runs.iter().cloned().unzip();
+    diesel::sql_query(
+        "UPDATE evaluation_chunks c
+         SET status = 'pending', job_id = NULL, finished_at = NULL
+         WHERE c.evaluation_id = $1 AND c.status = 'done' AND EXISTS (
+             SELECT 1 FROM unnest($2::text[], $3::int4[]) AS r(model, position)
+             WHERE r.model = c.model AND r.position BETWEEN c.first_position AND c.last_position)",
+    )
+    .bind::<SqlUuid, _>(evaluation_id)
+    .bind::<Array<Text>, _>(&models)
+    .bind::<Array<Int4>, _>(&positions)
+    .execute(conn)
+    .await
+}
+
+/// Chunks of an evaluation by state, for progress reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ChunkCounts {
+    pub total: i64,
+    pub pending: i64,
+    pub queued: i64,
+    pub running: i64,
+    pub done: i64,
+    pub canceled: i64,
+}
+
+pub async fn counts(
+    conn: &mut AsyncPgConnection,
+    tenant_id: Uuid,
+    evaluation_id: Uuid,
+) -> QueryResult<ChunkCounts> {
+    let rows: Vec<(String, i64)> = evaluation_chunks::table
+        .filter(evaluation_chunks::evaluation_id.eq(evaluation_id))
+        .filter(evaluation_chunks::tenant_id.eq(tenant_id))
+        .group_by(evaluation_chunks::status)
+        .select((evaluation_chunks::status, diesel::dsl::count_star()))
+        .load(conn)
+        .await?;
+    let mut counts = ChunkCounts::default();
+    for (status, count) in rows {
+        counts.total += count;
+        match status.as_str() {
+            "pending" => counts.pending = count,
+            "queued" => counts.queued = count,
+            "running" => counts.running = count,
+            "done" => counts.done = count,
+            _ => counts.canceled = count,
+        }
+    }
+    Ok(counts)
+}
+
+// ---------------------------------------------------------------------------
+// What the sweeper reads and repairs.
+
+/// A chunk whose push may be lost: queued for a while, or running under an
+/// expired lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Suspect {
+    pub chunk: Chunk,
+    pub priority: Priority,
+}
+
+/// Chunks queued more than `queued_for` ago, and running chunks whose lease
+/// expired, of evaluations that are queued or running.
+pub async fn suspects(
+    conn: &mut AsyncPgConnection,
+    queued_for: std::time::Duration,
+    limit: i64,
+) -> QueryResult<Vec<Suspect>> {
+    let queued_before =
+        Utc::now() - chrono::Duration::from_std(queued_for).unwrap_or(chrono::Duration::zero());
+    let rows: Vec<Chunk> = evaluation_chunks::table
+        .inner_join(
+            evaluations_table::table.on(evaluations_table::id.eq(evaluation_chunks::evaluation_id)),
+        )
+        .filter(evaluations_table::status.eq_any(["queued", "running"]))
+        .filter(
+            evaluation_chunks::status
+                .eq("queued")
+                .and(evaluation_chunks::queued_at.lt(queued_before))
+                .or(evaluation_chunks::status
+                    .eq("running")
+                    .and(evaluation_chunks::lease_expires_at.lt(diesel::dsl::now))),
+        )
+        .order((
+            evaluation_chunks::evaluation_id,
+            evaluation_chunks::chunk_index,
+        ))
+        .limit(limit)
+        .select(Chunk::as_select())
+        .load(conn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|chunk| Suspect {
+            priority: chunk.priority(),
+            chunk,
+        })
+        .collect())
+}
+
+/// Queues `lost` chunks again under fresh job ids, if they are still in the
+/// state the sweeper saw (a worker may have taken one meanwhile).
+pub async fn requeue_lost(
+    conn: &mut AsyncPgConnection,
+    lost: &[Suspect],
+) -> QueryResult<Vec<Push>> {
+    let mut pushes = Vec::new();
+    for suspect in lost {
+        let chunk = &suspect.chunk;
+        let job_id = Uuid::now_v7();
+        let updated = diesel::update(
+            evaluation_chunks::table
+                .filter(evaluation_chunks::evaluation_id.eq(chunk.evaluation_id))
+                .filter(evaluation_chunks::chunk_index.eq(chunk.chunk_index))
+                .filter(evaluation_chunks::status.eq(&chunk.status))
+                .filter(evaluation_chunks::job_id.is_not_distinct_from(chunk.job_id))
+                .filter(evaluation_chunks::lease_owner.is_not_distinct_from(&chunk.lease_owner)),
+        )
+        .set((
+            evaluation_chunks::status.eq("queued"),
+            evaluation_chunks::job_id.eq(job_id),
+            evaluation_chunks::queued_at.eq(diesel::dsl::now),
+            evaluation_chunks::lease_owner.eq(None::<String>),
+            evaluation_chunks::lease_expires_at.eq(None::<DateTime<Utc>>),
+        ))
+        .execute(conn)
+        .await?;
+        if updated == 1 {
+            pushes.push(Push {
+                job: ChunkJob::new(chunk.tenant_id, chunk.evaluation_id, chunk.chunk_index),
+                priority: suspect.priority,
+                job_id,
+            });
+        }
+    }
+    Ok(pushes)
+}
+
+#[derive(QueryableByName)]
+struct EvaluationKey {
+    #[diesel(sql_type = SqlUuid)]
+    id: Uuid,
+    #[diesel(sql_type = SqlUuid)]
+    tenant_id: Uuid,
+}
+
+/// Unfinished evaluations with pending chunks and room in the queue: their
+/// refill was lost (a worker died between starting a chunk and pushing the
+/// next). Queues what they lack; push the result.
+pub async fn refill_starved(conn: &mut AsyncPgConnection, limit: i64) -> QueryResult<Vec<Push>> {
+    let starved: Vec<EvaluationKey> = diesel::sql_query(
+        "SELECT e.id, e.tenant_id FROM evaluations e
+         JOIN evaluation_chunks c ON c.evaluation_id = e.id
+         WHERE e.status IN ('queued', 'running') AND c.status IN ('pending', 'queued')
+         GROUP BY e.id, e.tenant_id
+         HAVING count(*) FILTER (WHERE c.status = 'queued') < $1
+            AND count(*) FILTER (WHERE c.status = 'pending') > 0
+         LIMIT $2",
+    )
+    .bind::<Int8, _>(QUEUED_PER_EVALUATION)
+    .bind::<Int8, _>(limit)
+    .load(conn)
+    .await?;
+    let mut pushes = Vec::new();
+    for key in starved {
+        if let Some(evaluation) = evaluations::lock(conn, key.tenant_id, key.id).await?
+            && !evaluation.status().is_terminal()
+        {
+            pushes.extend(refill(conn, &evaluation).await?);
+        }
+    }
+    Ok(pushes)
+}
+
+/// Running evaluations whose chunks are all done: the worker that finished
+/// the last one died before finalizing. Finalize them (guarded, once).
+pub async fn unfinalized(
+    conn: &mut AsyncPgConnection,
+    limit: i64,
+) -> QueryResult<Vec<(Uuid, Uuid)>> {
+    let rows: Vec<EvaluationKey> = diesel::sql_query(
+        "SELECT e.id, e.tenant_id FROM evaluations e
+         WHERE e.status = 'running'
+           AND EXISTS (SELECT 1 FROM evaluation_chunks c WHERE c.evaluation_id = e.id)
+           AND NOT EXISTS (SELECT 1 FROM evaluation_chunks c
+                           WHERE c.evaluation_id = e.id AND c.status <> 'done')
+         LIMIT $1",
+    )
+    .bind::<Int8, _>(limit)
+    .load(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| (row.tenant_id, row.id))
+        .collect())
+}
+
+/// Unfinished evaluations without a plan (written by a version that
+/// predates chunks): plan and queue them.
+pub async fn plan_unplanned(
+    conn: &mut AsyncPgConnection,
+    runs_per_chunk: i32,
+    limit: i64,
+) -> QueryResult<Vec<Push>> {
+    let rows: Vec<EvaluationKey> = diesel::sql_query(
+        "SELECT e.id, e.tenant_id FROM evaluations e
+         WHERE e.status IN ('queued', 'running')
+           AND NOT EXISTS (SELECT 1 FROM evaluation_chunks c WHERE c.evaluation_id = e.id)
+         LIMIT $1",
+    )
+    .bind::<Int8, _>(limit)
+    .load(conn)
+    .await?;
+    let mut pushes = Vec::new();
+    for key in rows {
+        let Some(evaluation) = evaluations::lock(conn, key.tenant_id, key.id).await? else {
+            continue;
+        };
+        let items = evaluations::item_count(conn, &evaluation).await?;
+        let plan = plan(
+            evaluation.tenant_id,
+            evaluation.id,
+            &evaluation.model_names(),
+            items,
+            evaluation.repeats,
+            runs_per_chunk,
+            evaluation.priority(),
+        );
+        insert_plan(conn, &plan).await?;
+        events::record(
+            conn,
+            NewEvent {
+                tenant_id: evaluation.tenant_id,
+                actor: "system",
+                action: "evaluation.planned",
+                resource_type: "evaluation",
+                resource_id: evaluation.id,
+                data: serde_json::json!({ "chunks": plan.len() }),
+            },
+        )
+        .await?;
+        pushes.extend(queue_pending(conn, &evaluation, QUEUED_PER_EVALUATION).await?);
+    }
+    Ok(pushes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans_cover_every_item_once_per_model_with_models_interleaved() {
+        let models = vec!["a".to_owned(), "b".to_owned()];
+        let chunks = plan(
+            Uuid::nil(),
+            Uuid::nil(),
+            &models,
+            1001,
+            2,
+            250,
+            Priority::Low,
+        );
+        // 250 runs at 2 repeats: 125 items per chunk; 1001 items: 9 ranges x 2 models.
+        assert_eq!(chunks.len(), 18);
+        assert_eq!(chunks[0].model, "a");
+        assert_eq!(chunks[1].model, "b");
+        assert_eq!(
+            (chunks[0].first_position, chunks[0].last_position),
+            (0, 124)
+        );
+        assert_eq!(
+            (chunks[16].first_position, chunks[16].last_position),
+            (1000, 1000)
+        );
+        for model in &models {
+            let mut covered: Vec<i32> = chunks
+                .iter()
+                .filter(|chunk| &chunk.model == model)
+                .flat_map(|chunk| chunk.first_position..=chunk.last_position)
+                .collect();
+            covered.sort_unstable();
+            assert_eq!(covered, (0..1001).collect::<Vec<_>>());
+        }
+        assert!(
+            chunks
+                .iter()
+                .enumerate()
+                .all(|(index, chunk)| chunk.chunk_index == index as i32)
+        );
+        // The first chunk of each model goes one level up.
+        let raised: Vec<&str> = chunks
+            .iter()
+            .map(|chunk| chunk.priority.as_str())
+            .take(3)
+            .collect();
+        assert_eq!(raised, ["normal", "normal", "low"]);
+        // More repeats than runs per chunk: one item per chunk.
+        let chunks = plan(
+            Uuid::nil(),
+            Uuid::nil(),
+            &models[..1],
+            3,
+            500,
+            250,
+            Priority::High,
+        );
+        assert_eq!(chunks.len(), 3);
+    }
+}

@@ -1,0 +1,555 @@
+//! Scale-out and recovery, with worker processes against the mock LLM
+//! server over HTTP: workers killed and stopped mid-run, Redis flushed,
+//! PostgreSQL restarted, an evaluation canceled and resumed, errored results
+//! retried, and a small evaluation next to a huge one. Every evaluation must
+//! end with exactly one result per run, and the server's own request log
+//! must show that no item was called again once it had a result.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use assay_mockllm::MockConfig;
+use assay_testkit::{PrivatePostgres, PrivateRedis, eventually};
+use serde_json::{Value, json};
+
+use crate::providers::{MockLlm, TempDir};
+use crate::{Stack, StackOptions, question};
+
+/// A registry with `slow`: the mock server's echo over the OpenAI format.
+fn registry(dir: &TempDir, server: &MockLlm, extra: &str) -> Vec<(&'static str, String)> {
+    let path = dir.write(
+        "models.toml",
+        &format!(
+            "[models.slow]\nprovider = \"openai\"\nmodel = \"mock\"\nbase_url = \"{}/v1\"\n{extra}",
+            server.url
+        ),
+    );
+    vec![("ASSAY_MODELS_FILE", path.display().to_string())]
+}
+
+/// Submits `items` questions on `models`, graded by `contains`; returns the id.
+async fn submit(stack: &Stack, items: usize, models: &[&str], extra: Value) -> String {
+    let version = stack.prompt("{{ question }}").await;
+    let dataset = stack
+        .dataset(
+            (0..items)
+                .map(|n| json!({"vars": {"question": question(n)}, "expected": format!("q{n}")}))
+                .collect(),
+        )
+        .await;
+    let mut body = json!({
+        "prompt_version_id": version,
+        "dataset_id": dataset,
+        "models": models,
+        "graders": [{"type": "contains", "value": "{{ expected }}"}],
+    });
+    for (key, value) in extra.as_object().unwrap() {
+        body[key] = value.clone();
+    }
+    stack.submit_body(body).await
+}
+
+/// The evaluation, polled through outages (the API answers 503 while
+/// PostgreSQL restarts).
+async fn poll(stack: &Stack, id: &str) -> Option<Value> {
+    let response = stack
+        .client
+        .get(&format!("/v1/evaluations/{id}"))
+        .await
+        .ok()?;
+    (response.status == 200).then_some(response.body)
+}
+
+async fn completed(stack: &Stack, id: &str) -> u64 {
+    poll(stack, id).await.map_or(0, |evaluation| {
+        evaluation["counts"]["completed"].as_u64().unwrap()
+    })
+}
+
+async fn wait_until_completed(stack: &Stack, id: &str, at_least: u64) {
+    eventually(
+        Duration::from_secs(120),
+        "results to be written",
+        || async { Ok((completed(stack, id).await >= at_least).then_some(())) },
+    )
+    .await
+    .unwrap();
+}
+
+async fn wait_finished(stack: &Stack, id: &str, limit: Duration) -> Value {
+    eventually(limit, "the evaluation to finish", || async {
+        Ok(poll(stack, id).await.filter(|evaluation| {
+            ["succeeded", "failed", "canceled"]
+                .contains(&evaluation["status"].as_str().unwrap_or_default())
+        }))
+    })
+    .await
+    .unwrap()
+}
+
+/// The item a recorded request asked about (`What is q<N>?`).
+fn item_of(prompt: &str) -> Option<usize> {
+    prompt
+        .strip_prefix("What is q")?
+        .strip_suffix('?')?
+        .parse()
+        .ok()
+}
+
+fn millis(timestamp: &Value) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(timestamp.as_str().unwrap())
+        .unwrap()
+        .timestamp_millis()
+}
+
+/// The server's request log: every request's arrival (ms) by item.
+async fn calls_by_item(server: &MockLlm) -> HashMap<usize, Vec<i64>> {
+    let log: Vec<Value> = reqwest::get(format!("{}/requests", server.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut calls: HashMap<usize, Vec<i64>> = HashMap::new();
+    for request in log {
+        if let Some(item) = item_of(request["prompt"].as_str().unwrap()) {
+            calls
+                .entry(item)
+                .or_default()
+                .push(request["at_ms"].as_i64().unwrap());
+        }
+    }
+    calls
+}
+
+/// Exactly once: succeeded, one row per item (one model), counts equal to
+/// the rows, and no call to the server for an item after its result was
+/// written. Returns the results.
+async fn assert_exactly_once(
+    stack: &Stack,
+    server: &MockLlm,
+    id: &str,
+    items: usize,
+) -> Vec<Value> {
+    let evaluation = wait_finished(stack, id, Duration::from_secs(240)).await;
+    assert_eq!(evaluation["status"], "succeeded", "{evaluation}");
+    let results = stack.results(id).await;
+    assert_eq!(results.len(), items, "one result per item");
+    let mut positions: Vec<u64> = results
+        .iter()
+        .map(|result| result["item_position"].as_u64().unwrap())
+        .collect();
+    positions.dedup();
+    assert_eq!(positions.len(), items, "no item twice");
+    let counts = &evaluation["counts"];
+    assert_eq!(
+        counts["completed"], items,
+        "counts match the rows: {counts}"
+    );
+    assert_eq!(counts["passed"], items, "every item answered: {counts}");
+    assert_eq!(evaluation["summary"]["models"][0]["total"], items);
+    let calls = calls_by_item(server).await;
+    let mut called_after_result = Vec::new();
+    for result in &results {
+        let position = result["item_position"].as_u64().unwrap() as usize;
+        let written = millis(&result["created_at"]);
+        let item_calls = calls.get(&position).map(Vec::as_slice).unwrap_or_default();
+        assert!(
+            !item_calls.is_empty(),
+            "item {position} was answered without a call"
+        );
+        if item_calls.iter().any(|at| *at > written) {
+            called_after_result.push(position);
+        }
+    }
+    assert!(
+        called_after_result.is_empty(),
+        "items called again after they had a result: {called_after_result:?}"
+    );
+    results
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_one_killed_one_stopped_finish_exactly_once() {
+    const ITEMS: usize = 5000;
+    let server = MockLlm::start(MockConfig {
+        latency: Duration::from_millis(50),
+        record_requests: true,
+        ..MockConfig::default()
+    });
+    let dir = TempDir::new();
+    let mut stack = Stack::start_with(
+        3,
+        &["--concurrency", "16"],
+        StackOptions {
+            env: registry(&dir, &server, ""),
+            ..StackOptions::default()
+        },
+    )
+    .await;
+    let id = submit(&stack, ITEMS, &["slow"], json!({})).await;
+
+    wait_until_completed(&stack, &id, 1000).await;
+    stack.workers[0].0.signal("KILL").unwrap();
+    wait_until_completed(&stack, &id, 2000).await;
+    stack.workers[1].0.signal("TERM").unwrap();
+    let code = stack.workers[1]
+        .0
+        .wait(Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(
+        code,
+        Some(0),
+        "a worker told to stop hands its chunks back and exits 0"
+    );
+    assert!(
+        completed(&stack, &id).await < ITEMS as u64,
+        "the failures happened mid-run"
+    );
+    // Operators restart what they stopped.
+    stack.start_worker(&["--concurrency", "16"]).await;
+    stack.start_worker(&["--concurrency", "16"]).await;
+
+    assert_exactly_once(&stack, &server, &id, ITEMS).await;
+    let stats = server.stats().await;
+    assert!(stats["requests"].as_u64().unwrap() >= ITEMS as u64);
+    // The killed and the stopped worker's chunks were started again elsewhere.
+    assert!(restarted_chunks(&stack, &id).await >= 2);
+}
+
+/// Chunks of the evaluation in `status`.
+async fn chunks_in(stack: &Stack, id: &str, status: &str) -> i64 {
+    use assay_core::db::schema::evaluation_chunks::dsl;
+    use diesel::prelude::*;
+    use diesel_async::RunQueryDsl;
+    let pool = stack.database.pool(1);
+    let mut conn = pool.get().await.unwrap();
+    dsl::evaluation_chunks
+        .filter(dsl::evaluation_id.eq(id.parse::<uuid::Uuid>().unwrap()))
+        .filter(dsl::status.eq(status))
+        .count()
+        .get_result(&mut conn)
+        .await
+        .unwrap()
+}
+
+/// Chunks of the evaluation that more than one worker run started.
+async fn restarted_chunks(stack: &Stack, id: &str) -> i64 {
+    use assay_core::db::schema::evaluation_chunks::dsl;
+    use diesel::prelude::*;
+    use diesel_async::RunQueryDsl;
+    let pool = stack.database.pool(1);
+    let mut conn = pool.get().await.unwrap();
+    dsl::evaluation_chunks
+        .filter(dsl::evaluation_id.eq(id.parse::<uuid::Uuid>().unwrap()))
+        .filter(dsl::starts.gt(1))
+        .count()
+        .get_result(&mut conn)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_loses_everything_mid_run_loses_no_work() {
+    const ITEMS: usize = 3000;
+    let redis = PrivateRedis::start().unwrap();
+    let server = MockLlm::start(MockConfig {
+        latency: Duration::from_millis(50),
+        record_requests: true,
+        ..MockConfig::default()
+    });
+    let dir = TempDir::new();
+    let stack = Stack::start_with(
+        2,
+        &["--concurrency", "16", "--sweep-interval", "1s"],
+        StackOptions {
+            env: registry(&dir, &server, ""),
+            redis_url: Some(redis.url.clone()),
+            ..StackOptions::default()
+        },
+    )
+    .await;
+    let id = submit(&stack, ITEMS, &["slow"], json!({})).await;
+    wait_until_completed(&stack, &id, 800).await;
+    redis.flush_all().unwrap();
+    assert!(
+        completed(&stack, &id).await < ITEMS as u64,
+        "flushed mid-run"
+    );
+    assert_exactly_once(&stack, &server, &id, ITEMS).await;
+    let requeued = stack
+        .metric_sum("assay_sweeper_repairs_total", &["kind=\"requeued\""])
+        .await;
+    assert!(
+        requeued >= 1.0,
+        "the sweeper queued the lost chunks again from PostgreSQL"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_ride_out_a_postgres_restart() {
+    const ITEMS: usize = 3000;
+    let postgres = PrivatePostgres::start().unwrap();
+    let server = MockLlm::start(MockConfig {
+        latency: Duration::from_millis(50),
+        record_requests: true,
+        ..MockConfig::default()
+    });
+    let dir = TempDir::new();
+    let mut stack = Stack::start_with(
+        2,
+        &["--concurrency", "16"],
+        StackOptions {
+            env: registry(&dir, &server, ""),
+            postgres_admin_url: Some(postgres.admin_url()),
+            ..StackOptions::default()
+        },
+    )
+    .await;
+    let id = submit(&stack, ITEMS, &["slow"], json!({})).await;
+    wait_until_completed(&stack, &id, 800).await;
+    postgres.restart().unwrap();
+    assert!(
+        completed(&stack, &id).await < ITEMS as u64,
+        "restarted mid-run"
+    );
+    assert_exactly_once(&stack, &server, &id, ITEMS).await;
+    for (index, (worker, _)) in stack.workers.iter_mut().enumerate() {
+        assert!(worker.is_running(), "worker {index} rode the restart out");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_calls_within_seconds_and_resume_finishes_only_the_rest() {
+    const ITEMS: usize = 3000;
+    let server = MockLlm::start(MockConfig {
+        latency: Duration::from_millis(50),
+        record_requests: true,
+        ..MockConfig::default()
+    });
+    let dir = TempDir::new();
+    let stack = Stack::start_with(
+        2,
+        &["--concurrency", "16"],
+        StackOptions {
+            env: registry(&dir, &server, ""),
+            ..StackOptions::default()
+        },
+    )
+    .await;
+    let id = submit(&stack, ITEMS, &["slow"], json!({})).await;
+    wait_until_completed(&stack, &id, 300).await;
+    let canceled = stack
+        .client
+        .post(&format!("/v1/evaluations/{id}/cancel"), &json!({}))
+        .await
+        .unwrap();
+    let canceled_at = chrono::Utc::now().timestamp_millis();
+    assert_eq!(canceled.status, 200, "{:?}", canceled.body);
+    assert_eq!(canceled.body["status"], "canceled");
+
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let last_call = calls_by_item(&server)
+        .await
+        .values()
+        .flatten()
+        .copied()
+        .max()
+        .unwrap();
+    let stopped_after = last_call - canceled_at;
+    assert!(
+        stopped_after < 5_000,
+        "calls went on {stopped_after} ms after the cancel"
+    );
+    let evaluation = stack.evaluation(&id).await;
+    assert_eq!(evaluation["status"], "canceled");
+    let kept = evaluation["counts"]["completed"].as_u64().unwrap();
+    assert!(
+        kept >= 300 && kept < ITEMS as u64,
+        "what was written is kept: {kept}"
+    );
+    assert_eq!(stack.results(&id).await.len() as u64, kept);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        stack.evaluation(&id).await["counts"]["completed"],
+        kept,
+        "nothing more is written"
+    );
+    let again = stack
+        .client
+        .post(&format!("/v1/evaluations/{id}/cancel"), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(again.status, 409, "{:?}", again.body);
+
+    let resumed = stack
+        .client
+        .post(&format!("/v1/evaluations/{id}/resume"), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(resumed.status, 202, "{:?}", resumed.body);
+    assert_eq!(resumed.body["run"], 2);
+    assert_exactly_once(&stack, &server, &id, ITEMS).await;
+    let twice = stack
+        .client
+        .post(&format!("/v1/evaluations/{id}/resume"), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(
+        twice.status, 409,
+        "a succeeded evaluation is not resumed: {:?}",
+        twice.body
+    );
+    let actions: Vec<String> = [
+        "evaluation.canceled",
+        "evaluation.resumed",
+        "evaluation.succeeded",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    for action in &actions {
+        assert_eq!(
+            stack.event_actors(&id, action).await.len(),
+            1,
+            "{action} recorded once"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_errors_reruns_only_the_errored_results() {
+    const ITEMS: usize = 300;
+    let server = MockLlm::start(MockConfig {
+        error_rate: 0.3,
+        record_requests: true,
+        ..MockConfig::default()
+    });
+    let dir = TempDir::new();
+    let stack = Stack::start_with(
+        1,
+        &["--concurrency", "16"],
+        StackOptions {
+            env: registry(
+                &dir,
+                &server,
+                "max_attempts = 1\ncircuit = { failures = 0 }\n",
+            ),
+            ..StackOptions::default()
+        },
+    )
+    .await;
+    let id = submit(&stack, ITEMS, &["slow"], json!({})).await;
+    let first = wait_finished(&stack, &id, Duration::from_secs(60)).await;
+    assert_eq!(first["status"], "succeeded");
+    let errored = first["counts"]["errored"].as_u64().unwrap();
+    assert!((40..160).contains(&errored), "about 30% errored: {errored}");
+    let before: HashMap<u64, Value> = stack
+        .results(&id)
+        .await
+        .into_iter()
+        .map(|result| (result["item_position"].as_u64().unwrap(), result))
+        .collect();
+    let requests_before = server.stats().await["requests"].as_u64().unwrap();
+
+    let retried = stack
+        .client
+        .post(&format!("/v1/evaluations/{id}/retry-errors"), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(retried.status, 202, "{:?}", retried.body);
+    assert_eq!(retried.body["run"], 2);
+    assert_eq!(
+        retried.body["counts"]["errored"], 0,
+        "errored results left the counts"
+    );
+    let second = wait_finished(&stack, &id, Duration::from_secs(60)).await;
+    assert_eq!(second["status"], "succeeded");
+    assert_eq!(
+        server.stats().await["requests"].as_u64().unwrap() - requests_before,
+        errored,
+        "one new call per errored result, none for the others"
+    );
+    let after = stack.results(&id).await;
+    assert_eq!(after.len(), ITEMS);
+    for result in &after {
+        let old = &before[&result["item_position"].as_u64().unwrap()];
+        if old["status"] == "errored" {
+            assert_ne!(result["created_at"], old["created_at"], "re-run: {result}");
+        } else {
+            assert_eq!(result, old, "untouched");
+        }
+    }
+    let counts = &second["counts"];
+    assert_eq!(counts["completed"], ITEMS);
+    assert!(
+        counts["errored"].as_u64().unwrap() < errored,
+        "some retries succeeded: {counts}"
+    );
+    // The replaced rows are kept, tagged with the run that wrote them.
+    use diesel::prelude::*;
+    use diesel_async::RunQueryDsl;
+    let pool = stack.database.pool(1);
+    let mut conn = pool.get().await.unwrap();
+    let superseded: i64 = assay_core::db::schema::superseded_results::table
+        .count()
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(superseded as u64, errored);
+    let nothing_left = stack
+        .client
+        .post(&format!("/v1/evaluations/{id}/retry-errors"), &json!({}))
+        .await
+        .unwrap();
+    if counts["errored"] == 0 {
+        assert_eq!(nothing_left.status, 409);
+    } else {
+        assert_eq!(nothing_left.status, 202);
+    }
+}
+
+/// From submission to `succeeded`, as the evaluation's own timestamps say.
+fn run_time(evaluation: &Value) -> Duration {
+    let millis = millis(&evaluation["finished_at"]) - millis(&evaluation["created_at"]);
+    Duration::from_millis(u64::try_from(millis).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_evaluation_is_not_stuck_behind_a_huge_one() {
+    let stack = Stack::start(2, &["--concurrency", "50"]).await;
+    let model = ["mock:latency=50ms"];
+    let solo = submit(&stack, 50, &model, json!({})).await;
+    let solo = stack.wait_finished(&solo, Duration::from_secs(30)).await;
+    assert_eq!(solo["status"], "succeeded");
+
+    let huge = submit(&stack, 20_000, &model, json!({})).await;
+    wait_until_completed(&stack, &huge, 1000).await;
+    let small = submit(&stack, 50, &model, json!({})).await;
+    let small = stack.wait_finished(&small, Duration::from_secs(60)).await;
+    assert_eq!(small["status"], "succeeded");
+    let huge_now = stack.evaluation(&huge).await;
+    assert_eq!(
+        huge_now["status"], "running",
+        "the small one finished first"
+    );
+    let (solo_time, small_time) = (run_time(&solo), run_time(&small));
+    let waited =
+        |evaluation: &Value| millis(&evaluation["started_at"]) - millis(&evaluation["created_at"]);
+    eprintln!(
+        "50 items: {solo_time:?} alone (queued {} ms), {small_time:?} beside 20,000 items (queued {} ms)",
+        waited(&solo),
+        waited(&small)
+    );
+    assert!(
+        small_time <= solo_time * 3,
+        "50 items took {small_time:?} beside a huge evaluation, {solo_time:?} alone"
+    );
+    let cancel = stack
+        .client
+        .post(&format!("/v1/evaluations/{huge}/cancel"), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(cancel.status, 200);
+}

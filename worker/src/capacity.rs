@@ -1,0 +1,389 @@
+//! How much work a worker takes on: LLM calls in flight, and chunks.
+//!
+//! - [`LlmSlots`]: `--concurrency` permits for LLM calls, shared by every
+//!   chunk the process runs. Each chunk asks for one permit at a time;
+//!   waiters of a higher priority are served first, and within a priority
+//!   the evaluations take turns (not the chunks: an evaluation with three
+//!   chunks here gets no more than one with a single chunk).
+//! - [`Backlog`]: runs this process has taken on (its chunks' runs) but not
+//!   started yet.
+//! - [`GateLayer`]: holds a queue consumer back from fetching another chunk
+//!   while the backlog already covers the permits. A worker takes a chunk
+//!   only when it will soon have idle permits, so chunks spread over every
+//!   replica instead of piling up on whichever polled first, and a chunk
+//!   queued later (a small evaluation's) is not stuck behind chunks a busy
+//!   worker hoarded.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use assay_core::domain::Priority;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+/// LLM call permits, handed out by priority, then in order of asking.
+pub struct LlmSlots {
+    state: Mutex<SlotState>,
+}
+
+struct SlotState {
+    available: usize,
+    /// Waiters by priority (index of [`Priority::ALL`]). Only non-empty
+    /// while `available` is 0: a released permit goes to a waiter first.
+    waiters: [Turns; 3],
+}
+
+/// Waiters of one priority, grouped by evaluation, served in turn.
+#[derive(Default)]
+struct Turns {
+    /// Evaluations with waiters, next to serve first.
+    order: VecDeque<Uuid>,
+    waiting: HashMap<Uuid, VecDeque<oneshot::Sender<LlmPermit>>>,
+}
+
+impl Turns {
+    fn push(&mut self, group: Uuid, waiter: oneshot::Sender<LlmPermit>) {
+        let queue = self.waiting.entry(group).or_default();
+        if queue.is_empty() {
+            self.order.push_back(group);
+        }
+        queue.push_back(waiter);
+    }
+
+    /// The next waiter: the front evaluation's oldest; the evaluation goes
+    /// to the back of the line if it has more.
+    fn pop(&mut self) -> Option<oneshot::Sender<LlmPermit>> {
+        let group = self.order.pop_front()?;
+        let queue = self.waiting.get_mut(&group)?;
+        let waiter = queue.pop_front();
+        if queue.is_empty() {
+            self.waiting.remove(&group);
+        } else {
+            self.order.push_back(group);
+        }
+        waiter
+    }
+}
+
+/// One LLM call's permit; returns itself on drop.
+pub struct LlmPermit {
+    /// `None` once handed back, so that a permit bounced off a gone waiter
+    /// is not released twice.
+    slots: Option<Arc<LlmSlots>>,
+}
+
+impl LlmSlots {
+    pub fn new(permits: usize) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(SlotState {
+                available: permits,
+                waiters: Default::default(),
+            }),
+        })
+    }
+
+    /// A permit for a call of evaluation `group` at `priority`.
+    pub async fn acquire(self: &Arc<Self>, priority: Priority, group: Uuid) -> LlmPermit {
+        let waiting = {
+            let mut state = self.state.lock().expect("slots lock");
+            if state.available > 0 {
+                state.available -= 1;
+                return LlmPermit {
+                    slots: Some(self.clone()),
+                };
+            }
+            let (sender, receiver) = oneshot::channel();
+            state.waiters[priority.index()].push(group, sender);
+            receiver
+        };
+        // The sender lives in `waiters` until a permit is sent, and `release`
+        // never drops a sender without sending.
+        waiting.await.expect("a waiter is always answered")
+    }
+
+    fn release(self: &Arc<Self>) {
+        let mut state = self.state.lock().expect("slots lock");
+        for turns in &mut state.waiters {
+            while let Some(waiter) = turns.pop() {
+                match waiter.send(LlmPermit {
+                    slots: Some(self.clone()),
+                }) {
+                    Ok(()) => return,
+                    // That waiter gave up (its task was dropped): disarm the
+                    // bounced permit and try the next one.
+                    Err(mut bounced) => bounced.slots = None,
+                }
+            }
+        }
+        state.available += 1;
+    }
+
+    /// Permits free now (for tests and metrics).
+    pub fn available(&self) -> usize {
+        self.state.lock().expect("slots lock").available
+    }
+}
+
+impl Drop for LlmPermit {
+    fn drop(&mut self) {
+        if let Some(slots) = self.slots.take() {
+            slots.release();
+        }
+    }
+}
+
+/// Runs taken on but not started, with the gates waiting for it to drop.
+#[derive(Default)]
+pub struct Backlog {
+    runs: AtomicUsize,
+    /// Set while a gate waits, so that the hot path (one decrement per call)
+    /// only takes the lock when someone listens.
+    waiting: AtomicBool,
+    wakers: Mutex<Vec<Waker>>,
+}
+
+impl Backlog {
+    pub fn add(&self, runs: usize) {
+        self.runs.fetch_add(runs, Ordering::SeqCst);
+    }
+
+    pub fn remove(&self, runs: usize) {
+        if runs == 0 {
+            return;
+        }
+        self.runs.fetch_sub(runs, Ordering::SeqCst);
+        if self.waiting.swap(false, Ordering::SeqCst) {
+            for waker in self.wakers.lock().expect("backlog lock").drain(..) {
+                waker.wake();
+            }
+        }
+    }
+
+    pub fn runs(&self) -> usize {
+        self.runs.load(Ordering::SeqCst)
+    }
+
+    fn register(&self, waker: &Waker) {
+        let mut wakers = self.wakers.lock().expect("backlog lock");
+        if !wakers.iter().any(|known| known.will_wake(waker)) {
+            wakers.push(waker.clone());
+        }
+        self.waiting.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A consumer fetches only while the backlog is below its threshold.
+#[derive(Clone)]
+pub struct GateLayer {
+    backlog: Arc<Backlog>,
+    threshold: usize,
+}
+
+impl GateLayer {
+    /// The threshold for a consumer of `priority` in a worker with
+    /// `permits` LLM permits and chunks of about `chunk_runs` runs: a chunk
+    /// is taken while fewer runs wait than the permits can start at once,
+    /// plus one chunk's worth, so that the next chunk is ready before the
+    /// permits idle. High priority looks further ahead, low less far.
+    pub fn for_priority(
+        backlog: Arc<Backlog>,
+        priority: Priority,
+        permits: usize,
+        chunk_runs: usize,
+    ) -> Self {
+        let ahead = permits + chunk_runs;
+        let threshold = match priority {
+            Priority::High => ahead * 2,
+            Priority::Normal => ahead,
+            Priority::Low => ahead.div_ceil(2),
+        };
+        Self {
+            backlog,
+            threshold: threshold.max(1),
+        }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for GateLayer {
+    type Service = Gate<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Gate {
+            inner,
+            backlog: self.backlog.clone(),
+            threshold: self.threshold,
+        }
+    }
+}
+
+pub struct Gate<S> {
+    inner: S,
+    backlog: Arc<Backlog>,
+    threshold: usize,
+}
+
+impl<S, Request> tower_service::Service<Request> for Gate<S>
+where
+    S: tower_service::Service<Request>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if self.backlog.runs() >= self.threshold {
+            self.backlog.register(cx.waker());
+            // Checked again: the backlog may have dropped before the waker was in.
+            if self.backlog.runs() >= self.threshold {
+                return Poll::Pending;
+            }
+        }
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        self.inner.call(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn permits_go_to_higher_priorities_first_then_in_order() {
+        let slots = LlmSlots::new(1);
+        let held = slots.acquire(Priority::Normal, Uuid::nil()).await;
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut waiters = Vec::new();
+        for (name, priority) in [
+            ("low", Priority::Low),
+            ("normal-1", Priority::Normal),
+            ("high", Priority::High),
+            ("normal-2", Priority::Normal),
+        ] {
+            let (slots, order) = (slots.clone(), order.clone());
+            waiters.push(tokio::spawn(async move {
+                let permit = slots.acquire(priority, Uuid::nil()).await;
+                order.lock().unwrap().push(name);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                drop(permit);
+            }));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        drop(held);
+        for waiter in waiters {
+            waiter.await.unwrap();
+        }
+        assert_eq!(
+            *order.lock().unwrap(),
+            ["high", "normal-1", "normal-2", "low"]
+        );
+        assert_eq!(slots.available(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_gives_up_does_not_lose_the_permit() {
+        let slots = LlmSlots::new(1);
+        let held = slots.acquire(Priority::Normal, Uuid::nil()).await;
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(10),
+            slots.acquire(Priority::High, Uuid::nil()),
+        )
+        .await;
+        assert!(gave_up.is_err());
+        drop(held);
+        assert_eq!(slots.available(), 1, "the permit skipped the gone waiter");
+        let _again = slots.acquire(Priority::Low, Uuid::nil()).await;
+        assert_eq!(slots.available(), 0);
+    }
+
+    #[tokio::test]
+    async fn evaluations_take_turns_whatever_their_number_of_waiters() {
+        let slots = LlmSlots::new(1);
+        let held = slots.acquire(Priority::Normal, Uuid::nil()).await;
+        let (big, small) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut waiters = Vec::new();
+        // Three waiters of the big evaluation queue up before the small one's two.
+        for (name, group) in [
+            ("big", big),
+            ("big", big),
+            ("big", big),
+            ("small", small),
+            ("small", small),
+        ] {
+            let (slots, order) = (slots.clone(), order.clone());
+            waiters.push(tokio::spawn(async move {
+                let permit = slots.acquire(Priority::Normal, group).await;
+                order.lock().unwrap().push(name);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                drop(permit);
+            }));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        drop(held);
+        for waiter in waiters {
+            waiter.await.unwrap();
+        }
+        assert_eq!(
+            *order.lock().unwrap(),
+            ["big", "small", "big", "small", "big"]
+        );
+    }
+
+    #[test]
+    fn the_gate_closes_above_its_threshold_and_wakes_when_work_is_started() {
+        use std::task::Wake;
+        struct Flag(AtomicBool);
+        impl Wake for Flag {
+            fn wake(self: Arc<Self>) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let backlog = Arc::new(Backlog::default());
+        let layer = GateLayer::for_priority(backlog.clone(), Priority::Normal, 10, 5);
+        let mut gate = tower_layer::Layer::layer(&layer, tower_service_fn());
+        let flag = Arc::new(Flag(AtomicBool::new(false)));
+        let waker = Waker::from(flag.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(tower_service::Service::<()>::poll_ready(&mut gate, &mut cx).is_ready());
+        backlog.add(15);
+        assert!(tower_service::Service::<()>::poll_ready(&mut gate, &mut cx).is_pending());
+        backlog.remove(1);
+        assert!(
+            flag.0.load(Ordering::SeqCst),
+            "woken when the backlog drops"
+        );
+        assert!(tower_service::Service::<()>::poll_ready(&mut gate, &mut cx).is_ready());
+        // High priority looks further ahead than normal, low less far.
+        let high = GateLayer::for_priority(backlog.clone(), Priority::High, 10, 5);
+        let low = GateLayer::for_priority(backlog, Priority::Low, 10, 5);
+        assert!(high.threshold > 15 && low.threshold < 15);
+    }
+
+    /// A service that is always ready.
+    fn tower_service_fn() -> Ready {
+        Ready
+    }
+
+    struct Ready;
+
+    impl tower_service::Service<()> for Ready {
+        type Response = ();
+        type Error = ();
+        type Future = std::future::Ready<Result<(), ()>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: ()) -> Self::Future {
+            std::future::ready(Ok(()))
+        }
+    }
+}
