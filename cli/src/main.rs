@@ -48,6 +48,12 @@ enum Command {
     Watch { evaluation_id: String },
     /// Print an evaluation's summary.
     Summary { evaluation_id: String },
+    /// Cancel a queued or running evaluation (what was written is kept).
+    Cancel { evaluation_id: String },
+    /// Resume a failed or canceled evaluation, then follow it.
+    Resume { evaluation_id: String },
+    /// Run a finished evaluation's errored results again, then follow it.
+    RetryErrors { evaluation_id: String },
 }
 
 #[tokio::main]
@@ -69,7 +75,40 @@ async fn main() -> anyhow::Result<()> {
             render::print_summary(&evaluation);
             Ok(())
         }
+        Command::Cancel { evaluation_id } => {
+            let evaluation = api
+                .post(
+                    &format!("/v1/evaluations/{evaluation_id}/cancel"),
+                    &json!({}),
+                )
+                .await?;
+            println!(
+                "Evaluation {evaluation_id} {}: {} of {} results kept",
+                evaluation["status"].as_str().unwrap_or("?"),
+                evaluation["counts"]["completed"],
+                evaluation["counts"]["total"]
+            );
+            Ok(())
+        }
+        Command::Resume { evaluation_id } => reopen(&api, &evaluation_id, "resume").await,
+        Command::RetryErrors { evaluation_id } => {
+            reopen(&api, &evaluation_id, "retry-errors").await
+        }
     }
+}
+
+/// Resumes or retries an evaluation, then follows it to the end.
+async fn reopen(api: &Api, id: &str, action: &str) -> anyhow::Result<()> {
+    let evaluation = api
+        .post(&format!("/v1/evaluations/{id}/{action}"), &json!({}))
+        .await?;
+    println!(
+        "Evaluation {id} queued again (run {})",
+        evaluation["run"].as_i64().unwrap_or(0)
+    );
+    let evaluation = watch(api, id).await?;
+    render::print_summary(&evaluation);
+    ensure_succeeded(&evaluation)
 }
 
 /// Countries and capitals the demo asks about.
@@ -177,6 +216,9 @@ async fn demo(api: &Api, items: usize) -> anyhow::Result<()> {
                     {"type": "contains", "value": "{{ expected }}"},
                     {"type": "regex", "pattern": "^[A-Z]"},
                 ],
+                // Every run of the demo makes its calls, rather than answering a
+                // second run from the response cache at no cost.
+                "cache": false,
             }),
         )
         .await?;

@@ -216,11 +216,12 @@ async fn an_evaluation_is_recorded_then_queued() {
     let listed = client.get("/v1/evaluations").await.unwrap();
     assert_eq!(listed.body["data"][0]["id"], json!(evaluation_id));
 
-    // The chunk jobs wait in Redis under this test's prefix, on the normal queue.
+    // The first chunk waits in Redis under this test's prefix: a first chunk
+    // rides one priority up, so this normal evaluation's is on the high queue.
     let keys = app.redis.keys().unwrap();
     assert!(
         keys.iter()
-            .any(|key| key.ends_with(":chunks:normal:scheduled")),
+            .any(|key| key.ends_with(":chunks:high:scheduled")),
         "queue keys: {keys:?}"
     );
     let pushed_again_is_harmless = app.count_rows("evaluations").await;

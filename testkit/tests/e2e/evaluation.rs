@@ -4,8 +4,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use assay_core::domain::Priority;
 use assay_core::domain::{ChatMessage, Role};
 use assay_core::providers::mock::{MockOptions, WRONG_ANSWER};
+use assay_core::queue::JobQueue;
 use serde_json::{Value, json};
 
 use crate::{Stack, question};
@@ -224,6 +226,29 @@ async fn two_workers_run_an_evaluation_and_every_figure_checks_out() {
         ITEMS * 2,
         "one call per item x model, none repeated"
     );
+
+    // Finished jobs leave Redis after their retention (none here): payload,
+    // metadata and done-set entry of every chunk job, as apalis wrote them.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let queue = JobQueue::connect(&stack.redis.url, &stack.redis.prefix)
+        .await
+        .unwrap();
+    let mut forgotten = 0;
+    for priority in Priority::ALL {
+        forgotten += queue
+            .forget_finished(priority, Duration::ZERO)
+            .await
+            .unwrap();
+    }
+    assert!(forgotten >= 6, "{forgotten} finished jobs deleted");
+    let leftovers: Vec<String> = stack
+        .redis
+        .keys()
+        .unwrap()
+        .into_iter()
+        .filter(|key| key.contains(":meta:") || key.ends_with(":done") || key.ends_with(":data"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 
     let api_metrics = stack.client.get("/metrics").await.unwrap();
     let api_metrics = api_metrics.body.as_str().unwrap();

@@ -218,22 +218,6 @@ async fn three_workers_one_killed_one_stopped_finish_exactly_once() {
     assert!(restarted_chunks(&stack, &id).await >= 2);
 }
 
-/// Chunks of the evaluation in `status`.
-async fn chunks_in(stack: &Stack, id: &str, status: &str) -> i64 {
-    use assay_core::db::schema::evaluation_chunks::dsl;
-    use diesel::prelude::*;
-    use diesel_async::RunQueryDsl;
-    let pool = stack.database.pool(1);
-    let mut conn = pool.get().await.unwrap();
-    dsl::evaluation_chunks
-        .filter(dsl::evaluation_id.eq(id.parse::<uuid::Uuid>().unwrap()))
-        .filter(dsl::status.eq(status))
-        .count()
-        .get_result(&mut conn)
-        .await
-        .unwrap()
-}
-
 /// Chunks of the evaluation that more than one worker run started.
 async fn restarted_chunks(stack: &Stack, id: &str) -> i64 {
     use assay_core::db::schema::evaluation_chunks::dsl;
@@ -272,7 +256,25 @@ async fn a_redis_that_loses_everything_mid_run_loses_no_work() {
     .await;
     let id = submit(&stack, ITEMS, &["slow"], json!({})).await;
     wait_until_completed(&stack, &id, 800).await;
-    redis.flush_all().unwrap();
+    // Flush while a chunk waits in the queue, so that work is really lost.
+    let queue = assay_core::queue::JobQueue::connect(&redis.url, &stack.redis.prefix)
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "a chunk waiting in the queue",
+        || async {
+            for priority in assay_core::domain::Priority::ALL {
+                if queue.depth(priority).await?.ready > 0 {
+                    redis.flush_all()?;
+                    return Ok(Some(()));
+                }
+            }
+            Ok(None)
+        },
+    )
+    .await
+    .unwrap();
     assert!(
         completed(&stack, &id).await < ITEMS as u64,
         "flushed mid-run"
