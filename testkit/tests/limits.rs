@@ -71,25 +71,32 @@ async fn replicas_share_one_requests_per_minute_pace() {
     }
 }
 
-#[tokio::test]
-async fn a_429_pauses_every_replica_once_then_leaves_a_grace_window() {
+/// One replica gets a 429; the other must pause too, and a second 429 in
+/// the grace window pauses no one. `limits` decides the path: models
+/// without limits learn of the pause from the announcement, limited ones
+/// in their script.
+async fn a_429_pauses_every_replica(limits: Limits) {
     let redis = TestRedis::new();
-    let model = model(Limits::default(), Duration::from_secs(5));
+    let model = model(limits, Duration::from_secs(5));
     let (got_429, other) = (replica(&redis), replica(&redis));
+    tokio::spawn(other.clone().follow_cool_downs(redis.url.clone()));
+    // The subscription is up before the first announcement.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         got_429
             .cool_down(&model, Duration::from_millis(600))
             .await
             .unwrap()
     );
+    tokio::time::sleep(Duration::from_millis(50)).await;
     let started = Instant::now();
     let permit = other.acquire(&model, 0, false).await.unwrap().unwrap();
     let waited = started.elapsed();
     assert!(
-        waited >= Duration::from_millis(500),
+        waited >= Duration::from_millis(450),
         "the other replica waited only {waited:?}"
     );
-    assert!(permit.waited >= Duration::from_millis(500));
+    assert!(permit.waited >= Duration::from_millis(450));
     other.release(&model, permit, 0).await.unwrap();
     // Within the grace window, another 429 does not pause everyone again.
     assert!(
@@ -98,6 +105,7 @@ async fn a_429_pauses_every_replica_once_then_leaves_a_grace_window() {
             .await
             .unwrap()
     );
+    tokio::time::sleep(Duration::from_millis(50)).await;
     let started = Instant::now();
     let permit = other.acquire(&model, 0, false).await.unwrap().unwrap();
     assert!(started.elapsed() < Duration::from_millis(200));
@@ -110,8 +118,24 @@ async fn a_429_pauses_every_replica_once_then_leaves_a_grace_window() {
             .await
             .unwrap()
     );
+    tokio::time::sleep(Duration::from_millis(50)).await;
     let cooling = other.acquire(&model, 0, true).await.unwrap();
     assert!(matches!(cooling, Err(remaining) if remaining.0 > Duration::from_secs(4)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_pauses_every_replica_of_an_unlimited_model() {
+    a_429_pauses_every_replica(Limits::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_pauses_every_replica_of_a_limited_model() {
+    a_429_pauses_every_replica(Limits {
+        requests_per_minute: Some(60_000),
+        burst: 100,
+        ..Limits::default()
+    })
+    .await;
 }
 
 #[tokio::test]

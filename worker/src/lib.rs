@@ -81,6 +81,12 @@ pub async fn run(config: WorkerConfig) -> anyhow::Result<()> {
     let redis =
         assay_core::redis_pool::build(&settings.redis_url, config.concurrency.clamp(4, 64))?;
     let limiter = Limiter::new(redis.clone(), &settings.queue_prefix);
+    // Pauses after a 429 reach this worker's calls to unlimited models this way.
+    tokio::spawn(
+        limiter
+            .clone()
+            .follow_cool_downs(settings.redis_url.clone()),
+    );
     let cache = (!config.cache_ttl.is_zero())
         .then(|| ResponseCache::new(redis.clone(), &settings.queue_prefix, config.cache_ttl));
     let llm = Arc::new(LlmClient::new(catalog, Some(limiter), cache));

@@ -178,11 +178,7 @@ impl LlmClient {
         attempts: &mut u32,
     ) -> Result<(Completion, Duration), ProviderError> {
         let provider = model.provider.provider_name();
-        // The in-process mock without limits never answers 429: no need to ask Redis.
-        let limiter = self
-            .limiter
-            .as_ref()
-            .filter(|_| !(provider == "mock" && model.limits.is_unlimited()));
+        let limiter = self.limiter.as_ref();
         let reserve = match model.limits.tokens_per_minute {
             Some(_) => {
                 let input = tokens::count_messages(messages);

@@ -21,15 +21,25 @@
 //!   among them would stop the rest again, so a steady trickle of 429s would
 //!   stall the model instead of halving its pace.
 //!
+//! A model without limits needs no Redis round trip per call: a pause is
+//! announced on `<prefix>:limits:cool-downs` when it starts, and every
+//! worker that follows the channel ([`Limiter::follow_cool_downs`]) keeps
+//! it locally. A worker that misses an announcement (its subscription was
+//! reconnecting) misses that one pause; limited models check the pause in
+//! their script on every call anyway.
+//!
 //! Time is Redis' own clock (`TIME`), so workers' clocks may disagree.
 //! Waiting for capacity is not an error: [`Limiter::acquire`] sleeps for
 //! what the script says (plus jitter, so waiters do not stampede).
 //! Keys share a hash tag per model (`prefix:limits:{model}:...`) so that the
 //! scripts also run on Redis Cluster.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use deadpool_redis::Pool;
+use futures::StreamExt;
 use metrics::{counter, histogram};
 use rand::Rng;
 use redis::Script;
@@ -171,6 +181,8 @@ pub struct Limiter {
     acquire: Script,
     release: Script,
     cool_down: Script,
+    /// Pauses of models without limits, as announced: model -> until.
+    paused: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
 impl std::fmt::Debug for Limiter {
@@ -198,7 +210,85 @@ impl Limiter {
             acquire: Script::new(ACQUIRE),
             release: Script::new(RELEASE),
             cool_down: Script::new(COOL_DOWN),
+            paused: Arc::default(),
         }
+    }
+
+    /// Where pauses are announced.
+    fn cool_down_channel(&self) -> String {
+        format!("{}:limits:cool-downs", self.prefix)
+    }
+
+    /// Notes that `model` pauses for `duration` from now.
+    fn pause_locally(&self, model: &str, duration: Duration) {
+        let until = Instant::now() + duration;
+        let mut paused = self.paused.lock().expect("pauses lock");
+        let entry = paused.entry(model.to_owned()).or_insert(until);
+        *entry = (*entry).max(until);
+    }
+
+    /// How long `model` is still paused here.
+    fn paused_for(&self, model: &str) -> Option<Duration> {
+        let paused = self.paused.lock().expect("pauses lock");
+        paused
+            .get(model)
+            .map(|until| until.saturating_duration_since(Instant::now()))
+            .filter(|remaining| !remaining.is_zero())
+    }
+
+    /// Follows the announced pauses until the process ends (reconnecting
+    /// after errors). Workers run this once.
+    pub async fn follow_cool_downs(self, redis_url: String) {
+        loop {
+            let followed = async {
+                let client = redis::Client::open(redis_url.as_str())?;
+                let mut pubsub = client.get_async_pubsub().await?;
+                pubsub.subscribe(self.cool_down_channel()).await?;
+                let mut messages = pubsub.on_message();
+                while let Some(message) = messages.next().await {
+                    let text: String = message.get_payload()?;
+                    // "<milliseconds> <model>": the model last, as names hold spaces.
+                    if let Some((millis, model)) = text.split_once(' ')
+                        && let Ok(millis) = millis.parse::<u64>()
+                    {
+                        self.pause_locally(model, Duration::from_millis(millis));
+                    }
+                }
+                redis::RedisResult::Ok(())
+            }
+            .await;
+            if let Err(error) = followed {
+                tracing::debug!(error = %error, "cool-down announcements unavailable; reconnecting");
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// A model without limits: no Redis round trip, only the announced pause.
+    async fn acquire_unlimited(
+        &self,
+        model: &Model,
+        avoid_cool_down: bool,
+    ) -> Result<Permit, CoolingDown> {
+        let started = Instant::now();
+        while let Some(remaining) = self.paused_for(&model.name) {
+            if avoid_cool_down {
+                return Err(CoolingDown(remaining));
+            }
+            // Callers restart together (within 50 ms), as after a shared pause.
+            let jitter = Duration::from_millis(50).mul_f64(rand::rng().random_range(0.0..1.0));
+            tokio::time::sleep(remaining + jitter).await;
+        }
+        let waited = started.elapsed();
+        if !waited.is_zero() {
+            histogram!("assay_llm_rate_limit_wait_seconds", "model" => model.name.clone(), "reason" => WaitReason::CoolDown.label())
+                .record(waited.as_secs_f64());
+        }
+        Ok(Permit {
+            lease: None,
+            reserved_tokens: 0,
+            waited,
+        })
     }
 
     fn keys(&self, model: &str) -> Keys {
@@ -231,6 +321,9 @@ impl Limiter {
         avoid_cool_down: bool,
     ) -> Result<Result<Permit, CoolingDown>, redis::RedisError> {
         let limits = model.limits;
+        if limits.is_unlimited() {
+            return Ok(self.acquire_unlimited(model, avoid_cool_down).await);
+        }
         let keys = self.keys(&model.name);
         let request_interval_us = limits
             .requests_per_minute
@@ -360,6 +453,12 @@ impl Limiter {
             .await?;
         if started == 1 {
             counter!("assay_llm_cool_downs_total", "model" => model.name.clone()).increment(1);
+            self.pause_locally(&model.name, duration);
+            let _: i64 = redis::cmd("PUBLISH")
+                .arg(self.cool_down_channel())
+                .arg(format!("{} {}", duration.as_millis(), model.name))
+                .query_async(&mut *conn)
+                .await?;
         }
         Ok(started == 1)
     }
