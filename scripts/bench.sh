@@ -11,6 +11,11 @@ echo "==> grading and rendering (criterion)"
 cargo bench -p assay-core --bench graders -- --output-format bencher | tee -a "$out"
 echo "==> result writes (PostgreSQL)"
 cargo bench -p assay-testkit --bench result_writes | tee -a "$out"
+echo "==> scale-out: the real binaries against the mock server (release build)"
+cargo build --release --workspace --bins
+scale=$(mktemp)
+trap 'rm -f "$out" "$scale"' EXIT
+"${CARGO_TARGET_DIR:-target}/release/assay-bench" > "$scale"
 
 ns() { awk -v name="$1" '$2 == name { gsub(",", "", $5); print $5 }' "$out"; }
 write_ns=$(sed -nE 's/^result_write: ([0-9]+) ns\/row.*/\1/p' "$out")
@@ -42,6 +47,8 @@ commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
   echo "| render a two-message template with a loop and a filter | $(us "$value") µs | $(ratio "$value" "$write_ns") |"
   echo "| **write one result row** (500-row batches, counters moved in the same transaction) | **$(us "$write_ns") µs** | 1 |"
   echo
-  echo "Grading runs inside each LLM call's task, in parallel across cores; result writes go through one writer per job. A ratio below 1 means grading an item costs less than writing it, so deterministic graders are not what bounds an evaluation's throughput."
+  echo "Grading runs inside each LLM call's task, in parallel across cores; result writes go through one writer per chunk. A ratio below 1 means grading an item costs less than writing it, so deterministic graders are not what bounds an evaluation's throughput."
+  echo
+  cat "$scale"
 } >> BENCHMARKS.md
 echo "==> appended to BENCHMARKS.md"

@@ -125,7 +125,7 @@ pub async fn run(config: WorkerConfig) -> anyhow::Result<()> {
             job_retention: config.job_retention,
         },
     ));
-    tokio::spawn(sweeper::report_forever(env.clone(), Duration::from_secs(5)));
+    tokio::spawn(sweeper::report_forever(env.clone(), Duration::from_secs(1)));
     let wakers = wake::Wakers::default();
     tokio::spawn(wakers.clone().listen(
         settings.redis_url.clone(),

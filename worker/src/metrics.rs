@@ -22,6 +22,10 @@ pub fn describe() {
         "Chunk jobs in Redis, by queue (high, normal, low) and state (ready: due; delayed: retries; running: taken). Every worker reports the same value: take the max."
     );
     describe_gauge!(
+        "assay_chunks_unfinished",
+        "Chunks of every unfinished evaluation, by state (pending, queued, running), from PostgreSQL: the work left. Every worker reports the same value: take the max. What autoscaling follows."
+    );
+    describe_gauge!(
         "assay_items_per_second",
         "Results this worker wrote per second, over the last reporting interval."
     );

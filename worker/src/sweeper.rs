@@ -184,8 +184,10 @@ async fn forget_finished(queue: &JobQueue, retention: Duration) {
     }
 }
 
-/// Reports queue depths (read from Redis: every worker reports the same
-/// value, so dashboards take the max) and this worker's items per second.
+/// Reports queue depths (read from Redis) and the work left (chunks of
+/// unfinished evaluations, from PostgreSQL) — every worker reports the same
+/// values, so dashboards and autoscalers take the max — and this worker's
+/// items per second.
 pub async fn report_forever(env: Arc<Environment>, every: Duration) {
     let mut last = (Instant::now(), 0u64);
     let mut ticks = tokio::time::interval(every);
@@ -200,6 +202,13 @@ pub async fn report_forever(env: Arc<Environment>, every: Duration) {
                     .set(depth.delayed as f64);
                 gauge!("assay_queue_depth", "queue" => queue, "state" => "running")
                     .set(depth.running as f64);
+            }
+        }
+        if let Ok(mut conn) = env.pool.get().await
+            && let Ok(counts) = chunks::unfinished_by_state(&mut conn).await
+        {
+            for (state, count) in ["pending", "queued", "running"].into_iter().zip(counts) {
+                gauge!("assay_chunks_unfinished", "state" => state).set(count as f64);
             }
         }
         let written = std::sync::atomic::AtomicU64::load(

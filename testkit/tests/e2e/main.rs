@@ -252,11 +252,13 @@ impl Stack {
 
     /// Sum of a counter's samples over every worker whose labels contain all of `labels`.
     pub async fn metric_sum(&self, metric: &str, labels: &[&str]) -> f64 {
-        let prefix = format!("{metric}{{");
+        let (labelled, plain) = (format!("{metric}{{"), format!("{metric} "));
         let mut total = 0.0;
         for index in 0..self.workers.len() {
             for line in self.worker_metrics(index).await.lines() {
-                if line.starts_with(&prefix) && labels.iter().all(|label| line.contains(label)) {
+                if (line.starts_with(&labelled) || line.starts_with(&plain))
+                    && labels.iter().all(|label| line.contains(label))
+                {
                     total += line.rsplit(' ').next().unwrap().parse::<f64>().unwrap();
                 }
             }

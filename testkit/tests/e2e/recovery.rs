@@ -342,6 +342,23 @@ async fn cancel_stops_calls_within_seconds_and_resume_finishes_only_the_rest() {
     .await;
     let id = submit(&stack, ITEMS, &["slow"], json!({})).await;
     wait_until_completed(&stack, &id, 300).await;
+    // While it runs, workers report the work left, the queues, their chunks
+    // and their pace (every second).
+    eventually(Duration::from_secs(15), "the operations gauges", || async {
+        let gauge = |metric: &'static str, labels: &'static [&'static str]| {
+            stack.metric_sum(metric, labels)
+        };
+        let unfinished = gauge("assay_chunks_unfinished", &[]).await;
+        let in_flight = gauge("assay_chunks_in_flight", &[]).await;
+        let pace = gauge("assay_items_per_second", &[]).await;
+        let depth_reported = stack
+            .worker_metrics(0)
+            .await
+            .contains("assay_queue_depth{queue=\"normal\",state=\"ready\"}");
+        Ok((unfinished > 0.0 && in_flight > 0.0 && pace > 0.0 && depth_reported).then_some(()))
+    })
+    .await
+    .unwrap();
     let canceled = stack
         .client
         .post(&format!("/v1/evaluations/{id}/cancel"), &json!({}))

@@ -589,6 +589,28 @@ pub async fn counts(
     Ok(counts)
 }
 
+/// Chunks of every unfinished evaluation, by state: pending, queued,
+/// running. The work left, for autoscaling (the queue holds one chunk per
+/// evaluation, so its depth does not say how much work is left).
+pub async fn unfinished_by_state(conn: &mut AsyncPgConnection) -> QueryResult<[i64; 3]> {
+    let rows: Vec<(String, i64)> = evaluation_chunks::table
+        .filter(evaluation_chunks::status.eq_any(["pending", "queued", "running"]))
+        .group_by(evaluation_chunks::status)
+        .select((evaluation_chunks::status, diesel::dsl::count_star()))
+        .load(conn)
+        .await?;
+    let mut counts = [0; 3];
+    for (status, count) in rows {
+        let index = match status.as_str() {
+            "pending" => 0,
+            "queued" => 1,
+            _ => 2,
+        };
+        counts[index] = count;
+    }
+    Ok(counts)
+}
+
 // ---------------------------------------------------------------------------
 // What the sweeper reads and repairs.
 
