@@ -744,7 +744,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let _ = writeln!(
         out,
-        "| API while taking the {}-item dataset upload (JSON Lines, parsed whole) | {:.0} MB | |",
+        "| API while taking the {}-item dataset upload (JSON Lines, streamed) | {:.0} MB | |",
         large.run.items, large.api_upload_peak_mb
     );
     let _ = writeln!(

@@ -427,5 +427,22 @@ async fn no_input_makes_the_api_answer_5xx() {
         .await
         .unwrap();
     assert_problem(&too_large, 413, "payload_too_large", "larger");
+    // Uploads are read as they arrive, and still stop at the limit, writing nothing.
+    let datasets_before = app.count_rows("datasets").await;
+    let many_lines: String = (0..80_000)
+        .map(|n| format!("{{\"vars\": {{\"n\": {n}}}}}\n"))
+        .collect();
+    assert!(many_lines.len() > 1 << 20);
+    for (content_type, path) in [
+        ("application/x-ndjson", "/v1/datasets?name=huge"),
+        ("application/json", "/v1/datasets"),
+    ] {
+        let too_large = client
+            .post_raw(path, content_type, many_lines.clone())
+            .await
+            .unwrap();
+        assert_problem(&too_large, 413, "payload_too_large", "larger");
+    }
+    assert_eq!(app.count_rows("datasets").await, datasets_before);
     assert_eq!(id(&json!(prompt_id)), prompt_id);
 }

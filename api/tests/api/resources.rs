@@ -251,3 +251,56 @@ async fn health_readiness_and_metrics() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn large_json_lines_uploads_stream_whole_or_not_at_all() {
+    let app = TestApp::spawn().await;
+    let client = &app.client;
+    // Several of the API's batches; the first item alone defines `extra`,
+    // and one item has no expected output.
+    const ITEMS: usize = 12_345;
+    let line = |n: usize| {
+        let mut item = json!({"id": format!("k{n}"), "vars": {"n": n}, "expected": format!("{n}")});
+        if n == 0 {
+            item["vars"]["extra"] = json!(true);
+        }
+        if n == 7_777 {
+            item.as_object_mut().unwrap().remove("expected");
+        }
+        format!("{item}\n")
+    };
+    let body: String = (0..ITEMS).map(line).collect();
+    let uploaded = client
+        .post_raw("/v1/datasets?name=big", "application/x-ndjson", body)
+        .await
+        .unwrap();
+    assert_eq!(uploaded.status, 201, "{:?}", uploaded.body);
+    assert_eq!(uploaded.body["item_count"], ITEMS);
+    assert_eq!(uploaded.body["variables"], json!(["n"]));
+    assert_eq!(uploaded.body["all_expected"], false);
+    assert_eq!(app.count_rows("dataset_items").await, ITEMS as i64);
+    let dataset = id(&uploaded.body["id"]);
+    let page = client
+        .get(&format!("/v1/datasets/{dataset}/items?limit=2&after=9000"))
+        .await
+        .unwrap();
+    assert_eq!(page.body["data"][0]["id"], "k9001");
+    assert_eq!(page.body["data"][1]["vars"]["n"], 9002);
+
+    // Errors deep in an upload, after earlier batches reached the database:
+    // the answer names the item, and nothing of the upload is kept.
+    let mut bad_json: String = (0..ITEMS).map(line).collect();
+    bad_json.push_str("{\"vars\": [1]}\n");
+    let mut duplicate: String = (0..9_000).map(line).collect();
+    duplicate.push_str(&line(4_000));
+    for (body, field) in [(bad_json, "line 12346"), (duplicate, "items[9000].id")] {
+        let refused = client
+            .post_raw("/v1/datasets?name=bad", "application/x-ndjson", body)
+            .await
+            .unwrap();
+        assert_eq!(refused.status, 422, "{:?}", refused.body);
+        assert_eq!(refused.body["field"], field);
+        assert_eq!(app.count_rows("datasets").await, 1);
+        assert_eq!(app.count_rows("dataset_items").await, ITEMS as i64);
+    }
+}

@@ -48,25 +48,49 @@ pub struct ParsedItem {
     pub threshold: Option<f64>,
 }
 
-/// Checks items (at least one; unique ids) and derives the variables all of them define.
-pub fn validate_items(items: Vec<DatasetItemInput>) -> Result<ParsedDataset, InvalidInput> {
-    if items.is_empty() {
-        return Err(InvalidInput::new(
-            "items",
-            "a dataset needs at least one item",
-        ));
+/// Checks items one at a time, in order, so that an upload of any size is
+/// checked without holding it: ids unique (only the ids are kept), ids and
+/// thresholds well-formed, and what every item defines.
+#[derive(Debug, Default)]
+pub struct ItemChecker {
+    seen: HashSet<String>,
+    common: Option<BTreeSet<String>>,
+    all_expected: bool,
+    count: usize,
+}
+
+/// What a whole dataset offers, known once every item is checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatasetSummary {
+    pub items: usize,
+    /// Variables every item defines.
+    pub variables: Vec<String>,
+    /// Whether every item has an expected output.
+    pub all_expected: bool,
+}
+
+impl ItemChecker {
+    pub fn new() -> Self {
+        Self {
+            all_expected: true,
+            ..Self::default()
+        }
     }
-    if items.len() > MAX_ITEMS {
-        return Err(InvalidInput::new(
-            "items",
-            format!("at most {MAX_ITEMS} items per dataset"),
-        ));
+
+    /// Items checked so far: the next item's position.
+    pub fn count(&self) -> usize {
+        self.count
     }
-    let mut seen = HashSet::with_capacity(items.len());
-    let mut common: Option<BTreeSet<String>> = None;
-    let mut all_expected = true;
-    let mut parsed = Vec::with_capacity(items.len());
-    for (position, item) in items.into_iter().enumerate() {
+
+    /// Checks the next item; errors name it (`items[<position>].id`).
+    pub fn check(&mut self, item: DatasetItemInput) -> Result<ParsedItem, InvalidInput> {
+        let position = self.count;
+        if position >= MAX_ITEMS {
+            return Err(InvalidInput::new(
+                "items",
+                format!("at most {MAX_ITEMS} items per dataset"),
+            ));
+        }
         let key = item.id.unwrap_or_else(|| position.to_string());
         if key.is_empty() || key.chars().count() > 200 {
             return Err(InvalidInput::new(
@@ -74,17 +98,12 @@ pub fn validate_items(items: Vec<DatasetItemInput>) -> Result<ParsedDataset, Inv
                 "must be 1 to 200 characters",
             ));
         }
-        if !seen.insert(key.clone()) {
+        if !self.seen.insert(key.clone()) {
             return Err(InvalidInput::new(
                 format!("items[{position}].id"),
                 format!("duplicate item id {key:?}"),
             ));
         }
-        let keys: BTreeSet<String> = item.vars.keys().cloned().collect();
-        common = Some(match common {
-            None => keys,
-            Some(common) => common.intersection(&keys).cloned().collect(),
-        });
         if let Some(threshold) = item.threshold
             && !(0.0..=1.0).contains(&threshold)
         {
@@ -93,19 +112,64 @@ pub fn validate_items(items: Vec<DatasetItemInput>) -> Result<ParsedDataset, Inv
                 "must be a number between 0 and 1",
             ));
         }
-        all_expected &= item.expected.is_some();
-        parsed.push(ParsedItem {
+        self.common = Some(match self.common.take() {
+            None => item.vars.keys().cloned().collect(),
+            Some(mut common) => {
+                common.retain(|name| item.vars.contains_key(name));
+                common
+            }
+        });
+        self.all_expected &= item.expected.is_some();
+        self.count += 1;
+        Ok(ParsedItem {
             key,
             vars: Value::Object(item.vars),
             expected: item.expected,
             threshold: item.threshold,
-        });
+        })
     }
+
+    /// The summary; a dataset needs at least one item.
+    pub fn finish(self) -> Result<DatasetSummary, InvalidInput> {
+        if self.count == 0 {
+            return Err(InvalidInput::new(
+                "items",
+                "a dataset needs at least one item",
+            ));
+        }
+        Ok(DatasetSummary {
+            items: self.count,
+            variables: self.common.unwrap_or_default().into_iter().collect(),
+            all_expected: self.all_expected,
+        })
+    }
+}
+
+/// Checks items (at least one; unique ids) and derives the variables all of them define.
+pub fn validate_items(items: Vec<DatasetItemInput>) -> Result<ParsedDataset, InvalidInput> {
+    if items.len() > MAX_ITEMS {
+        return Err(InvalidInput::new(
+            "items",
+            format!("at most {MAX_ITEMS} items per dataset"),
+        ));
+    }
+    let mut checker = ItemChecker::new();
+    let parsed = items
+        .into_iter()
+        .map(|item| checker.check(item))
+        .collect::<Result<Vec<_>, _>>()?;
+    let summary = checker.finish()?;
     Ok(ParsedDataset {
         items: parsed,
-        variables: common.unwrap_or_default().into_iter().collect(),
-        all_expected,
+        variables: summary.variables,
+        all_expected: summary.all_expected,
     })
+}
+
+/// One line of JSON Lines as an item; `line` is 1-based, for the error.
+pub fn parse_jsonl_line(line: &str, number: usize) -> Result<DatasetItemInput, InvalidInput> {
+    serde_json::from_str(line)
+        .map_err(|error| InvalidInput::new(format!("line {number}"), error.to_string()))
 }
 
 /// Parses JSON Lines (blank lines skipped); an error names the line.
@@ -113,11 +177,7 @@ pub fn parse_jsonl_items(body: &str) -> Result<Vec<DatasetItemInput>, InvalidInp
     body.lines()
         .enumerate()
         .filter(|(_, line)| !line.trim().is_empty())
-        .map(|(index, line)| {
-            serde_json::from_str(line).map_err(|error| {
-                InvalidInput::new(format!("line {}", index + 1), error.to_string())
-            })
-        })
+        .map(|(index, line)| parse_jsonl_line(line, index + 1))
         .collect()
 }
 

@@ -5,7 +5,10 @@ mod dataset;
 mod evaluation;
 mod prompt;
 
-pub use dataset::{DatasetItemInput, ParsedDataset, ParsedItem, parse_jsonl_items, validate_items};
+pub use dataset::{
+    DatasetItemInput, DatasetSummary, ItemChecker, ParsedDataset, ParsedItem, parse_jsonl_items,
+    parse_jsonl_line, validate_items,
+};
 pub use evaluation::{
     DatasetShape, EvaluationRequest, MAX_REPEAT, Priority, validate_graders, validate_threshold,
 };

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::Page;
 use super::events::{self, NewEvent};
 use crate::db::schema::{dataset_items, datasets};
-use crate::domain::{DatasetShape, ParsedDataset};
+use crate::domain::{DatasetShape, DatasetSummary, ParsedDataset, ParsedItem};
 
 /// Rows per INSERT: 7 columns each, well under PostgreSQL's 65,535 bind parameters.
 const ITEM_BATCH: usize = 5_000;
@@ -102,25 +102,7 @@ pub async fn create(
             .returning(Dataset::as_returning())
             .get_result(conn)
             .await?;
-        for (batch_index, batch) in parsed.items.chunks(ITEM_BATCH).enumerate() {
-            let rows: Vec<NewItem<'_>> = batch
-                .iter()
-                .enumerate()
-                .map(|(offset, item)| NewItem {
-                    dataset_id: dataset.id,
-                    position: i32::try_from(batch_index * ITEM_BATCH + offset).expect("validated"),
-                    tenant_id,
-                    item_key: &item.key,
-                    vars: &item.vars,
-                    expected: item.expected.as_ref(),
-                    threshold: item.threshold,
-                })
-                .collect();
-            diesel::insert_into(dataset_items::table)
-                .values(&rows)
-                .execute(conn)
-                .await?;
-        }
+        insert_items(conn, tenant_id, dataset.id, 0, &parsed.items).await?;
         events::record(
             conn,
             NewEvent {
@@ -136,6 +118,124 @@ pub async fn create(
         Ok(dataset)
     })
     .await
+}
+
+/// What a streamed upload sends to [`create_streamed`].
+#[derive(Debug)]
+pub enum Upload {
+    /// The next items, in order.
+    Items(Vec<ParsedItem>),
+    /// Every item was sent and checked.
+    Done(DatasetSummary),
+}
+
+/// Why a streamed upload wrote nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error(transparent)]
+    Database(#[from] diesel::result::Error),
+    /// The sender stopped before `Done` (an invalid item, a broken request).
+    #[error("the upload stopped before its end")]
+    Abandoned,
+}
+
+/// Creates a dataset from items that arrive in batches, inside one
+/// transaction: the dataset exists whole or not at all, and no more than a
+/// batch or two of items is in memory at once. Its figures (count,
+/// variables every item defines) are written with `Done`.
+pub async fn create_streamed(
+    conn: &mut AsyncPgConnection,
+    tenant_id: Uuid,
+    actor: &str,
+    name: &str,
+    description: Option<&str>,
+    mut batches: tokio::sync::mpsc::Receiver<Upload>,
+) -> Result<Dataset, UploadError> {
+    conn.transaction(async |conn| {
+        let id = Uuid::now_v7();
+        // Placeholders until `Done`: the row must exist for the items' key.
+        diesel::insert_into(datasets::table)
+            .values((
+                datasets::id.eq(id),
+                datasets::tenant_id.eq(tenant_id),
+                datasets::name.eq(name),
+                datasets::description.eq(description),
+                datasets::item_count.eq(1),
+                datasets::variables.eq(serde_json::json!([])),
+                datasets::all_expected.eq(false),
+            ))
+            .execute(conn)
+            .await?;
+        let mut next_position = 0;
+        while let Some(upload) = batches.recv().await {
+            match upload {
+                Upload::Items(items) => {
+                    insert_items(conn, tenant_id, id, next_position, &items).await?;
+                    next_position += items.len();
+                }
+                Upload::Done(summary) => {
+                    debug_assert_eq!(summary.items, next_position);
+                    let item_count = i32::try_from(summary.items).expect("item count is validated");
+                    let dataset: Dataset =
+                        diesel::update(datasets::table.filter(datasets::id.eq(id)))
+                            .set((
+                                datasets::item_count.eq(item_count),
+                                datasets::variables.eq(serde_json::json!(summary.variables)),
+                                datasets::all_expected.eq(summary.all_expected),
+                            ))
+                            .returning(Dataset::as_returning())
+                            .get_result(conn)
+                            .await?;
+                    events::record(
+                        conn,
+                        NewEvent {
+                            tenant_id,
+                            actor,
+                            action: "dataset.created",
+                            resource_type: "dataset",
+                            resource_id: id,
+                            data: serde_json::json!({ "name": name, "items": item_count }),
+                        },
+                    )
+                    .await?;
+                    return Ok(dataset);
+                }
+            }
+        }
+        Err(UploadError::Abandoned)
+    })
+    .await
+}
+
+/// Inserts `items` at positions from `first_position`, in multi-row batches.
+async fn insert_items(
+    conn: &mut AsyncPgConnection,
+    tenant_id: Uuid,
+    dataset_id: Uuid,
+    first_position: usize,
+    items: &[ParsedItem],
+) -> QueryResult<()> {
+    for (batch_index, batch) in items.chunks(ITEM_BATCH).enumerate() {
+        let rows: Vec<NewItem<'_>> = batch
+            .iter()
+            .enumerate()
+            .map(|(offset, item)| NewItem {
+                dataset_id,
+                position: i32::try_from(first_position + batch_index * ITEM_BATCH + offset)
+                    .expect("validated"),
+                tenant_id,
+                item_key: &item.key,
+                vars: &item.vars,
+                expected: item.expected.as_ref(),
+                threshold: item.threshold,
+            })
+            .collect();
+        diesel::insert_into(dataset_items::table)
+            .values(&rows)
+            .execute(conn)
+            .await?;
+    }
+    Ok(())
 }
 
 pub async fn get(
