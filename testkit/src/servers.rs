@@ -42,30 +42,42 @@ impl PrivateRedis {
     pub fn start() -> anyhow::Result<Self> {
         let port = free_port();
         let dir = temp_dir("redis")?;
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting redis-server (is Redis installed? `make deps`)")?;
-        wait_for_port(port, "redis-server")?;
+        let child = Self::spawn(port, &dir)?;
         Ok(Self {
             url: format!("redis://127.0.0.1:{port}"),
             port,
             child,
             dir,
         })
+    }
+
+    fn spawn(port: u16, dir: &Path) -> anyhow::Result<Child> {
+        let port_text = port.to_string();
+        let child = Command::new("redis-server")
+            .args(["--port", &port_text, "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting redis-server (is Redis installed? `make deps`)")?;
+        wait_for_port(port, "redis-server")?;
+        Ok(child)
+    }
+
+    /// Kills the server: clients see connections refused until
+    /// [`PrivateRedis::start_again`].
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// Starts the server again on the same port, empty.
+    pub fn start_again(&mut self) -> anyhow::Result<()> {
+        self.child = Self::spawn(self.port, &self.dir)?;
+        Ok(())
     }
 
     /// Deletes every key of every database: Redis loses everything.

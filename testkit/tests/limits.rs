@@ -195,3 +195,58 @@ async fn token_reservations_settle_to_what_calls_used() {
     limiter.release(&model, second, 300).await.unwrap();
     limiter.release(&model, third, 300).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_waits_out_a_restarting_limit_store_without_spending_its_attempts() {
+    use assay_core::domain::{ChatMessage, ModelParams, Role};
+    use assay_core::providers::call::{CallOptions, LlmClient};
+    let mut redis = assay_testkit::PrivateRedis::start().unwrap();
+    let limiter = Limiter::new(
+        assay_core::redis_pool::build(&redis.url, 4).unwrap(),
+        "limits-test",
+    );
+    let mut limited = model(
+        Limits {
+            requests_per_minute: Some(6_000),
+            ..Limits::default()
+        },
+        Duration::from_secs(5),
+    );
+    limited.max_attempts = 1;
+    let client = LlmClient::new(ModelCatalog::default(), Some(limiter), None);
+    redis.kill().unwrap();
+    let restarted = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        redis.start_again().unwrap();
+        redis
+    });
+    let started = Instant::now();
+    let messages = [ChatMessage {
+        role: Role::User,
+        content: "still there?".to_owned(),
+    }];
+    let options = CallOptions {
+        purpose: "generate",
+        repeat: 0,
+        use_cache: false,
+    };
+    let report = client
+        .complete(
+            &Arc::new(limited),
+            &messages,
+            &ModelParams::default(),
+            options,
+        )
+        .await;
+    let _redis = restarted.await.unwrap();
+    assert_eq!(report.outcome.unwrap().text, "still there?");
+    assert_eq!(
+        report.attempts, 1,
+        "waiting for the store is not an attempt"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(2900),
+        "it waited: {:?}",
+        started.elapsed()
+    );
+}

@@ -34,6 +34,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(20);
 const BASE_BACKOFF: Duration = Duration::from_millis(250);
 /// Cool-down after a 429 that names no `Retry-After`.
 const DEFAULT_COOL_DOWN: Duration = Duration::from_secs(1);
+/// How long a call waits for an unreachable limit store before it fails.
+const STORE_OUTAGE_BUDGET: Duration = Duration::from_secs(60);
+/// How often it looks again meanwhile.
+const STORE_RETRY: Duration = Duration::from_secs(1);
 
 /// How a call is made.
 #[derive(Debug, Clone, Copy)]
@@ -187,8 +191,9 @@ impl LlmClient {
             None => 0,
         };
         let mut tries = 0;
+        // Time spent waiting for an unreachable limit store, for this call.
+        let mut store_outage = Duration::ZERO;
         loop {
-            tries += 1;
             if !self.breakers.allow(&model.name, model.circuit) {
                 return Err(ProviderError::CircuitOpen);
             }
@@ -204,20 +209,25 @@ impl LlmClient {
                             message: "cooling down after a 429".to_owned(),
                         });
                     }
-                    Err(error) => {
-                        self.breakers
-                            .record(&model.name, model.circuit, Verdict::Neutral);
-                        let error = ProviderError::Connection(format!(
-                            "rate-limit store unreachable: {error}"
-                        ));
-                        if tries >= model.max_attempts {
-                            return Err(error);
-                        }
-                        tokio::time::sleep(backoff(tries, None)).await;
+                    // Limits that cannot be checked are not ignored: wait for
+                    // the store (a restarting Redis), without spending the
+                    // call's attempts, for a bounded time.
+                    Err(error) if store_outage < STORE_OUTAGE_BUDGET => {
+                        tracing::debug!(model = %model.name, error = %error, "rate-limit store unreachable; waiting");
+                        let wait = STORE_RETRY.min(STORE_OUTAGE_BUDGET - store_outage);
+                        tokio::time::sleep(wait).await;
+                        store_outage += wait;
                         continue;
+                    }
+                    Err(error) => {
+                        return Err(ProviderError::Connection(format!(
+                            "rate-limit store unreachable for {}s: {error}",
+                            STORE_OUTAGE_BUDGET.as_secs()
+                        )));
                     }
                 },
             };
+            tries += 1;
             *attempts += 1;
             let attempt = *attempts;
             gauge!("assay_llm_calls_in_flight").increment(1.0);

@@ -102,8 +102,9 @@ fn millis(timestamp: &Value) -> i64 {
         .timestamp_millis()
 }
 
-/// The server's request log: every request's arrival (ms) by item.
-async fn calls_by_item(server: &MockLlm) -> HashMap<usize, Vec<i64>> {
+/// The server's request log: every request's arrival (ms) by item, for the
+/// upstream model `upstream`.
+async fn calls_by_item(server: &MockLlm, upstream: &str) -> HashMap<usize, Vec<i64>> {
     let log: Vec<Value> = reqwest::get(format!("{}/requests", server.url))
         .await
         .unwrap()
@@ -111,7 +112,7 @@ async fn calls_by_item(server: &MockLlm) -> HashMap<usize, Vec<i64>> {
         .await
         .unwrap();
     let mut calls: HashMap<usize, Vec<i64>> = HashMap::new();
-    for request in log {
+    for request in log.iter().filter(|request| request["model"] == upstream) {
         if let Some(item) = item_of(request["prompt"].as_str().unwrap()) {
             calls
                 .entry(item)
@@ -128,6 +129,7 @@ async fn calls_by_item(server: &MockLlm) -> HashMap<usize, Vec<i64>> {
 async fn assert_exactly_once(
     stack: &Stack,
     server: &MockLlm,
+    upstream: &str,
     id: &str,
     items: usize,
 ) -> Vec<Value> {
@@ -148,7 +150,7 @@ async fn assert_exactly_once(
     );
     assert_eq!(counts["passed"], items, "every item answered: {counts}");
     assert_eq!(evaluation["summary"]["models"][0]["total"], items);
-    let calls = calls_by_item(server).await;
+    let calls = calls_by_item(server, upstream).await;
     let mut called_after_result = Vec::new();
     for result in &results {
         let position = result["item_position"].as_u64().unwrap() as usize;
@@ -211,7 +213,7 @@ async fn three_workers_one_killed_one_stopped_finish_exactly_once() {
     stack.start_worker(&["--concurrency", "16"]).await;
     stack.start_worker(&["--concurrency", "16"]).await;
 
-    assert_exactly_once(&stack, &server, &id, ITEMS).await;
+    assert_exactly_once(&stack, &server, "mock", &id, ITEMS).await;
     let stats = server.stats().await;
     assert!(stats["requests"].as_u64().unwrap() >= ITEMS as u64);
     // The killed and the stopped worker's chunks were started again elsewhere.
@@ -237,6 +239,7 @@ async fn restarted_chunks(stack: &Stack, id: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_that_loses_everything_mid_run_loses_no_work() {
     const ITEMS: usize = 3000;
+    const SIDE_ITEMS: usize = 1000;
     let redis = PrivateRedis::start().unwrap();
     let server = MockLlm::start(MockConfig {
         latency: Duration::from_millis(50),
@@ -244,42 +247,47 @@ async fn a_redis_that_loses_everything_mid_run_loses_no_work() {
         ..MockConfig::default()
     });
     let dir = TempDir::new();
+    // `side` is the same echo under another upstream name, so that the
+    // server's log tells the two evaluations apart.
+    let side = "[models.side]\nprovider = \"openai\"\nmodel = \"mock:seed=1\"\n";
     let stack = Stack::start_with(
         2,
         &["--concurrency", "16", "--sweep-interval", "1s"],
         StackOptions {
-            env: registry(&dir, &server, ""),
+            env: registry(
+                &dir,
+                &server,
+                &format!("{side}base_url = \"{}/v1\"\n", server.url),
+            ),
             redis_url: Some(redis.url.clone()),
             ..StackOptions::default()
         },
     )
     .await;
     let id = submit(&stack, ITEMS, &["slow"], json!({})).await;
+    // A low-priority evaluation beside it: busy workers leave its chunks in
+    // the queue, so the flush certainly loses queued work.
+    let low = submit(&stack, SIDE_ITEMS, &["side"], json!({"priority": "low"})).await;
     wait_until_completed(&stack, &id, 800).await;
-    // Flush while a chunk waits in the queue, so that work is really lost.
     let queue = assay_core::queue::JobQueue::connect(&redis.url, &stack.redis.prefix)
         .await
         .unwrap();
     eventually(
         Duration::from_secs(30),
-        "a chunk waiting in the queue",
+        "a low-priority chunk in the queue",
         || async {
-            for priority in assay_core::domain::Priority::ALL {
-                if queue.depth(priority).await?.ready > 0 {
-                    redis.flush_all()?;
-                    return Ok(Some(()));
-                }
-            }
-            Ok(None)
+            Ok((queue.depth(assay_core::domain::Priority::Low).await?.ready > 0).then_some(()))
         },
     )
     .await
     .unwrap();
+    redis.flush_all().unwrap();
     assert!(
         completed(&stack, &id).await < ITEMS as u64,
         "flushed mid-run"
     );
-    assert_exactly_once(&stack, &server, &id, ITEMS).await;
+    assert_exactly_once(&stack, &server, "mock", &id, ITEMS).await;
+    assert_exactly_once(&stack, &server, "mock:seed=1", &low, SIDE_ITEMS).await;
     let requeued = stack
         .metric_sum("assay_sweeper_repairs_total", &["kind=\"requeued\""])
         .await;
@@ -316,7 +324,7 @@ async fn workers_ride_out_a_postgres_restart() {
         completed(&stack, &id).await < ITEMS as u64,
         "restarted mid-run"
     );
-    assert_exactly_once(&stack, &server, &id, ITEMS).await;
+    assert_exactly_once(&stack, &server, "mock", &id, ITEMS).await;
     for (index, (worker, _)) in stack.workers.iter_mut().enumerate() {
         assert!(worker.is_running(), "worker {index} rode the restart out");
     }
@@ -369,7 +377,7 @@ async fn cancel_stops_calls_within_seconds_and_resume_finishes_only_the_rest() {
     assert_eq!(canceled.body["status"], "canceled");
 
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let last_call = calls_by_item(&server)
+    let last_call = calls_by_item(&server, "mock")
         .await
         .values()
         .flatten()
@@ -409,7 +417,7 @@ async fn cancel_stops_calls_within_seconds_and_resume_finishes_only_the_rest() {
         .unwrap();
     assert_eq!(resumed.status, 202, "{:?}", resumed.body);
     assert_eq!(resumed.body["run"], 2);
-    assert_exactly_once(&stack, &server, &id, ITEMS).await;
+    assert_exactly_once(&stack, &server, "mock", &id, ITEMS).await;
     let twice = stack
         .client
         .post(&format!("/v1/evaluations/{id}/resume"), &json!({}))
@@ -571,4 +579,49 @@ async fn a_small_evaluation_is_not_stuck_behind_a_huge_one() {
         .await
         .unwrap();
     assert_eq!(cancel.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn higher_priorities_are_served_first() {
+    // One worker with few permits, so that priorities decide who calls.
+    let stack = Stack::start(1, &["--concurrency", "8"]).await;
+    let model = ["mock:latency=50ms"];
+    let low = submit(&stack, 2000, &model, json!({"priority": "low"})).await;
+    wait_until_completed(&stack, &low, 100).await;
+    let normal = submit(&stack, 600, &model, json!({"priority": "normal"})).await;
+    let high = submit(&stack, 300, &model, json!({"priority": "high"})).await;
+    let high = stack.wait_finished(&high, Duration::from_secs(60)).await;
+    let normal = stack.wait_finished(&normal, Duration::from_secs(60)).await;
+    assert_eq!(
+        (high["status"].as_str(), normal["status"].as_str()),
+        (Some("succeeded"), Some("succeeded"))
+    );
+    assert_eq!(high["priority"], "high");
+    assert!(
+        millis(&high["finished_at"]) < millis(&normal["finished_at"]),
+        "high finished before normal"
+    );
+    let low_now = stack.evaluation(&low).await;
+    assert_eq!(low_now["status"], "running", "low waits for both");
+    let cancel = stack
+        .client
+        .post(&format!("/v1/evaluations/{low}/cancel"), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(cancel.status, 200);
+    let refused = stack
+        .client
+        .post(
+            "/v1/evaluations",
+            &json!({"prompt_version_id": high["prompt_version_id"], "dataset_id": high["dataset_id"],
+                    "models": ["mock"], "graders": [{"type": "contains", "value": "q"}], "priority": "urgent"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused.status, 422, "{:?}", refused.body);
+    assert!(
+        refused.body["detail"].as_str().unwrap().contains("urgent"),
+        "{:?}",
+        refused.body
+    );
 }
