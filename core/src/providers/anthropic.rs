@@ -86,15 +86,7 @@ pub fn request_body(model: &str, messages: &[ChatMessage], params: &ModelParams)
 }
 
 pub fn parse_response(raw: &http::RawResponse) -> Result<Completion, ProviderError> {
-    if !(200..300).contains(&raw.status) {
-        return Err(http::classify_error(raw.status, &raw.headers, &raw.body));
-    }
-    let body: Value =
-        serde_json::from_slice(&raw.body).map_err(|error| ProviderError::Upstream {
-            status: raw.status,
-            message: format!("answer is not JSON: {error}"),
-            retry_after: None,
-        })?;
+    let body = http::success_body(raw)?;
     if body.get("type").and_then(Value::as_str) == Some("error") {
         return Err(http::classify_error(500, &raw.headers, &raw.body));
     }
@@ -119,12 +111,7 @@ pub fn parse_response(raw: &http::RawResponse) -> Result<Completion, ProviderErr
         ));
     }
     let usage = body.get("usage");
-    let number = |name: &str| {
-        usage
-            .and_then(|usage| usage.get(name))
-            .and_then(Value::as_u64)
-            .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX))
-    };
+    let number = |name: &str| http::token_count(usage, name);
     let cache_read = number("cache_read_input_tokens");
     let usage = Usage {
         input_tokens: number("input_tokens")

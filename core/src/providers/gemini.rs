@@ -102,15 +102,7 @@ pub fn parse_response(
     raw: &http::RawResponse,
     messages: &[ChatMessage],
 ) -> Result<Completion, ProviderError> {
-    if !(200..300).contains(&raw.status) {
-        return Err(http::classify_error(raw.status, &raw.headers, &raw.body));
-    }
-    let body: Value =
-        serde_json::from_slice(&raw.body).map_err(|error| ProviderError::Upstream {
-            status: raw.status,
-            message: format!("answer is not JSON: {error}"),
-            retry_after: None,
-        })?;
+    let body = http::success_body(raw)?;
     if let Some(reason) = body
         .pointer("/promptFeedback/blockReason")
         .and_then(Value::as_str)
@@ -152,12 +144,7 @@ pub fn parse_response(
         });
     }
     let usage = body.get("usageMetadata");
-    let number = |name: &str| {
-        usage
-            .and_then(|usage| usage.get(name))
-            .and_then(Value::as_u64)
-            .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX))
-    };
+    let number = |name: &str| http::token_count(usage, name);
     let usage = match usage {
         Some(_) => Usage {
             input_tokens: number("promptTokenCount"),

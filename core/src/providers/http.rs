@@ -100,6 +100,26 @@ pub async fn send(
     })
 }
 
+/// The JSON body of a successful answer, or the error the answer stands for.
+pub fn success_body(raw: &RawResponse) -> Result<Value, ProviderError> {
+    if !(200..300).contains(&raw.status) {
+        return Err(classify_error(raw.status, &raw.headers, &raw.body));
+    }
+    serde_json::from_slice(&raw.body).map_err(|error| ProviderError::Upstream {
+        status: raw.status,
+        message: format!("answer is not JSON: {error}"),
+        retry_after: None,
+    })
+}
+
+/// A token count of a usage object's `field` (0 when absent).
+pub fn token_count(usage: Option<&Value>, field: &str) -> u32 {
+    usage
+        .and_then(|usage| usage.get(field))
+        .and_then(Value::as_u64)
+        .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX))
+}
+
 pub fn redact(key: Option<&ApiKey>, text: &str) -> String {
     match key {
         Some(key) => key.redact(text),

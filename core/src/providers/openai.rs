@@ -96,15 +96,7 @@ pub fn parse_response(
     raw: &http::RawResponse,
     messages: &[ChatMessage],
 ) -> Result<Completion, ProviderError> {
-    if !(200..300).contains(&raw.status) {
-        return Err(http::classify_error(raw.status, &raw.headers, &raw.body));
-    }
-    let body: Value =
-        serde_json::from_slice(&raw.body).map_err(|error| ProviderError::Upstream {
-            status: raw.status,
-            message: format!("answer is not JSON: {error}"),
-            retry_after: None,
-        })?;
+    let body = http::success_body(raw)?;
     // Some servers answer 200 with an error object.
     if body.get("error").is_some_and(|error| !error.is_null()) {
         return Err(http::classify_error(500, &raw.headers, &raw.body));

@@ -71,7 +71,7 @@ fn registry_env(path: &Path) -> Vec<(&'static str, String)> {
 
 /// Submits an evaluation of `items` questions on `models`, graded by
 /// `contains {{ expected }}`, with `params` and `extra` fields; returns its id.
-async fn submit(
+pub async fn submit(
     stack: &Stack,
     items: usize,
     models: &[&str],

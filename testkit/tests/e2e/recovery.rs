@@ -12,8 +12,8 @@ use assay_mockllm::MockConfig;
 use assay_testkit::{PrivatePostgres, PrivateRedis, eventually};
 use serde_json::{Value, json};
 
-use crate::providers::{MockLlm, TempDir};
-use crate::{Stack, StackOptions, question};
+use crate::providers::{MockLlm, TempDir, submit};
+use crate::{Stack, StackOptions};
 
 /// A registry with `slow`: the mock server's echo over the OpenAI format.
 fn registry(dir: &TempDir, server: &MockLlm, extra: &str) -> Vec<(&'static str, String)> {
@@ -25,28 +25,6 @@ fn registry(dir: &TempDir, server: &MockLlm, extra: &str) -> Vec<(&'static str, 
         ),
     );
     vec![("ASSAY_MODELS_FILE", path.display().to_string())]
-}
-
-/// Submits `items` questions on `models`, graded by `contains`; returns the id.
-async fn submit(stack: &Stack, items: usize, models: &[&str], extra: Value) -> String {
-    let version = stack.prompt("{{ question }}").await;
-    let dataset = stack
-        .dataset(
-            (0..items)
-                .map(|n| json!({"vars": {"question": question(n)}, "expected": format!("q{n}")}))
-                .collect(),
-        )
-        .await;
-    let mut body = json!({
-        "prompt_version_id": version,
-        "dataset_id": dataset,
-        "models": models,
-        "graders": [{"type": "contains", "value": "{{ expected }}"}],
-    });
-    for (key, value) in extra.as_object().unwrap() {
-        body[key] = value.clone();
-    }
-    stack.submit_body(body).await
 }
 
 /// The evaluation, polled through outages (the API answers 503 while
@@ -189,7 +167,7 @@ async fn three_workers_one_killed_one_stopped_finish_exactly_once() {
         },
     )
     .await;
-    let id = submit(&stack, ITEMS, &["slow"], json!({})).await;
+    let id = submit(&stack, ITEMS, &["slow"], json!({}), json!({})).await;
 
     wait_until_completed(&stack, &id, 1000).await;
     stack.workers[0].0.signal("KILL").unwrap();
@@ -264,10 +242,17 @@ async fn a_redis_that_loses_everything_mid_run_loses_no_work() {
         },
     )
     .await;
-    let id = submit(&stack, ITEMS, &["slow"], json!({})).await;
+    let id = submit(&stack, ITEMS, &["slow"], json!({}), json!({})).await;
     // A low-priority evaluation beside it: busy workers leave its chunks in
     // the queue, so the flush certainly loses queued work.
-    let low = submit(&stack, SIDE_ITEMS, &["side"], json!({"priority": "low"})).await;
+    let low = submit(
+        &stack,
+        SIDE_ITEMS,
+        &["side"],
+        json!({}),
+        json!({"priority": "low"}),
+    )
+    .await;
     wait_until_completed(&stack, &id, 800).await;
     let queue = assay_core::queue::JobQueue::connect(&redis.url, &stack.redis.prefix)
         .await
@@ -317,7 +302,7 @@ async fn workers_ride_out_a_postgres_restart() {
         },
     )
     .await;
-    let id = submit(&stack, ITEMS, &["slow"], json!({})).await;
+    let id = submit(&stack, ITEMS, &["slow"], json!({}), json!({})).await;
     wait_until_completed(&stack, &id, 800).await;
     postgres.restart().unwrap();
     assert!(
@@ -348,7 +333,7 @@ async fn cancel_stops_calls_within_seconds_and_resume_finishes_only_the_rest() {
         },
     )
     .await;
-    let id = submit(&stack, ITEMS, &["slow"], json!({})).await;
+    let id = submit(&stack, ITEMS, &["slow"], json!({}), json!({})).await;
     wait_until_completed(&stack, &id, 300).await;
     // While it runs, workers report the work left, the queues, their chunks
     // and their pace (every second).
@@ -467,7 +452,7 @@ async fn retry_errors_reruns_only_the_errored_results() {
         },
     )
     .await;
-    let id = submit(&stack, ITEMS, &["slow"], json!({})).await;
+    let id = submit(&stack, ITEMS, &["slow"], json!({}), json!({})).await;
     let first = wait_finished(&stack, &id, Duration::from_secs(60)).await;
     assert_eq!(first["status"], "succeeded");
     let errored = first["counts"]["errored"].as_u64().unwrap();
@@ -547,13 +532,13 @@ fn run_time(evaluation: &Value) -> Duration {
 async fn a_small_evaluation_is_not_stuck_behind_a_huge_one() {
     let stack = Stack::start(2, &["--concurrency", "50"]).await;
     let model = ["mock:latency=50ms"];
-    let solo = submit(&stack, 50, &model, json!({})).await;
+    let solo = submit(&stack, 50, &model, json!({}), json!({})).await;
     let solo = stack.wait_finished(&solo, Duration::from_secs(30)).await;
     assert_eq!(solo["status"], "succeeded");
 
-    let huge = submit(&stack, 20_000, &model, json!({})).await;
+    let huge = submit(&stack, 20_000, &model, json!({}), json!({})).await;
     wait_until_completed(&stack, &huge, 1000).await;
-    let small = submit(&stack, 50, &model, json!({})).await;
+    let small = submit(&stack, 50, &model, json!({}), json!({})).await;
     let small = stack.wait_finished(&small, Duration::from_secs(60)).await;
     assert_eq!(small["status"], "succeeded");
     let huge_now = stack.evaluation(&huge).await;
@@ -586,10 +571,17 @@ async fn higher_priorities_are_served_first() {
     // One worker with few permits, so that priorities decide who calls.
     let stack = Stack::start(1, &["--concurrency", "8"]).await;
     let model = ["mock:latency=50ms"];
-    let low = submit(&stack, 2000, &model, json!({"priority": "low"})).await;
+    let low = submit(&stack, 2000, &model, json!({}), json!({"priority": "low"})).await;
     wait_until_completed(&stack, &low, 100).await;
-    let normal = submit(&stack, 600, &model, json!({"priority": "normal"})).await;
-    let high = submit(&stack, 300, &model, json!({"priority": "high"})).await;
+    let normal = submit(
+        &stack,
+        600,
+        &model,
+        json!({}),
+        json!({"priority": "normal"}),
+    )
+    .await;
+    let high = submit(&stack, 300, &model, json!({}), json!({"priority": "high"})).await;
     let high = stack.wait_finished(&high, Duration::from_secs(60)).await;
     let normal = stack.wait_finished(&normal, Duration::from_secs(60)).await;
     assert_eq!(
