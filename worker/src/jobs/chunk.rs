@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use assay_core::db::models::chunks::{self, Chunk, Finish, NotRun, Start};
+use assay_core::db::models::chunks::{self, Chunk, Finish, NotRun, Redelivery, Start};
 use assay_core::db::models::datasets::{self, DatasetItem};
 use assay_core::db::models::evaluations::{self, Evaluation};
 use assay_core::db::models::prompts;
@@ -251,7 +251,8 @@ pub async fn run(job: ChunkJob, env: Arc<Environment>) -> Result<Outcome, JobErr
 /// down, the lease simply expires.
 async fn give_back(env: &Environment, chunk: &Chunk) {
     if let Ok(mut conn) = env.pool.get().await
-        && let Err(error) = chunks::drop_lease(&mut conn, chunk, &env.worker_name).await
+        && let Err(error) =
+            chunks::release(&mut conn, chunk, &env.worker_name, Redelivery::SameJob).await
     {
         tracing::warn!(error = %error, "could not drop a chunk lease; it expires by itself");
     }
@@ -262,7 +263,7 @@ async fn give_back(env: &Environment, chunk: &Chunk) {
 async fn hand_back(env: &Environment, chunk: &Chunk) -> Result<(), JobError> {
     let push = {
         let mut conn = env.pool.get().await.map_err(JobError::transient)?;
-        chunks::release(&mut conn, chunk, &env.worker_name)
+        chunks::release(&mut conn, chunk, &env.worker_name, Redelivery::FreshJob)
             .await
             .map_err(JobError::transient)?
     };
@@ -448,7 +449,7 @@ async fn produce(
                 if env.shutting_down() || handle.stopped() || results.is_closed() {
                     break 'pages Ok(());
                 }
-                let key = (item.position, chunk.model.clone(), repeat);
+                let key = (item.position, repeat);
                 accounted += 1;
                 if done.contains(&key) {
                     env.backlog.remove(1);

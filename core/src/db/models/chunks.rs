@@ -309,14 +309,22 @@ pub async fn start(
     .await
 }
 
-/// `now() + lease` on PostgreSQL's clock, the one every lease is compared
-/// with, whatever the workers' clocks say.
+/// A lease's length as PostgreSQL reads it. Leases end at `now() + lease`
+/// on PostgreSQL's clock, the one every lease is compared with, whatever
+/// the workers' clocks say.
+fn interval(lease: std::time::Duration) -> diesel::data_types::PgInterval {
+    diesel::data_types::PgInterval::from_microseconds(
+        i64::try_from(lease.as_micros()).unwrap_or(i64::MAX),
+    )
+}
+
+/// `now() + lease`, for a lease that starts now.
 fn lease_until(
     lease: std::time::Duration,
 ) -> diesel::expression::SqlLiteral<diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>> {
     diesel::dsl::sql(&format!(
-        "now() + interval '{} milliseconds'",
-        lease.as_millis()
+        "now() + interval '{} microseconds'",
+        interval(lease).microseconds
     ))
 }
 
@@ -352,9 +360,7 @@ pub async fn renew_leases(
     .bind::<Text, _>(owner)
     .bind::<Array<SqlUuid>, _>(&ids)
     .bind::<Array<Int4>, _>(&indices)
-    .bind::<Interval, _>(diesel::data_types::PgInterval::from_microseconds(
-        i64::try_from(lease.as_micros()).unwrap_or(i64::MAX),
-    ))
+    .bind::<Interval, _>(interval(lease))
     .load(conn)
     .await?;
     Ok(held
@@ -434,14 +440,25 @@ pub async fn finish(
     .await
 }
 
-/// Hands a chunk back: it goes back to `queued` under a fresh job id (push
-/// the returned job). `None` when `owner` no longer held it.
+/// Which job delivers a chunk that [`release`] hands back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redelivery {
+    /// The queue retries the job it came in (after a failure).
+    SameJob,
+    /// A fresh job, pushed by the caller now (on shutdown: no retry delay).
+    FreshJob,
+}
+
+/// Hands a chunk back: it goes back to `queued` with its lease cleared.
+/// Returns the fresh job to push (with [`Redelivery::FreshJob`]); `None`
+/// when `owner` no longer held it or the same job redelivers it.
 pub async fn release(
     conn: &mut AsyncPgConnection,
     chunk: &Chunk,
     owner: &str,
+    redelivery: Redelivery,
 ) -> QueryResult<Option<Push>> {
-    let job_id = Uuid::now_v7();
+    let fresh = (redelivery == Redelivery::FreshJob).then(Uuid::now_v7);
     let updated = diesel::update(
         evaluation_chunks::table
             .filter(evaluation_chunks::evaluation_id.eq(chunk.evaluation_id))
@@ -451,42 +468,22 @@ pub async fn release(
     )
     .set((
         evaluation_chunks::status.eq("queued"),
-        evaluation_chunks::job_id.eq(job_id),
+        evaluation_chunks::job_id.eq(diesel::dsl::sql::<diesel::sql_types::Nullable<SqlUuid>>(
+            "coalesce(",
+        )
+        .bind::<diesel::sql_types::Nullable<SqlUuid>, _>(fresh)
+        .sql(", job_id)")),
         evaluation_chunks::queued_at.eq(diesel::dsl::now),
         evaluation_chunks::lease_owner.eq(None::<String>),
         evaluation_chunks::lease_expires_at.eq(None::<DateTime<Utc>>),
     ))
     .execute(conn)
     .await?;
-    Ok((updated == 1).then(|| Push {
+    Ok(fresh.filter(|_| updated == 1).map(|job_id| Push {
         job: ChunkJob::new(chunk.tenant_id, chunk.evaluation_id, chunk.chunk_index),
         priority: chunk.priority(),
         job_id,
     }))
-}
-
-/// Gives up a lease without requeueing (the job will be delivered again by
-/// the queue, under its own id): the chunk is `queued` again.
-pub async fn drop_lease(
-    conn: &mut AsyncPgConnection,
-    chunk: &Chunk,
-    owner: &str,
-) -> QueryResult<()> {
-    diesel::update(
-        evaluation_chunks::table
-            .filter(evaluation_chunks::evaluation_id.eq(chunk.evaluation_id))
-            .filter(evaluation_chunks::chunk_index.eq(chunk.chunk_index))
-            .filter(evaluation_chunks::status.eq("running"))
-            .filter(evaluation_chunks::lease_owner.eq(owner)),
-    )
-    .set((
-        evaluation_chunks::status.eq("queued"),
-        evaluation_chunks::lease_owner.eq(None::<String>),
-        evaluation_chunks::lease_expires_at.eq(None::<DateTime<Utc>>),
-    ))
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 /// Cancels every unfinished chunk of an evaluation (in the caller's transaction).
