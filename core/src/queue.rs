@@ -208,6 +208,10 @@ impl JobQueue {
             return Ok(());
         }
         for priority in Priority::ALL {
+            if !pushes.iter().any(|push| push.priority == priority) {
+                continue;
+            }
+            // Built anew for the retry: tasks are consumed by the push.
             let tasks = || {
                 pushes
                     .iter()
@@ -219,9 +223,6 @@ impl JobQueue {
                     })
                     .collect::<Vec<_>>()
             };
-            if tasks().is_empty() {
-                continue;
-            }
             let mut storage = self.storage(priority);
             let first = storage.push_all(futures::stream::iter(tasks())).await;
             if let Err(first) = first {

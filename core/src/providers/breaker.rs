@@ -62,9 +62,7 @@ impl Breakers {
             return true;
         }
         let mut states = self.states.lock().expect("breaker lock");
-        let state = states
-            .entry(model.to_owned())
-            .or_insert(State::Closed { failures: 0 });
+        let state = state_of(&mut states, model);
         match *state {
             State::Closed { .. } => true,
             State::Open { until } if Instant::now() >= until => {
@@ -85,9 +83,7 @@ impl Breakers {
             return;
         }
         let mut states = self.states.lock().expect("breaker lock");
-        let state = states
-            .entry(model.to_owned())
-            .or_insert(State::Closed { failures: 0 });
+        let state = state_of(&mut states, model);
         let open = State::Open {
             until: Instant::now() + settings.open_for,
         };
@@ -116,6 +112,15 @@ impl Breakers {
             _ => None,
         }
     }
+}
+
+/// The state of `model`'s circuit, created closed; the model's name is
+/// copied only the first time (this runs on every call).
+fn state_of<'a>(states: &'a mut HashMap<String, State>, model: &str) -> &'a mut State {
+    if !states.contains_key(model) {
+        states.insert(model.to_owned(), State::Closed { failures: 0 });
+    }
+    states.get_mut(model).expect("inserted above")
 }
 
 fn transition(model: &str, state: &mut State, next: State) {

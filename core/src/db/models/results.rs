@@ -151,8 +151,8 @@ pub async fn insert_batch(
     .await
 }
 
-/// (position, model, repeat) of one run.
-pub type RunKey = (i32, String, i32);
+/// (position, repeat) of one run of one model.
+pub type RunKey = (i32, i32);
 
 /// Keys of `model`'s results that exist for items in `first..=last`: what a
 /// re-run chunk must not do again.
@@ -171,7 +171,6 @@ pub async fn existing_keys(
         .filter(evaluation_results::model.eq(model))
         .select((
             evaluation_results::item_position,
-            evaluation_results::model,
             evaluation_results::repeat_index,
         ))
         .load(conn)
@@ -237,12 +236,7 @@ pub async fn stored_outputs(
         .await?;
     Ok(rows
         .into_iter()
-        .map(|row| {
-            (
-                (row.item_position, row.model.clone(), row.repeat_index),
-                row,
-            )
-        })
+        .map(|row| ((row.item_position, row.repeat_index), row))
         .collect())
 }
 
