@@ -155,14 +155,9 @@ impl Provider for AnthropicClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reqwest::header::HeaderMap;
 
     fn raw(status: u16, body: &str) -> http::RawResponse {
-        http::RawResponse {
-            status,
-            headers: HeaderMap::new(),
-            body: body.as_bytes().to_vec(),
-        }
+        http::RawResponse::recorded(status, body)
     }
 
     /// Recorded from the Anthropic Messages API reference.

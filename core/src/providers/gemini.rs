@@ -186,14 +186,9 @@ impl Provider for GeminiClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reqwest::header::HeaderMap;
 
     fn raw(status: u16, body: &str) -> http::RawResponse {
-        http::RawResponse {
-            status,
-            headers: HeaderMap::new(),
-            body: body.as_bytes().to_vec(),
-        }
+        http::RawResponse::recorded(status, body)
     }
 
     /// Recorded from the Gemini API reference (`generateContent`).

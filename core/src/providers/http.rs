@@ -70,6 +70,18 @@ pub struct RawResponse {
     pub body: Vec<u8>,
 }
 
+impl RawResponse {
+    /// An answer with no headers, as recorded payloads are replayed in tests.
+    #[cfg(test)]
+    pub(crate) fn recorded(status: u16, body: &str) -> Self {
+        Self {
+            status,
+            headers: HeaderMap::new(),
+            body: body.as_bytes().to_vec(),
+        }
+    }
+}
+
 /// Sends `request` with `timeout`; maps transport failures.
 pub async fn send(
     request: reqwest::RequestBuilder,

@@ -27,6 +27,15 @@ fn registry(dir: &TempDir, server: &MockLlm, extra: &str) -> Vec<(&'static str, 
     vec![("ASSAY_MODELS_FILE", path.display().to_string())]
 }
 
+/// The mock server at 50 ms a call, keeping its request log.
+fn recording_server() -> MockLlm {
+    MockLlm::start(MockConfig {
+        latency: Duration::from_millis(50),
+        record_requests: true,
+        ..MockConfig::default()
+    })
+}
+
 /// The evaluation, polled through outages (the API answers 503 while
 /// PostgreSQL restarts).
 async fn poll(stack: &Stack, id: &str) -> Option<Value> {
@@ -152,11 +161,7 @@ async fn assert_exactly_once(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_workers_one_killed_one_stopped_finish_exactly_once() {
     const ITEMS: usize = 5000;
-    let server = MockLlm::start(MockConfig {
-        latency: Duration::from_millis(50),
-        record_requests: true,
-        ..MockConfig::default()
-    });
+    let server = recording_server();
     let dir = TempDir::new();
     let mut stack = Stack::start_with(
         3,
@@ -219,11 +224,7 @@ async fn a_redis_that_loses_everything_mid_run_loses_no_work() {
     const ITEMS: usize = 3000;
     const SIDE_ITEMS: usize = 1000;
     let redis = PrivateRedis::start().unwrap();
-    let server = MockLlm::start(MockConfig {
-        latency: Duration::from_millis(50),
-        record_requests: true,
-        ..MockConfig::default()
-    });
+    let server = recording_server();
     let dir = TempDir::new();
     // `side` is the same echo under another upstream name, so that the
     // server's log tells the two evaluations apart.
@@ -286,11 +287,7 @@ async fn a_redis_that_loses_everything_mid_run_loses_no_work() {
 async fn workers_ride_out_a_postgres_restart() {
     const ITEMS: usize = 3000;
     let postgres = PrivatePostgres::start().unwrap();
-    let server = MockLlm::start(MockConfig {
-        latency: Duration::from_millis(50),
-        record_requests: true,
-        ..MockConfig::default()
-    });
+    let server = recording_server();
     let dir = TempDir::new();
     let mut stack = Stack::start_with(
         2,
@@ -318,11 +315,7 @@ async fn workers_ride_out_a_postgres_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_stops_calls_within_seconds_and_resume_finishes_only_the_rest() {
     const ITEMS: usize = 3000;
-    let server = MockLlm::start(MockConfig {
-        latency: Duration::from_millis(50),
-        record_requests: true,
-        ..MockConfig::default()
-    });
+    let server = recording_server();
     let dir = TempDir::new();
     let stack = Stack::start_with(
         2,
