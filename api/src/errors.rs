@@ -29,6 +29,11 @@ pub enum ApiError {
     Invalid(InvalidInput),
     #[error("{0}")]
     Conflict(String),
+    /// A compare-and-set that lost: the body carries what is there now as `current`.
+    #[error("{0}")]
+    Stale(String, serde_json::Value),
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("the request body is larger than {0} bytes")]
@@ -49,7 +54,8 @@ impl ApiError {
             ApiError::MalformedJson(_) => ("malformed_json", StatusCode::BAD_REQUEST),
             ApiError::InvalidQuery(_) => ("invalid_query", StatusCode::BAD_REQUEST),
             ApiError::Invalid(_) => ("invalid_input", StatusCode::UNPROCESSABLE_ENTITY),
-            ApiError::Conflict(_) => ("conflict", StatusCode::CONFLICT),
+            ApiError::Conflict(_) | ApiError::Stale(..) => ("conflict", StatusCode::CONFLICT),
+            ApiError::Forbidden(_) => ("forbidden", StatusCode::FORBIDDEN),
             ApiError::UnsupportedMediaType(_) => {
                 ("unsupported_media_type", StatusCode::UNSUPPORTED_MEDIA_TYPE)
             }
@@ -96,6 +102,9 @@ struct Problem<'a> {
     code: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
+    /// For a lost compare-and-set: the current state (e.g. the branch head).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    current: Option<&'a serde_json::Value>,
 }
 
 impl ResponseError for ApiError {
@@ -124,6 +133,10 @@ impl ResponseError for ApiError {
             code,
             field: match self {
                 ApiError::Invalid(invalid) => Some(invalid.field.as_str()),
+                _ => None,
+            },
+            current: match self {
+                ApiError::Stale(_, current) => Some(current),
                 _ => None,
             },
         };

@@ -33,6 +33,12 @@ enum KeysCommand {
     Create {
         #[arg(long)]
         tenant: String,
+        /// `member` (default) or `admin` (may also force protected labels).
+        #[arg(long, default_value = "member", conflicts_with = "admin")]
+        scope: assay_core::db::models::api_keys::KeyScope,
+        /// Shorthand for `--scope admin`.
+        #[arg(long)]
+        admin: bool,
     },
 }
 
@@ -52,16 +58,28 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Migrate => migrate_database(&config.settings.database_url).await?,
         Command::Keys {
-            command: KeysCommand::Create { tenant },
+            command:
+                KeysCommand::Create {
+                    tenant,
+                    scope,
+                    admin,
+                },
         } => {
+            use assay_core::db::models::api_keys::{self, KeyScope};
             assay_core::domain::validate_name("--tenant", &tenant)?;
+            let scope = if admin { KeyScope::Admin } else { scope };
             let pool = assay_core::db::pool(&config.settings.database_url, 1)?;
             let mut conn = pool.get().await?;
-            let (tenant, key) =
-                assay_core::db::models::api_keys::create_key(&mut conn, &tenant).await?;
+            let (tenant, key) = api_keys::create_key_with_scope(&mut conn, &tenant, scope).await?;
             eprintln!(
-                "Created a key for tenant {:?} ({}). It is shown once:",
-                tenant.name, tenant.id
+                "Created a{} key for tenant {:?} ({}). It is shown once:",
+                if scope == KeyScope::Admin {
+                    "n admin"
+                } else {
+                    ""
+                },
+                tenant.name,
+                tenant.id
             );
             println!("{key}");
         }

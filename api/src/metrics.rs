@@ -22,6 +22,27 @@ pub fn describe() {
         "Evaluations accepted by the API."
     );
     describe_counter!(
+        "assay_prompt_commits_total",
+        "Commits to a prompt branch, by outcome: created, unchanged (content equal to the head) or conflict (the head moved)."
+    );
+    describe_counter!(
+        "assay_prompt_label_moves_total",
+        "Label moves that changed a label, by label (production, staging, canary, development, dev, latest; any other name is `other`)."
+    );
+    describe_counter!(
+        "assay_prompt_label_conflicts_total",
+        "Label moves refused because expected_version no longer matched, by label (as for moves)."
+    );
+    describe_counter!(
+        "assay_evaluation_compare_requests_total",
+        "Comparisons of two evaluations, by outcome (ok or refused)."
+    );
+    describe_histogram!(
+        "assay_evaluation_compare_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time to compute a comparison of two evaluations, by outcome."
+    );
+    describe_counter!(
         "assay_queue_push_failures_total",
         "Job pushes to Redis that failed after a retry (the evaluation is marked failed)."
     );

@@ -15,9 +15,15 @@
 //! - memory: peak RSS of the worker at 1,000 calls in flight, and of the API
 //!   during a 100,000-item evaluation (restarted after the upload, so that
 //!   its peak is the evaluation's, not the upload's);
-//! - scale-out: 4 workers' throughput over 1 worker's.
+//! - scale-out: 4 workers' throughput over 1 worker's;
+//! - comparison: `GET /v1/evaluations/{a}/compare/{b}` on two 20,000-item
+//!   (and two 100,000-item) evaluations ([`compare`]).
+//!
+//! `--only compare` runs the comparison case alone.
 //!
 //! Figures compare within one run: the machine may be shared and noisy.
+
+mod compare;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -44,6 +50,12 @@ struct Cli {
     /// Mock latency of the latency-bound runs.
     #[arg(long, default_value = "200ms", value_parser = humantime_ms)]
     latency: Duration,
+    /// Items per evaluation of the comparison runs.
+    #[arg(long, value_delimiter = ',', default_value = "20000,100000")]
+    compare_items: Vec<usize>,
+    /// Run one case only (`compare`).
+    #[arg(long)]
+    only: Option<String>,
 }
 
 fn humantime_ms(text: &str) -> Result<Duration, String> {
@@ -287,6 +299,12 @@ impl Deployment {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+impl Deployment {
+    fn database(&self) -> &TestDatabase {
+        &self._database
     }
 }
 
@@ -572,6 +590,18 @@ fn mark(met: bool) -> &'static str {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let mut compare_runs = Vec::new();
+    for items in &cli.compare_items {
+        compare_runs.push(compare::run(*items).await?);
+    }
+    match cli.only.as_deref() {
+        Some("compare") => {
+            println!("{}", compare::report(&compare_runs));
+            return Ok(());
+        }
+        Some(other) => anyhow::bail!("unknown case {other:?} (compare)"),
+        None => {}
+    }
     let latency = cli.latency.as_secs_f64();
     let slow = Mock::start(cli.latency)?;
     let mut latency_runs = Vec::new();
@@ -759,6 +789,7 @@ async fn main() -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    let _ = writeln!(out, "\n{}", compare::report(&compare_runs));
     println!("{out}");
     Ok(())
 }

@@ -12,6 +12,7 @@
 //! - [`db`]: the schema, the pool and every query; each query filters on the tenant.
 //! - [`queue`]: job payloads and the Redis queue they travel on.
 //! - [`redis_pool`]: the pool for Assay's own Redis commands (limits, cache).
+//! - [`stats`]: paired statistics (exact McNemar, seeded bootstrap) for comparisons.
 //! - [`telemetry`]: logging and the Prometheus recorder.
 //!
 //! `core` knows nothing about HTTP routing or how workers run jobs.
@@ -23,5 +24,6 @@ pub mod graders;
 pub mod providers;
 pub mod queue;
 pub mod redis_pool;
+pub mod stats;
 pub mod telemetry;
 pub mod templates;

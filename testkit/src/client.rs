@@ -53,6 +53,16 @@ impl Client {
         .await
     }
 
+    pub async fn put(&self, path: &str, body: &Value) -> anyhow::Result<Response> {
+        self.send(self.http.put(format!("{}{path}", self.base_url)).json(body))
+            .await
+    }
+
+    pub async fn delete(&self, path: &str) -> anyhow::Result<Response> {
+        self.send(self.http.delete(format!("{}{path}", self.base_url)))
+            .await
+    }
+
     /// POSTs raw bytes with a content type (for malformed bodies and JSONL uploads).
     pub async fn post_raw(
         &self,

@@ -218,3 +218,16 @@ pub async fn api_key(database: &TestDatabase, tenant: &str) -> anyhow::Result<St
     let (_, key) = assay_core::db::models::api_keys::create_key(&mut conn, tenant).await?;
     Ok(key)
 }
+
+/// Creates a tenant (if new) and an API key of `scope` for it in `database`.
+pub async fn api_key_with_scope(
+    database: &TestDatabase,
+    tenant: &str,
+    scope: assay_core::db::models::api_keys::KeyScope,
+) -> anyhow::Result<String> {
+    let pool = database.pool(1);
+    let mut conn = pool.get().await?;
+    let (_, key) =
+        assay_core::db::models::api_keys::create_key_with_scope(&mut conn, tenant, scope).await?;
+    Ok(key)
+}

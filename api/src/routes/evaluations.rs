@@ -5,9 +5,10 @@ use assay_core::db::models::chunks;
 use assay_core::db::models::evaluations::{
     self, Evaluation, NewEvaluation, Planning, Reopen, ReopenRefused,
 };
+use assay_core::db::models::prompts::{Pointer, ResolveError};
 use assay_core::db::models::results::{self, EvaluationResult, ResultCursor};
 use assay_core::db::models::{datasets, prompts};
-use assay_core::domain::{EvaluationRequest, validate_graders, validate_threshold};
+use assay_core::domain::{EvaluationRequest, PromptChoice, validate_graders, validate_threshold};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
@@ -32,6 +33,10 @@ struct EvaluationBody {
     id: Uuid,
     status: String,
     prompt_version_id: Uuid,
+    /// How the request named its prompt (label or branch) and what that
+    /// resolved to at submission.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt_ref: Option<Value>,
     dataset_id: Uuid,
     models: Value,
     graders: Value,
@@ -62,6 +67,7 @@ impl From<Evaluation> for EvaluationBody {
             id: evaluation.id,
             status: evaluation.status,
             prompt_version_id: evaluation.prompt_version_id,
+            prompt_ref: evaluation.prompt_ref,
             dataset_id: evaluation.dataset_id,
             models: evaluation.models,
             graders: evaluation.graders,
@@ -96,11 +102,9 @@ pub async fn create(
     body: web::Json<EvaluationRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let request = body.into_inner();
+    let choice = request.prompt_choice()?;
     let mut conn = state.pool.get().await?;
-    let version =
-        prompts::get_version_by_id(&mut conn, caller.tenant_id, request.prompt_version_id)
-            .await?
-            .ok_or_else(|| ApiError::invalid("prompt_version_id", "no such prompt version"))?;
+    let (version, prompt_ref) = resolve_prompt(&mut conn, caller.tenant_id, choice).await?;
     let dataset = datasets::get(&mut conn, caller.tenant_id, request.dataset_id)
         .await?
         .ok_or_else(|| ApiError::invalid("dataset_id", "no such dataset"))?;
@@ -132,9 +136,55 @@ pub async fn create(
         source_evaluation_id: None,
         use_cache: request.cache.unwrap_or(true),
         priority: request.priority.unwrap_or_default().as_str().to_owned(),
+        prompt_ref,
     };
     drop(conn);
     enqueue(&state, &caller, new, dataset.item_count).await
+}
+
+/// The version a request names, resolved now (a label moved later does not
+/// change it), and how it was named when not by id.
+async fn resolve_prompt(
+    conn: &mut diesel_async::AsyncPgConnection,
+    tenant_id: Uuid,
+    choice: PromptChoice,
+) -> Result<(prompts::PromptVersion, Option<Value>), ApiError> {
+    let (prompt, pointer) = match &choice {
+        PromptChoice::Version(id) => {
+            let version = prompts::get_version_by_id(conn, tenant_id, *id)
+                .await?
+                .ok_or_else(|| ApiError::invalid("prompt_version_id", "no such prompt version"))?;
+            return Ok((version, None));
+        }
+        PromptChoice::Label { prompt, label } => (prompt, Pointer::Label(label)),
+        PromptChoice::Branch { prompt, branch } => (prompt, Pointer::Branch(branch)),
+    };
+    let prompt = prompts::find(conn, tenant_id, prompt)
+        .await?
+        .ok_or_else(|| ApiError::invalid("prompt", "no such prompt"))?;
+    let version = prompts::resolve(conn, tenant_id, prompt.id, pointer)
+        .await
+        .map_err(|error| match error {
+            ResolveError::NoLabel(name) => {
+                ApiError::invalid("label", format!("the prompt has no label {name:?}"))
+            }
+            ResolveError::NoBranch(name) => {
+                ApiError::invalid("branch", format!("the prompt has no branch {name:?}"))
+            }
+            ResolveError::EmptyBranch(name) => {
+                ApiError::invalid("branch", format!("branch {name:?} has no version yet"))
+            }
+            ResolveError::Database(error) => error.into(),
+        })?;
+    let reference = match pointer {
+        Pointer::Label(label) => {
+            serde_json::json!({ "prompt_id": prompt.id, "label": label, "version": version.version })
+        }
+        Pointer::Branch(branch) => {
+            serde_json::json!({ "prompt_id": prompt.id, "branch": branch, "version": version.version })
+        }
+    };
+    Ok((version, Some(reference)))
 }
 
 /// Writes the evaluation and its plan, then pushes its first chunks, and
@@ -310,6 +360,7 @@ pub async fn regrade(
         source_evaluation_id: Some(source.id),
         use_cache: source.use_cache,
         priority: source.priority.clone(),
+        prompt_ref: source.prompt_ref.clone(),
     };
     drop(conn);
     enqueue(&state, &caller, new, dataset.item_count).await

@@ -1,8 +1,12 @@
 //! Routes: one file per resource.
 
+mod branches;
+mod compare;
 mod datasets;
 mod evaluations;
 mod health;
+mod history;
+mod labels;
 mod models;
 mod prompts;
 
@@ -39,6 +43,64 @@ pub fn configure(config: &mut web::ServiceConfig) {
                 .service(
                     web::resource("/prompts/{prompt_id}/versions/{version}")
                         .get(prompts::get_version)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/prompts/{prompt_id}/versions/{version}/log")
+                        .get(history::log)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/prompts/{prompt_id}/versions/{version}/children")
+                        .get(history::children)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/prompts/{prompt_id}/common-ancestor")
+                        .get(history::common_ancestor)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/prompts/{prompt_id}/diff")
+                        .get(history::diff)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/prompts/{prompt}/resolve")
+                        .get(history::resolve)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/prompts/{prompt_id}/branches")
+                        .get(branches::list)
+                        .post(branches::create)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/prompts/{prompt_id}/branches/{name}")
+                        .get(branches::get)
+                        .delete(branches::delete)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/prompts/{prompt_id}/branches/{name}/revert")
+                        .post(branches::revert)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/prompts/{prompt_id}/labels")
+                        .get(labels::list)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/prompts/{prompt_id}/labels/{name}")
+                        .get(labels::get)
+                        .put(labels::put)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/prompts/{prompt_id}/labels/{name}/history")
+                        .get(labels::history)
                         .default_service(web::to(method_not_allowed)),
                 )
                 .service(
@@ -96,6 +158,16 @@ pub fn configure(config: &mut web::ServiceConfig) {
                 .service(
                     web::resource("/evaluations/{evaluation_id}/results")
                         .get(evaluations::results)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/evaluations/{a}/compare/{b}")
+                        .get(compare::compare)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/evaluations/{a}/compare/{b}/changes")
+                        .get(compare::changes)
                         .default_service(web::to(method_not_allowed)),
                 ),
         )

@@ -1,7 +1,11 @@
-//! Prompts and their versions.
+//! Prompts and their versions: create, read, commit to a branch (with
+//! compare-and-set on its head), revert.
 
 use actix_web::{HttpResponse, web};
-use assay_core::db::models::prompts::{self, CommitError, Prompt, PromptVersion, VersionRef};
+use assay_core::db::models::branches;
+use assay_core::db::models::prompts::{
+    self, Commit, CommitError, Committed, Prompt, PromptVersion, VersionRef,
+};
 use assay_core::domain::{ChatMessage, ModelParams, PromptContent, validate_name};
 use diesel_async::AsyncConnection;
 use serde::{Deserialize, Serialize};
@@ -42,7 +46,7 @@ fn is_unique_violation(error: &diesel::result::Error) -> bool {
     )
 }
 
-fn validate_commit_message(message: &str) -> Result<(), ApiError> {
+pub(super) fn validate_commit_message(message: &str) -> Result<(), ApiError> {
     if message.trim().is_empty() || message.chars().count() > 10_000 {
         return Err(ApiError::invalid(
             "commit_message",
@@ -87,16 +91,21 @@ pub async fn create(
             .await?;
             let version = match &content {
                 Some(content) => Some(
-                    prompts::commit_version(
+                    prompts::commit(
                         conn,
                         caller.tenant_id,
                         &actor,
                         prompt.id,
-                        content,
-                        &commit_message,
-                        None,
+                        Commit {
+                            branch: branches::MAIN,
+                            expected_head: None,
+                            content,
+                            commit_message: &commit_message,
+                            reverts: None,
+                        },
                     )
-                    .await?,
+                    .await?
+                    .into_version(),
                 ),
                 None => None,
             };
@@ -121,13 +130,27 @@ pub async fn create(
         }))
 }
 
-fn commit_error(error: CommitError) -> ApiError {
+pub(super) fn commit_error(error: CommitError) -> ApiError {
     match error {
         CommitError::PromptNotFound => ApiError::NotFound("prompt"),
-        CommitError::UnknownParent(parent) => ApiError::invalid(
-            "parent_version_id",
-            format!("{parent} is not a version of this prompt"),
-        ),
+        CommitError::BranchNotFound(_) => ApiError::NotFound("branch"),
+        CommitError::UnknownExpectedHead => {
+            ApiError::invalid("expected_head", "not a version of this prompt")
+        }
+        CommitError::HeadMoved { branch, current } => {
+            metrics::counter!("assay_prompt_commits_total", "outcome" => "conflict").increment(1);
+            let detail = match &current {
+                Some(head) => format!(
+                    "the head of branch {branch:?} is now version {} ({}): fetch it, then commit with it as expected_head",
+                    head.version, head.id
+                ),
+                None => format!("branch {branch:?} has no version yet"),
+            };
+            ApiError::Stale(
+                detail,
+                serde_json::json!({ "branch": branch, "head": current }),
+            )
+        }
         CommitError::Database(error) => error.into(),
     }
 }
@@ -169,11 +192,45 @@ pub struct CommitVersion {
     #[serde(default)]
     params: Option<ModelParams>,
     commit_message: String,
-    /// Defaults to the latest version.
+    /// Default `main`.
     #[serde(default)]
-    parent_version_id: Option<Uuid>,
+    branch: Option<String>,
+    /// Compare-and-set: the head (number or id) the caller last saw.
+    #[serde(default)]
+    expected_head: Option<VersionRef>,
 }
 
+/// A version and the branch a commit put it on.
+#[derive(Debug, Serialize)]
+pub(super) struct CommittedBody {
+    #[serde(flatten)]
+    version: PromptVersion,
+    branch: String,
+    /// False when the content equalled the head's and nothing was written.
+    created: bool,
+}
+
+/// Answers a commit: 201 for a new version, 200 for an unchanged head.
+pub(super) fn committed(prompt_id: Uuid, branch: String, committed: Committed) -> HttpResponse {
+    let location = format!(
+        "/v1/prompts/{prompt_id}/versions/{}",
+        committed.version().version
+    );
+    let (mut response, created, outcome) = match committed {
+        Committed::Created(_) => (HttpResponse::Created(), true, "created"),
+        Committed::Unchanged(_) => (HttpResponse::Ok(), false, "unchanged"),
+    };
+    metrics::counter!("assay_prompt_commits_total", "outcome" => outcome).increment(1);
+    response
+        .insert_header(("Location", location))
+        .json(CommittedBody {
+            version: committed.into_version(),
+            branch,
+            created,
+        })
+}
+
+/// `POST /v1/prompts/{id}/versions`: commits onto `branch` (default main).
 pub async fn commit_version(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
@@ -183,25 +240,26 @@ pub async fn commit_version(
     let body = body.into_inner();
     let content = PromptContent::validate(body.messages, body.params.unwrap_or_default())?;
     validate_commit_message(&body.commit_message)?;
+    let branch = body.branch.unwrap_or_else(|| branches::MAIN.to_owned());
+    branches::validate_name("branch", &branch)?;
     let prompt_id = *path;
     let mut conn = state.pool.get().await?;
-    let version = prompts::commit_version(
+    let result = prompts::commit(
         &mut conn,
         caller.tenant_id,
         &caller.actor(),
         prompt_id,
-        &content,
-        &body.commit_message,
-        body.parent_version_id,
+        Commit {
+            branch: &branch,
+            expected_head: body.expected_head,
+            content: &content,
+            commit_message: &body.commit_message,
+            reverts: None,
+        },
     )
     .await
     .map_err(commit_error)?;
-    Ok(HttpResponse::Created()
-        .insert_header((
-            "Location",
-            format!("/v1/prompts/{prompt_id}/versions/{}", version.version),
-        ))
-        .json(version))
+    Ok(committed(prompt_id, branch, result))
 }
 
 pub async fn list_versions(
@@ -227,11 +285,9 @@ pub async fn get_version(
     path: web::Path<(Uuid, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (prompt_id, version) = path.into_inner();
-    let version = match (version.parse::<i32>(), version.parse::<Uuid>()) {
-        (Ok(number), _) => VersionRef::Number(number),
-        (_, Ok(id)) => VersionRef::Id(id),
-        _ => return Err(ApiError::NotFound("prompt version")),
-    };
+    let version: VersionRef = version
+        .parse()
+        .map_err(|_| ApiError::NotFound("prompt version"))?;
     let mut conn = state.pool.get().await?;
     let version = prompts::get_version(&mut conn, caller.tenant_id, prompt_id, version)
         .await?

@@ -292,11 +292,11 @@ async fn bad_prompts_and_datasets_are_rejected_and_write_nothing() {
     let foreign_parent = client
         .post(
             &format!("/v1/prompts/{prompt_id}/versions"),
-            &json!({"messages": [{"role": "user", "content": "y"}], "commit_message": "m", "parent_version_id": uuid::Uuid::now_v7()}),
+            &json!({"messages": [{"role": "user", "content": "y"}], "commit_message": "m", "expected_head": uuid::Uuid::now_v7()}),
         )
         .await
         .unwrap();
-    assert_problem(&foreign_parent, 422, "invalid_input", "parent_version_id");
+    assert_problem(&foreign_parent, 422, "invalid_input", "expected_head");
     let no_message = client
         .post(
             &format!("/v1/prompts/{prompt_id}/versions"),

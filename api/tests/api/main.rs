@@ -3,6 +3,8 @@
 //! to keep link time down).
 
 mod bad_input;
+mod compare;
+mod history;
 mod queue_outage;
 mod resources;
 mod tenancy;

@@ -82,18 +82,42 @@ async fn prompts_are_versioned_like_commits() {
         .unwrap();
     assert_eq!(duplicate.status, 409);
 
+    let branch = client
+        .post(
+            &format!("/v1/prompts/{prompt_id}/branches"),
+            &json!({"name": "from-v1", "from": v1}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(branch.status, 201, "{:?}", branch.body);
+    let detour = client
+        .post(
+            &format!("/v1/prompts/{prompt_id}/versions"),
+            &json!({
+                "messages": [{"role": "user", "content": "Capital of {{ country }}? One word."}],
+                "commit_message": "Detour",
+                "branch": "from-v1",
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(detour.body["parent_id"], json!(v1));
     let same_content_other_parent = client
         .post(
             &format!("/v1/prompts/{prompt_id}/versions"),
             &json!({
                 "messages": [{"role": "user", "content": "Capital of {{ country }}?"}],
-                "commit_message": "Branch from v1",
-                "parent_version_id": v1,
+                "commit_message": "Back to v1's wording",
+                "branch": "from-v1",
             }),
         )
         .await
         .unwrap();
-    assert_eq!(same_content_other_parent.body["parent_id"], json!(v1));
+    assert_eq!(same_content_other_parent.status, 201);
+    assert_eq!(
+        same_content_other_parent.body["parent_id"],
+        detour.body["id"]
+    );
     assert_eq!(
         same_content_other_parent.body["content_hash"], by_number.body["content_hash"],
         "equal content hashes equally"

@@ -8,6 +8,7 @@ diesel::table! {
         key_prefix -> Text,
         created_at -> Timestamptz,
         revoked_at -> Nullable<Timestamptz>,
+        scope -> Text,
     }
 }
 
@@ -109,6 +110,7 @@ diesel::table! {
         use_cache -> Bool,
         priority -> Text,
         run -> Int4,
+        prompt_ref -> Nullable<Jsonb>,
     }
 }
 
@@ -122,6 +124,31 @@ diesel::table! {
         resource_id -> Uuid,
         data -> Jsonb,
         created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    prompt_branches (prompt_id, name) {
+        id -> Uuid,
+        tenant_id -> Uuid,
+        prompt_id -> Uuid,
+        name -> Text,
+        head_version_id -> Nullable<Uuid>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    prompt_labels (prompt_id, name) {
+        id -> Uuid,
+        tenant_id -> Uuid,
+        prompt_id -> Uuid,
+        name -> Text,
+        version_id -> Uuid,
+        protected -> Bool,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
     }
 }
 
@@ -194,6 +221,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     evaluation_results,
     evaluations,
     events,
+    prompt_branches,
+    prompt_labels,
     prompt_versions,
     prompts,
     superseded_results,

@@ -14,7 +14,17 @@ use serde_json::Value;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvaluationRequest {
-    pub prompt_version_id: Uuid,
+    /// The prompt version, by id; or name the prompt and a label or branch.
+    #[serde(default)]
+    pub prompt_version_id: Option<Uuid>,
+    /// A prompt by name or id, resolved at submission through `label` or
+    /// `branch` (default: the head of `main`).
+    #[serde(default)]
+    pub prompt: Option<String>,
+    #[serde(default)]
+    pub label: Option<String>,
+    #[serde(default)]
+    pub branch: Option<String>,
     pub dataset_id: Uuid,
     pub models: Vec<String>,
     /// Grader specs; parsed one by one so that errors name `graders[i].field`.
@@ -164,7 +174,55 @@ impl DatasetShape {
     }
 }
 
+/// How a request names its prompt version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PromptChoice {
+    Version(Uuid),
+    Label { prompt: String, label: String },
+    Branch { prompt: String, branch: String },
+}
+
 impl EvaluationRequest {
+    /// Which version the request means: by id, or a prompt with one of a
+    /// label or a branch (default `main`).
+    pub fn prompt_choice(&self) -> Result<PromptChoice, InvalidInput> {
+        match (&self.prompt_version_id, &self.prompt) {
+            (Some(_), Some(_)) => Err(InvalidInput::new(
+                "prompt",
+                "give either prompt_version_id or prompt (with a label or a branch), not both",
+            )),
+            (None, None) => Err(InvalidInput::new(
+                "prompt_version_id",
+                "required: a prompt version id, or `prompt` with a `label` or `branch`",
+            )),
+            (Some(id), None) => match (&self.label, &self.branch) {
+                (None, None) => Ok(PromptChoice::Version(*id)),
+                (Some(_), _) => Err(InvalidInput::new(
+                    "label",
+                    "a label names a version of `prompt`; it cannot go with prompt_version_id",
+                )),
+                (None, Some(_)) => Err(InvalidInput::new(
+                    "branch",
+                    "a branch names a version of `prompt`; it cannot go with prompt_version_id",
+                )),
+            },
+            (None, Some(prompt)) => match (&self.label, &self.branch) {
+                (Some(_), Some(_)) => Err(InvalidInput::new(
+                    "branch",
+                    "give a label or a branch, not both",
+                )),
+                (Some(label), None) => Ok(PromptChoice::Label {
+                    prompt: prompt.clone(),
+                    label: label.clone(),
+                }),
+                (None, branch) => Ok(PromptChoice::Branch {
+                    prompt: prompt.clone(),
+                    branch: branch.clone().unwrap_or_else(|| "main".to_owned()),
+                }),
+            },
+        }
+    }
+
     /// Checks models, graders, parameters, repeat and threshold, and that every
     /// variable the prompt and the graders read is defined by every item of
     /// the dataset. Returns the parsed graders.
@@ -336,6 +394,47 @@ mod tests {
             .validate(&ModelCatalog::default(), &prompt("x"), &shape(&[], false))
             .unwrap_err();
         assert_eq!(error.field, "graders[0].threshold");
+    }
+
+    #[test]
+    fn names_the_prompt_one_way() {
+        let by_label: EvaluationRequest = serde_json::from_value(json!({
+            "prompt": "support", "label": "production", "dataset_id": Uuid::nil(),
+            "models": ["mock"], "graders": [],
+        }))
+        .unwrap();
+        assert_eq!(
+            by_label.prompt_choice().unwrap(),
+            PromptChoice::Label {
+                prompt: "support".into(),
+                label: "production".into()
+            }
+        );
+        let mut default_branch = by_label.clone();
+        default_branch.label = None;
+        assert_eq!(
+            default_branch.prompt_choice().unwrap(),
+            PromptChoice::Branch {
+                prompt: "support".into(),
+                branch: "main".into()
+            }
+        );
+        let mut both = by_label.clone();
+        both.prompt_version_id = Some(Uuid::nil());
+        assert_eq!(both.prompt_choice().unwrap_err().field, "prompt");
+        let mut label_and_branch = by_label.clone();
+        label_and_branch.branch = Some("dev".into());
+        assert_eq!(
+            label_and_branch.prompt_choice().unwrap_err().field,
+            "branch"
+        );
+        let mut neither = by_label;
+        neither.prompt = None;
+        neither.label = None;
+        assert_eq!(
+            neither.prompt_choice().unwrap_err().field,
+            "prompt_version_id"
+        );
     }
 
     #[test]

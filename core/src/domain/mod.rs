@@ -2,6 +2,7 @@
 //! passed every check that can be made without a database.
 
 mod dataset;
+pub mod diff;
 mod evaluation;
 mod prompt;
 
@@ -10,7 +11,8 @@ pub use dataset::{
     parse_jsonl_line, validate_items,
 };
 pub use evaluation::{
-    DatasetShape, EvaluationRequest, MAX_REPEAT, Priority, validate_graders, validate_threshold,
+    DatasetShape, EvaluationRequest, MAX_REPEAT, Priority, PromptChoice, validate_graders,
+    validate_threshold,
 };
 pub use prompt::{ChatMessage, ModelParams, PromptContent, Role};
 

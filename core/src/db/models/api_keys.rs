@@ -17,11 +17,44 @@ pub struct Tenant {
     pub created_at: DateTime<Utc>,
 }
 
-/// Who is calling: the tenant and the key it used.
+/// What a key may do beyond the ordinary. Stored as text in `api_keys.scope`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyScope {
+    /// Everything a tenant's user does.
+    #[default]
+    Member,
+    /// Also: force a protected label to move.
+    Admin,
+}
+
+impl KeyScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyScope::Member => "member",
+            KeyScope::Admin => "admin",
+        }
+    }
+}
+
+impl std::str::FromStr for KeyScope {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "member" => Ok(KeyScope::Member),
+            "admin" => Ok(KeyScope::Admin),
+            other => Err(format!("unknown key scope {other:?} (member or admin)")),
+        }
+    }
+}
+
+/// Who is calling: the tenant, the key it used and that key's scope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Caller {
     pub tenant_id: Uuid,
     pub key_id: Uuid,
+    pub scope: KeyScope,
 }
 
 impl Caller {
@@ -49,11 +82,20 @@ pub fn hash_key(key: &str) -> Vec<u8> {
     Sha256::digest(key.as_bytes()).to_vec()
 }
 
-/// Creates the tenant if it does not exist and a new key for it; returns the
-/// tenant and the key, which is never readable again.
+/// Creates the tenant if it does not exist and a new member key for it;
+/// returns the tenant and the key, which is never readable again.
 pub async fn create_key(
     conn: &mut AsyncPgConnection,
     tenant_name: &str,
+) -> QueryResult<(Tenant, String)> {
+    create_key_with_scope(conn, tenant_name, KeyScope::Member).await
+}
+
+/// [`create_key`] with a chosen scope.
+pub async fn create_key_with_scope(
+    conn: &mut AsyncPgConnection,
+    tenant_name: &str,
+    scope: KeyScope,
 ) -> QueryResult<(Tenant, String)> {
     let tenant_name = tenant_name.to_owned();
     conn.transaction(async |conn| {
@@ -78,6 +120,7 @@ pub async fn create_key(
                 api_keys::tenant_id.eq(tenant.id),
                 api_keys::key_hash.eq(hash_key(&key)),
                 api_keys::key_prefix.eq(&key[..KEY_PREFIX.len() + 6]),
+                api_keys::scope.eq(scope.as_str()),
             ))
             .execute(conn)
             .await?;
@@ -91,11 +134,18 @@ pub async fn authenticate(conn: &mut AsyncPgConnection, key: &str) -> QueryResul
     api_keys::table
         .filter(api_keys::key_hash.eq(hash_key(key)))
         .filter(api_keys::revoked_at.is_null())
-        .select((api_keys::tenant_id, api_keys::id))
-        .first::<(Uuid, Uuid)>(conn)
+        .select((api_keys::tenant_id, api_keys::id, api_keys::scope))
+        .first::<(Uuid, Uuid, String)>(conn)
         .await
         .optional()
-        .map(|found| found.map(|(tenant_id, key_id)| Caller { tenant_id, key_id }))
+        .map(|found| {
+            found.map(|(tenant_id, key_id, scope)| Caller {
+                tenant_id,
+                key_id,
+                // The CHECK constraint allows known scopes only.
+                scope: scope.parse().unwrap_or_default(),
+            })
+        })
 }
 
 #[cfg(test)]

@@ -97,6 +97,8 @@ pub struct Evaluation {
     pub priority: String,
     /// 1, then one more per resume or retry-errors.
     pub run: i32,
+    /// How the request named its prompt (label or branch), when not by version id.
+    pub prompt_ref: Option<Value>,
 }
 
 impl Evaluation {
@@ -158,6 +160,9 @@ pub struct NewEvaluation {
     pub source_evaluation_id: Option<Uuid>,
     pub use_cache: bool,
     pub priority: String,
+    /// `{"prompt_id", "label"}` or `{"prompt_id", "branch"}` when the request
+    /// named a label or branch; `prompt_version_id` is what it resolved to.
+    pub prompt_ref: Option<Value>,
 }
 
 /// How an evaluation is split into chunks.
@@ -202,7 +207,13 @@ pub async fn create(
                 action: "evaluation.created",
                 resource_type: "evaluation",
                 resource_id: new.id,
-                data: serde_json::json!({ "total": new.total, "models": new.models, "chunks": plan.len() }),
+                data: serde_json::json!({
+                    "total": new.total,
+                    "models": new.models,
+                    "chunks": plan.len(),
+                    "prompt_version_id": new.prompt_version_id,
+                    "prompt_ref": new.prompt_ref,
+                }),
             },
         )
         .await?;

@@ -54,3 +54,30 @@ pub async fn for_resource(
         .load(conn)
         .await
 }
+
+/// Events about one resource of a type, newest first; `after` is the id of
+/// the last event of the previous page.
+pub async fn page_for_resource(
+    conn: &mut AsyncPgConnection,
+    tenant_id: Uuid,
+    resource_type: &str,
+    resource_id: Uuid,
+    after: Option<i64>,
+    limit: i64,
+) -> QueryResult<super::Page<Event>> {
+    let mut query = events::table
+        .filter(events::tenant_id.eq(tenant_id))
+        .filter(events::resource_type.eq(resource_type.to_owned()))
+        .filter(events::resource_id.eq(resource_id))
+        .order(events::id.desc())
+        .limit(limit + 1)
+        .select(Event::as_select())
+        .into_boxed();
+    if let Some(after) = after {
+        query = query.filter(events::id.lt(after));
+    }
+    Ok(super::Page::from_overfetched(
+        query.load(conn).await?,
+        limit,
+    ))
+}

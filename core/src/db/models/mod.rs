@@ -2,10 +2,13 @@
 //! on them. Every query on a tenant-owned table takes the tenant id.
 
 pub mod api_keys;
+pub mod branches;
 pub mod chunks;
+pub mod compare;
 pub mod datasets;
 pub mod evaluations;
 pub mod events;
+pub mod labels;
 pub mod prompts;
 pub mod results;
 
