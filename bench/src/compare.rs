@@ -132,7 +132,7 @@ pub fn report(runs: &[CompareRun]) -> String {
     );
     let _ = writeln!(
         out,
-        "`GET /v1/evaluations/{{a}}/compare/{{b}}` on two succeeded evaluations of one dataset, one model each, results with random outcomes (70% pass) and continuous scores (so the score bootstrap runs on its widest, 1,001-bin histogram); two 10,000-resample bootstraps per request. {REQUESTS} requests after one warm-up. Target for 20,000 items: under 1 s, with flat API memory.\n"
+        "`GET /v1/evaluations/{{a}}/compare/{{b}}` on two succeeded evaluations of one dataset, one model each, results with random outcomes (70% pass) and continuous scores (so the score histogram takes its binned path: 200 bins); two 10,000-resample bootstraps per request. {REQUESTS} requests after one warm-up. Target for 20,000 items: under 1 s, with flat API memory.\n"
     );
     let _ = writeln!(
         out,

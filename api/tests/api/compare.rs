@@ -341,3 +341,51 @@ async fn only_comparable_evaluations_of_the_caller_compare() {
         .unwrap();
     assert_eq!(mixed.status, 404);
 }
+
+#[tokio::test]
+async fn many_distinct_score_differences_are_binned_around_the_exact_mean() {
+    let app = TestApp::spawn().await;
+    let client = &app.client;
+    let (_, version) = app.prompt(client, "bins", "{{ question }}").await;
+    let dataset = app.dataset(client, 300).await;
+    let a = submit(client, &version, &dataset, json!(["mock"]), 1).await;
+    let b = submit(client, &version, &dataset, json!(["mock"]), 1).await;
+    // A scores 0; B scores 0/300, 1/300, ..., 299/300 (shuffled over the
+    // items): 300 distinct differences, more than the 200 bins the bootstrap keeps.
+    let a_rows: Vec<Row> = (0..300)
+        .map(|p| (p, 0, "passed", Some(0.0), 10, 0.0))
+        .collect();
+    let b_rows: Vec<Row> = (0..300)
+        .map(|p| {
+            (
+                p,
+                0,
+                "passed",
+                Some(f64::from(p * 7 % 300) / 300.0),
+                10,
+                0.0,
+            )
+        })
+        .collect();
+    seed(&app, &a, "mock", &a_rows).await;
+    seed(&app, &b, "mock", &b_rows).await;
+    let response = client
+        .get(&format!("/v1/evaluations/{a}/compare/{b}"))
+        .await
+        .unwrap();
+    assert_eq!(response.status, 200, "{:?}", response.body);
+    let score = &response.body["pairs"][0]["score"];
+    // The mean is exact: (0 + 1 + ... + 299) / 300 / 300 = 149.5 / 300.
+    close(&score["difference"], 149.5 / 300.0);
+    close(&score["resolution"], 299.0 / 300.0 / 200.0);
+    // Against the normal approximation: the values' variance is
+    // (300^2 - 1) / 12 / 300^2, so the mean's standard error is
+    // sqrt(that / 300) = 0.016666 and the 95% half-width 1.959964 x that.
+    let half = 1.959964 * ((300.0f64.powi(2) - 1.0) / 12.0 / 300.0f64.powi(2) / 300.0).sqrt();
+    let (low, high) = (
+        score["ci95"]["low"].as_f64().unwrap(),
+        score["ci95"]["high"].as_f64().unwrap(),
+    );
+    assert!((low - (149.5 / 300.0 - half)).abs() < 0.004, "{low}");
+    assert!((high - (149.5 / 300.0 + half)).abs() < 0.004, "{high}");
+}

@@ -18,9 +18,13 @@ use uuid::Uuid;
 
 use super::Page;
 
-/// Most distinct values a difference histogram keeps; beyond that, score
-/// differences are rounded to a grid of `(max - min) / MAX_BINS`.
-pub const MAX_BINS: i64 = 1000;
+/// Most distinct values a difference histogram keeps. Beyond that the
+/// differences are grouped into `MAX_BINS` equal-width bins, each standing
+/// for its members by their mean: the histogram's mean stays the exact mean,
+/// and the bootstrap loses only the spread inside a bin (at most
+/// `width² / 12` of variance per item). The bootstrap costs one binomial
+/// draw per bin and resample, so this also bounds its time.
+pub const MAX_BINS: i64 = 200;
 
 /// One side of a pair: an evaluation's results for one model.
 #[derive(Debug, Clone)]
@@ -95,6 +99,10 @@ pub struct Totals {
     #[diesel(sql_type = Nullable<Double>)]
     pub score_b: Option<f64>,
     #[diesel(sql_type = Nullable<Double>)]
+    pub pass_difference_min: Option<f64>,
+    #[diesel(sql_type = Nullable<Double>)]
+    pub pass_difference_max: Option<f64>,
+    #[diesel(sql_type = Nullable<Double>)]
     pub score_difference_min: Option<f64>,
     #[diesel(sql_type = Nullable<Double>)]
     pub score_difference_max: Option<f64>,
@@ -122,6 +130,7 @@ pub async fn totals(
                 count(sb - sa) AS scored, \
                 avg(sa) FILTER (WHERE sb IS NOT NULL) AS score_a, \
                 avg(sb) FILTER (WHERE sa IS NOT NULL) AS score_b, \
+                min(pb - pa) AS pass_difference_min, max(pb - pa) AS pass_difference_max, \
                 min(sb - sa) AS score_difference_min, max(sb - sa) AS score_difference_max, \
                 greatest((SELECT coalesce(max(runs), 0) FROM a), (SELECT coalesce(max(runs), 0) FROM b)) AS max_runs \
          FROM paired"
@@ -138,47 +147,45 @@ struct Bin {
     count: i64,
 }
 
-/// Histogram of per-item pass-fraction differences (B − A), by value.
-/// Fractions have at most 100 runs behind them, so the distinct values are
-/// few; rounding to 9 decimals only merges floating-point twins.
-pub async fn pass_histogram(
-    conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    a: &Side<'_>,
-    b: &Side<'_>,
-) -> diesel::QueryResult<Vec<(f64, u64)>> {
-    let bins: Vec<Bin> = paired_query!(
-        tenant_id,
-        a,
-        b,
-        "SELECT round((pb - pa)::numeric, 9)::float8 AS value, count(*) AS count \
-         FROM paired GROUP BY 1 ORDER BY 1"
-    )
-    .load(conn)
-    .await?;
-    Ok(bins
-        .into_iter()
-        .map(|bin| (bin.value, bin.count as u64))
-        .collect())
+/// Which per-item difference a histogram is of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Difference {
+    /// Pass fraction, B − A (0/1 per item with one run).
+    Pass,
+    /// Mean score, B − A, over items scored on both sides.
+    Score,
 }
 
-/// Histogram of per-item score differences (B − A) over items scored on
-/// both sides, and the grid width when the values had to be rounded (more
-/// than [`MAX_BINS`] distinct values): then each difference is rounded to
-/// the nearest point of `min + k * width`, an error of at most `width / 2`.
-pub async fn score_histogram(
+impl Difference {
+    fn sql(self) -> (&'static str, &'static str) {
+        match self {
+            Difference::Pass => ("pb - pa", "true"),
+            Difference::Score => ("sb - sa", "sa IS NOT NULL AND sb IS NOT NULL"),
+        }
+    }
+}
+
+/// Histogram of per-item differences, in value order, and the bin width
+/// when there were more than [`MAX_BINS`] distinct values (see there).
+/// Distinct values are told apart at 9 decimals, which only merges
+/// floating-point twins. `range` is the differences' (min, max).
+pub async fn histogram(
     conn: &mut AsyncPgConnection,
     tenant_id: Uuid,
     a: &Side<'_>,
     b: &Side<'_>,
+    difference: Difference,
     range: (f64, f64),
 ) -> diesel::QueryResult<(Vec<(f64, u64)>, Option<f64>)> {
+    let (value, filter) = difference.sql();
     let exact: Vec<Bin> = paired_query!(
         tenant_id,
         a,
         b,
-        "SELECT round((sb - sa)::numeric, 9)::float8 AS value, count(*) AS count \
-         FROM paired WHERE sa IS NOT NULL AND sb IS NOT NULL GROUP BY 1 ORDER BY 1 LIMIT $6"
+        format!(
+            "SELECT round(({value})::numeric, 9)::float8 AS value, count(*) AS count \
+             FROM paired WHERE {filter} GROUP BY 1 ORDER BY 1 LIMIT $6"
+        )
     )
     .bind::<BigInt, _>(MAX_BINS + 1)
     .load(conn)
@@ -193,18 +200,21 @@ pub async fn score_histogram(
     }
     let (min, max) = range;
     let width = (max - min) / MAX_BINS as f64;
-    let rounded: Vec<Bin> = paired_query!(
+    let binned: Vec<Bin> = paired_query!(
         tenant_id,
         a,
         b,
-        "SELECT $6 + round((sb - sa - $6) / $7) * $7 AS value, count(*) AS count \
-         FROM paired WHERE sa IS NOT NULL AND sb IS NOT NULL GROUP BY 1 ORDER BY 1"
+        format!(
+            "SELECT avg({value}) AS value, count(*) AS count FROM paired WHERE {filter} \
+             GROUP BY least(floor(({value} - $6) / $7), $8) ORDER BY 1"
+        )
     )
     .bind::<Double, _>(min)
     .bind::<Double, _>(width)
+    .bind::<Double, _>((MAX_BINS - 1) as f64)
     .load(conn)
     .await?;
-    Ok((to_pairs(rounded), Some(width)))
+    Ok((to_pairs(binned), Some(width)))
 }
 
 /// Cost, tokens and latency of one side's runs of the paired items.
@@ -354,8 +364,8 @@ pub struct Scores {
     pub b: f64,
     pub difference: f64,
     pub ci95: Option<crate::stats::Interval>,
-    /// When the differences had too many distinct values: the grid they were
-    /// rounded to for the bootstrap (the mean itself is exact).
+    /// When the differences had more than [`MAX_BINS`] distinct values: the
+    /// width of the bins the bootstrap resampled (the mean itself is exact).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resolution: Option<f64>,
 }
@@ -437,11 +447,13 @@ pub async fn compare_pair(
     use crate::stats::{BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, bootstrap_mean, mcnemar_exact};
     let totals = totals(conn, tenant_id, a, b).await?;
     let paired = totals.paired.max(1) as f64;
-    let pass_ci = bootstrap_mean(
-        &pass_histogram(conn, tenant_id, a, b).await?,
-        BOOTSTRAP_RESAMPLES,
-        BOOTSTRAP_SEED,
-    );
+    let pass_ci = match (totals.pass_difference_min, totals.pass_difference_max) {
+        (Some(min), Some(max)) => {
+            let (bins, _) = histogram(conn, tenant_id, a, b, Difference::Pass, (min, max)).await?;
+            bootstrap_mean(&bins, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED)
+        }
+        _ => None,
+    };
     let score = match (
         totals.score_a,
         totals.score_b,
@@ -449,14 +461,14 @@ pub async fn compare_pair(
         totals.score_difference_max,
     ) {
         (Some(score_a), Some(score_b), Some(min), Some(max)) if totals.scored > 0 => {
-            let (histogram, resolution) =
-                score_histogram(conn, tenant_id, a, b, (min, max)).await?;
+            let (bins, resolution) =
+                histogram(conn, tenant_id, a, b, Difference::Score, (min, max)).await?;
             Some(Scores {
                 items: totals.scored,
                 a: score_a,
                 b: score_b,
                 difference: score_b - score_a,
-                ci95: bootstrap_mean(&histogram, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED),
+                ci95: bootstrap_mean(&bins, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED),
                 resolution,
             })
         }
