@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use actix_web::{HttpResponse, web};
-use assay_core::db::models::compare::{self, ChangePage, Direction, Side};
+use assay_core::db::models::compare::{self, Direction, Side};
 use assay_core::db::models::evaluations::{self, Evaluation};
 use assay_core::stats;
 use serde::Deserialize;
@@ -215,8 +215,7 @@ pub async fn changes(
         },
     );
     let mut conn = state.pool.get().await?;
-    let totals = compare::totals(&mut conn, caller.tenant_id, &a_side, &b_side).await?;
-    let page = compare::changed_items(
+    let page = compare::changes(
         &mut conn,
         caller.tenant_id,
         &a_side,
@@ -226,9 +225,5 @@ pub async fn changes(
         limit,
     )
     .await?;
-    let count = match direction {
-        Direction::Improvements => totals.improvements,
-        Direction::Regressions => totals.regressions,
-    };
-    Ok(HttpResponse::Ok().json(ChangePage::new(count, page)))
+    Ok(HttpResponse::Ok().json(page))
 }

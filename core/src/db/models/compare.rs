@@ -1,18 +1,20 @@
 //! Paired comparison of two evaluations' results, aggregated in PostgreSQL.
 //!
-//! One common table expression pairs the two sides per item: for each side
+//! One temporary table per request pairs the two sides per item: for each side
 //! (evaluation, model), the item's graded runs (`passed` or `failed`;
 //! errored runs say nothing about quality and are left out), how many
 //! passed, and their mean score. An item is paired when both sides graded it
-//! at least once. Every query below streams over the results in primary-key
-//! order (`evaluation_id, item_position, ...`) and returns aggregates only —
+//! at least once. It is filled by streaming over the results in primary-key
+//! order (`evaluation_id, item_position, ...`), lives in PostgreSQL and is
+//! dropped when the request's transaction ends; every query returns
+//! aggregates only —
 //! a summary row, histograms of the per-item differences (at most
 //! [`MAX_BINS`] rows), usage figures, or one page of item ids — so the API's
 //! memory does not grow with the evaluations' size.
 
 use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Double, Integer, Nullable, Text, Uuid as SqlUuid};
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -33,8 +35,16 @@ pub struct Side<'a> {
     pub model: &'a str,
 }
 
-/// The per-item pairing, `$1` = tenant, `$2`/`$3` = side A, `$4`/`$5` = side B.
-const PAIRED: &str = "WITH a AS ( \
+/// The per-item pairing of one request, made once into a temporary table
+/// (dropped when the request's transaction ends) that every statistic then
+/// reads: `$1` = tenant, `$2`/`$3` = side A, `$4`/`$5` = side B. Each side
+/// is aggregated per item while its results are read in primary-key order.
+const PAIR_ITEMS: &str = "CREATE TEMPORARY TABLE compare_items ON COMMIT DROP AS \
+    SELECT coalesce(a.item_position, b.item_position) AS item_position, \
+           coalesce(a.item_key, b.item_key) AS item_key, \
+           coalesce(a.runs, 0) AS a_runs, coalesce(a.passed, 0) AS a_passed, a.score AS a_score, \
+           coalesce(b.runs, 0) AS b_runs, coalesce(b.passed, 0) AS b_passed, b.score AS b_score \
+    FROM ( \
         SELECT item_position, min(item_key) AS item_key, \
                count(*) FILTER (WHERE status <> 'errored') AS runs, \
                count(*) FILTER (WHERE status = 'passed') AS passed, \
@@ -42,21 +52,41 @@ const PAIRED: &str = "WITH a AS ( \
         FROM evaluation_results \
         WHERE tenant_id = $1 AND evaluation_id = $2 AND model = $3 \
         GROUP BY item_position \
-    ), b AS ( \
-        SELECT item_position, \
+    ) a FULL JOIN ( \
+        SELECT item_position, min(item_key) AS item_key, \
                count(*) FILTER (WHERE status <> 'errored') AS runs, \
                count(*) FILTER (WHERE status = 'passed') AS passed, \
                avg(score) FILTER (WHERE status <> 'errored') AS score \
         FROM evaluation_results \
         WHERE tenant_id = $1 AND evaluation_id = $4 AND model = $5 \
         GROUP BY item_position \
-    ), paired AS ( \
-        SELECT a.item_position, a.item_key, \
-               a.passed::float8 / a.runs AS pa, b.passed::float8 / b.runs AS pb, \
-               a.score AS sa, b.score AS sb \
-        FROM a JOIN b ON a.item_position = b.item_position \
-        WHERE a.runs > 0 AND b.runs > 0 \
+    ) b ON a.item_position = b.item_position";
+
+/// The items both sides graded, from [`PAIR_ITEMS`]' table.
+const PAIRED: &str = "WITH paired AS ( \
+        SELECT item_position, item_key, \
+               a_passed::float8 / a_runs AS pa, b_passed::float8 / b_runs AS pb, \
+               a_score AS sa, b_score AS sb \
+        FROM compare_items WHERE a_runs > 0 AND b_runs > 0 \
     ) ";
+
+/// Makes the pairing table of this transaction.
+async fn pair_items(
+    conn: &mut AsyncPgConnection,
+    tenant_id: Uuid,
+    a: &Side<'_>,
+    b: &Side<'_>,
+) -> diesel::QueryResult<()> {
+    diesel::sql_query(PAIR_ITEMS)
+        .bind::<SqlUuid, _>(tenant_id)
+        .bind::<SqlUuid, _>(a.evaluation_id)
+        .bind::<Text, _>(a.model)
+        .bind::<SqlUuid, _>(b.evaluation_id)
+        .bind::<Text, _>(b.model)
+        .execute(conn)
+        .await
+        .map(drop)
+}
 
 macro_rules! paired_query {
     ($tenant:expr, $a:expr, $b:expr, $select:expr) => {
@@ -111,7 +141,7 @@ pub struct Totals {
     pub max_runs: i64,
 }
 
-pub async fn totals(
+async fn totals(
     conn: &mut AsyncPgConnection,
     tenant_id: Uuid,
     a: &Side<'_>,
@@ -121,8 +151,8 @@ pub async fn totals(
         tenant_id,
         a,
         b,
-        "SELECT (SELECT count(*) FROM a WHERE runs > 0) AS items_a, \
-                (SELECT count(*) FROM b WHERE runs > 0) AS items_b, \
+        "SELECT (SELECT count(*) FROM compare_items WHERE a_runs > 0) AS items_a, \
+                (SELECT count(*) FROM compare_items WHERE b_runs > 0) AS items_b, \
                 count(*) AS paired, \
                 coalesce(sum(pa), 0) AS passed_a, coalesce(sum(pb), 0) AS passed_b, \
                 count(*) FILTER (WHERE pb > pa) AS improvements, \
@@ -132,7 +162,7 @@ pub async fn totals(
                 avg(sb) FILTER (WHERE sa IS NOT NULL) AS score_b, \
                 min(pb - pa) AS pass_difference_min, max(pb - pa) AS pass_difference_max, \
                 min(sb - sa) AS score_difference_min, max(sb - sa) AS score_difference_max, \
-                greatest((SELECT coalesce(max(runs), 0) FROM a), (SELECT coalesce(max(runs), 0) FROM b)) AS max_runs \
+                (SELECT greatest(coalesce(max(a_runs), 0), coalesce(max(b_runs), 0)) FROM compare_items) AS max_runs \
          FROM paired"
     )
     .get_result(conn)
@@ -169,7 +199,7 @@ impl Difference {
 /// when there were more than [`MAX_BINS`] distinct values (see there).
 /// Distinct values are told apart at 9 decimals, which only merges
 /// floating-point twins. `range` is the differences' (min, max).
-pub async fn histogram(
+async fn histogram(
     conn: &mut AsyncPgConnection,
     tenant_id: Uuid,
     a: &Side<'_>,
@@ -244,7 +274,7 @@ struct SideUsage {
 }
 
 /// Usage of both sides over the paired items: `(a, b)`.
-pub async fn usage(
+async fn usage(
     conn: &mut AsyncPgConnection,
     tenant_id: Uuid,
     a: &Side<'_>,
@@ -304,7 +334,7 @@ pub struct ChangedItem {
 }
 
 /// Changed items by position; `after` is the last position of the previous page.
-pub async fn changed_items(
+async fn changed_items(
     conn: &mut AsyncPgConnection,
     tenant_id: Uuid,
     a: &Side<'_>,
@@ -444,6 +474,21 @@ pub async fn compare_pair(
     b: &Side<'_>,
     list_limit: i64,
 ) -> diesel::QueryResult<PairReport> {
+    conn.transaction(async |conn| {
+        pair_items(conn, tenant_id, a, b).await?;
+        report(conn, tenant_id, a, b, list_limit).await
+    })
+    .await
+}
+
+/// The statistics, from this transaction's pairing table.
+async fn report(
+    conn: &mut AsyncPgConnection,
+    tenant_id: Uuid,
+    a: &Side<'_>,
+    b: &Side<'_>,
+    list_limit: i64,
+) -> diesel::QueryResult<PairReport> {
     use crate::stats::{BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, bootstrap_mean, mcnemar_exact};
     let totals = totals(conn, tenant_id, a, b).await?;
     let paired = totals.paired.max(1) as f64;
@@ -542,4 +587,29 @@ pub async fn compare_pair(
         improvements: ChangePage::new(totals.improvements, improvements),
         regressions: ChangePage::new(totals.regressions, regressions),
     })
+}
+
+/// One page of the improved or regressed items of a pair, and how many there are.
+pub async fn changes(
+    conn: &mut AsyncPgConnection,
+    tenant_id: Uuid,
+    a: &Side<'_>,
+    b: &Side<'_>,
+    direction: Direction,
+    after: Option<i32>,
+    limit: i64,
+) -> diesel::QueryResult<ChangePage> {
+    conn.transaction(async |conn| {
+        pair_items(conn, tenant_id, a, b).await?;
+        let totals = totals(conn, tenant_id, a, b).await?;
+        let page = changed_items(conn, tenant_id, a, b, direction, after, limit).await?;
+        Ok(ChangePage::new(
+            match direction {
+                Direction::Improvements => totals.improvements,
+                Direction::Regressions => totals.regressions,
+            },
+            page,
+        ))
+    })
+    .await
 }
