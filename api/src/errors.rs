@@ -29,6 +29,9 @@ pub enum ApiError {
     Invalid(InvalidInput),
     #[error("{0}")]
     Conflict(String),
+    /// The cost estimate's lower bound passes a budget.
+    #[error("{0}")]
+    OverBudget(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("the request body is larger than {0} bytes")]
@@ -50,6 +53,7 @@ impl ApiError {
             ApiError::InvalidQuery(_) => ("invalid_query", StatusCode::BAD_REQUEST),
             ApiError::Invalid(_) => ("invalid_input", StatusCode::UNPROCESSABLE_ENTITY),
             ApiError::Conflict(_) => ("conflict", StatusCode::CONFLICT),
+            ApiError::OverBudget(_) => ("over_budget", StatusCode::UNPROCESSABLE_ENTITY),
             ApiError::UnsupportedMediaType(_) => {
                 ("unsupported_media_type", StatusCode::UNSUPPORTED_MEDIA_TYPE)
             }

@@ -1,10 +1,26 @@
 //! Logging and the Prometheus recorder, set up once per process.
+//!
+//! JSON logs (`ASSAY_LOG_FORMAT=json`) are flat: one object per line with
+//! `timestamp`, `level`, `target`, `message`, then the fields of every span
+//! the event is in (outermost first), then the event's own fields. A field
+//! set by an inner span or the event wins over an outer one of the same
+//! name. So every line of an HTTP request carries `request_id`, `method`,
+//! `route` and `tenant`, and every line of a chunk job carries
+//! `evaluation_id`, `chunk`, `tenant` and `request_id`, at the top level
+//! where log tools index them. The README lists the stable field names.
 
+use std::fmt;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use serde_json::{Map, Value};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::registry::LookupSpan;
 
 /// Logs to stderr; JSON lines when `ASSAY_LOG_FORMAT=json`, filtered by `RUST_LOG`
 /// (default `info`). Safe to call twice (tests start several apps in one process).
@@ -15,16 +31,99 @@ pub fn init_logging() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     let _already_set = if json {
-        builder.json().try_init()
+        builder
+            .fmt_fields(JsonFields::new())
+            .event_format(FlatJson)
+            .try_init()
     } else {
         builder.try_init()
     };
 }
 
+/// The JSON line format described in the module doc.
+pub struct FlatJson;
+
+impl<S, N> FormatEvent<S, N> for FlatJson
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let metadata = event.metadata();
+        let mut line = Map::new();
+        line.insert(
+            "timestamp".into(),
+            chrono::Utc::now()
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+                .into(),
+        );
+        line.insert("level".into(), metadata.level().as_str().into());
+        line.insert("target".into(), metadata.target().into());
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                let extensions = span.extensions();
+                // JsonFields stores a span's fields as one JSON object.
+                if let Some(fields) = extensions.get::<FormattedFields<N>>()
+                    && let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(fields)
+                {
+                    line.extend(fields);
+                }
+            }
+        }
+        event.record(&mut FieldVisitor(&mut line));
+        writeln!(writer, "{}", Value::Object(line))
+    }
+}
+
+/// Collects an event's fields into the line.
+struct FieldVisitor<'a>(&'a mut Map<String, Value>);
+
+impl Visit for FieldVisitor<'_> {
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.insert(field.name().into(), value.into());
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().into(), value.into());
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.0
+            .insert(field.name().into(), format!("{value:?}").into());
+    }
+}
+
+/// Resident memory of this process in bytes (Linux: `VmRSS` of
+/// `/proc/self/status`), for `assay_process_resident_memory_bytes`.
+pub fn resident_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    let kilobytes: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kilobytes * 1024)
+}
+
 /// Buckets for latencies in seconds: from 1 ms (cached or mocked calls) to
 /// 2 minutes (slow LLM calls), so Grafana can compute quantiles across replicas.
+/// 0.2 is the API's latency SLO: its alert reads the `le="0.2"` bucket.
 const LATENCY_BUCKETS: &[f64] = &[
-    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
 
 /// Installs the global Prometheus recorder once per process and returns the
@@ -50,4 +149,62 @@ pub fn install_prometheus() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn json_lines_carry_the_fields_of_every_enclosing_span_at_the_top_level() {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .fmt_fields(JsonFields::new())
+            .event_format(FlatJson)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let outer = tracing::info_span!(
+                "http_request",
+                request_id = "r-1",
+                tenant = tracing::field::Empty
+            );
+            let _outer = outer.enter();
+            outer.record("tenant", "acme");
+            let inner = tracing::info_span!("job", chunk = 3, request_id = "r-2");
+            let _inner = inner.enter();
+            tracing::info!(answer = 42, ok = true, "hello");
+        });
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        let line: Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(line["message"], "hello");
+        assert_eq!(line["level"], "INFO");
+        assert_eq!(
+            line["tenant"], "acme",
+            "a field recorded after the span began"
+        );
+        assert_eq!(line["chunk"], 3);
+        assert_eq!(line["request_id"], "r-2", "the inner span wins");
+        assert_eq!(line["answer"], 42);
+        assert_eq!(line["ok"], true);
+        assert!(line["timestamp"].as_str().unwrap().ends_with('Z'));
+    }
 }

@@ -1,5 +1,6 @@
 //! Routes: one file per resource.
 
+mod budget;
 mod datasets;
 mod evaluations;
 mod health;
@@ -39,6 +40,12 @@ pub fn configure(config: &mut web::ServiceConfig) {
                 .service(
                     web::resource("/prompts/{prompt_id}/versions/{version}")
                         .get(prompts::get_version)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/budget")
+                        .get(budget::get)
+                        .put(budget::put)
                         .default_service(web::to(method_not_allowed)),
                 )
                 .service(

@@ -109,6 +109,11 @@ diesel::table! {
         use_cache -> Bool,
         priority -> Text,
         run -> Int4,
+        max_cost_usd -> Nullable<Float8>,
+        committed_usd -> Float8,
+        cost_estimate -> Nullable<Jsonb>,
+        cancel_reason -> Nullable<Text>,
+        request_id -> Nullable<Text>,
     }
 }
 
@@ -170,6 +175,22 @@ diesel::table! {
 }
 
 diesel::table! {
+    tenant_budgets (tenant_id) {
+        tenant_id -> Uuid,
+        monthly_usd -> Float8,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    tenant_spend (tenant_id, month) {
+        tenant_id -> Uuid,
+        month -> Date,
+        committed_usd -> Float8,
+    }
+}
+
+diesel::table! {
     tenants (id) {
         id -> Uuid,
         name -> Text,
@@ -185,6 +206,8 @@ diesel::joinable!(evaluation_results -> evaluations (evaluation_id));
 diesel::joinable!(events -> tenants (tenant_id));
 diesel::joinable!(prompts -> tenants (tenant_id));
 diesel::joinable!(superseded_results -> evaluations (evaluation_id));
+diesel::joinable!(tenant_budgets -> tenants (tenant_id));
+diesel::joinable!(tenant_spend -> tenants (tenant_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     api_keys,
@@ -197,5 +220,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     prompt_versions,
     prompts,
     superseded_results,
+    tenant_budgets,
+    tenant_spend,
     tenants,
 );

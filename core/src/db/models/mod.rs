@@ -2,6 +2,7 @@
 //! on them. Every query on a tenant-owned table takes the tenant id.
 
 pub mod api_keys;
+pub mod budgets;
 pub mod chunks;
 pub mod datasets;
 pub mod evaluations;
