@@ -630,12 +630,10 @@ async fn stop_for_budget(
     Ok(())
 }
 
-/// Counts dollars spent by `model` for `purpose` (generate, judge).
+/// Counts dollars spent by `model` for `purpose` (generate, judge); free
+/// calls too, so that every model in use has a series.
 fn record_spend(model: &str, purpose: &'static str, dollars: f64) {
-    if dollars > 0.0 {
-        gauge!("assay_spend_usd", "model" => model.to_owned(), "purpose" => purpose)
-            .increment(dollars);
-    }
+    gauge!("assay_spend_usd", "model" => model.to_owned(), "purpose" => purpose).increment(dollars);
 }
 
 /// One run of one item on one model.
