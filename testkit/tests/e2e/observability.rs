@@ -611,3 +611,53 @@ async fn a_request_id_follows_an_evaluation_from_the_api_into_its_workers_logs()
         "lines for each of the 4 chunks"
     );
 }
+
+/// The value of the sample of `metrics` whose line starts with `prefix`.
+fn sample(metrics: &str, prefix: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|line| line.starts_with(prefix))
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test]
+async fn with_no_worker_the_api_reports_the_work_left_and_how_long_chunks_wait() {
+    let stack = Stack::start(0, &[]).await;
+    let id = stack
+        .submit(3, &["mock"], json!([{"type": "is-json"}]))
+        .await;
+    // The first chunk travels one level up: normal becomes high.
+    let metrics = eventually(Duration::from_secs(30), "the API's gauges", || async {
+        let text = stack
+            .client
+            .get("/metrics")
+            .await?
+            .body
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let age = sample(&text, "assay_queue_oldest_age_seconds{queue=\"high\"}");
+        Ok(age.filter(|age| *age >= 1.0).map(|_| text))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        sample(&metrics, "assay_workers_live "),
+        Some(0.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "assay_chunks_unfinished{state=\"queued\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&metrics, "assay_evaluations_unfinished{status=\"queued\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&metrics, "assay_queue_oldest_age_seconds{queue=\"low\"}"),
+        Some(0.0)
+    );
+    assert!(sample(&metrics, "assay_process_resident_memory_bytes ").unwrap() > 1e6);
+    assert_eq!(stack.evaluation(&id).await["status"], "queued");
+}
