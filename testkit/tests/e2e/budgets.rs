@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use assay_testkit::eventually;
+
 use crate::providers::submit;
 use crate::{Stack, StackOptions};
 
@@ -21,6 +23,23 @@ fn spent(results: &[Value]) -> f64 {
         .iter()
         .map(|result| result["cost_usd"].as_f64().unwrap())
         .sum()
+}
+
+/// The evaluation and its results once every reservation has settled: what
+/// it committed equals what its results cost.
+async fn settled(stack: &Stack, id: &str) -> (Value, Vec<Value>) {
+    eventually(
+        Duration::from_secs(30),
+        "reservations to settle",
+        || async {
+            let evaluation = stack.evaluation(id).await;
+            let results = stack.results(id).await;
+            let committed = evaluation["committed_usd"].as_f64().unwrap();
+            Ok(((committed - spent(&results)).abs() < 1e-9).then_some((evaluation, results)))
+        },
+    )
+    .await
+    .unwrap()
 }
 
 async fn stack() -> Stack {
@@ -61,7 +80,9 @@ async fn an_evaluation_stops_near_its_budget_and_ends_canceled_for_budget() {
         "{estimate}"
     );
 
-    let results = stack.results(&id).await;
+    // The evaluation is canceled as soon as a reservation is refused; calls
+    // already in flight still finish, are written and settle.
+    let (evaluation, results) = settled(&stack, &id).await;
     let spent = spent(&results);
     assert!(
         spent <= budget + CALL_USD + 1e-9,
@@ -214,7 +235,7 @@ async fn a_tenant_monthly_budget_refuses_what_cannot_fit_and_stops_what_runs_pas
     let evaluation = stack.wait_finished(&id, Duration::from_secs(60)).await;
     assert_eq!(evaluation["status"], "canceled", "{evaluation}");
     assert_eq!(evaluation["cancel_reason"], "tenant_budget", "{evaluation}");
-    let results = stack.results(&id).await;
+    let (_, results) = settled(&stack, &id).await;
     let spent = spent(&results);
     assert!(spent <= 0.1 + CALL_USD + 1e-9, "spent ${spent}");
     assert!((12..=17).contains(&results.len()), "{} runs", results.len());
