@@ -8,6 +8,12 @@
 //! `route` and `tenant`, and every line of a chunk job carries
 //! `evaluation_id`, `chunk`, `tenant` and `request_id`, at the top level
 //! where log tools index them. The README lists the stable field names.
+//!
+//! Traces: when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (e.g.
+//! `http://otel-collector:4318`), spans are also exported over OTLP/HTTP
+//! (protobuf) to `<endpoint>/v1/traces`, batched on the SDK's own thread;
+//! `OTEL_SERVICE_NAME` names the service (default: the binary's name). Off
+//! when unset, and nothing else depends on it.
 
 use std::fmt;
 use std::sync::OnceLock;
@@ -20,7 +26,9 @@ use tracing::{Event, Subscriber};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::{JsonFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 /// Logs to stderr; JSON lines when `ASSAY_LOG_FORMAT=json`, filtered by `RUST_LOG`
 /// (default `info`). Safe to call twice (tests start several apps in one process).
@@ -30,14 +38,90 @@ pub fn init_logging() {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    let _already_set = if json {
+    let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok();
+    // Built on a thread of its own: the exporter's blocking HTTP client must
+    // not be created (or dropped) inside the async runtime `main` runs in.
+    let traces = endpoint
+        .filter(|endpoint| !endpoint.trim().is_empty())
+        .and_then(
+            |endpoint| match std::thread::spawn(move || otlp_provider(&endpoint)).join() {
+                Ok(Ok(provider)) => Some(provider),
+                Ok(Err(error)) => {
+                    eprintln!("OTEL_EXPORTER_OTLP_ENDPOINT: {error}; traces are not exported");
+                    None
+                }
+                Err(_) => None,
+            },
+        );
+    let installed = if json {
         builder
             .fmt_fields(JsonFields::new())
             .event_format(FlatJson)
+            .finish()
+            .with(traces.as_ref().map(trace_layer))
             .try_init()
     } else {
-        builder.try_init()
+        builder
+            .finish()
+            .with(traces.as_ref().map(trace_layer))
+            .try_init()
     };
+    if installed.is_ok()
+        && let Some(provider) = traces
+    {
+        let _ = TRACES.set(provider);
+    }
+}
+
+/// The trace exporter of this process, kept to flush it at exit.
+static TRACES: OnceLock<opentelemetry_sdk::trace::SdkTracerProvider> = OnceLock::new();
+
+/// A tracer provider exporting spans to `<endpoint>/v1/traces` over OTLP/HTTP.
+/// Building it connects to nothing.
+pub fn otlp_provider(
+    endpoint: &str,
+) -> Result<opentelemetry_sdk::trace::SdkTracerProvider, opentelemetry_otlp::ExporterBuildError> {
+    use opentelemetry_otlp::WithExportConfig as _;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+        .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
+        .build()?;
+    let service = std::env::var("OTEL_SERVICE_NAME").ok().unwrap_or_else(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|path| {
+                path.file_name()
+                    .map(|name| name.to_string_lossy().into_owned())
+            })
+            .unwrap_or_else(|| "assay".to_owned())
+    });
+    Ok(opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name(service)
+                .build(),
+        )
+        .build())
+}
+
+/// The `tracing` layer that turns spans into OpenTelemetry spans of `provider`.
+pub fn trace_layer<S>(
+    provider: &opentelemetry_sdk::trace::SdkTracerProvider,
+) -> tracing_opentelemetry::OpenTelemetryLayer<S, opentelemetry_sdk::trace::Tracer>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    use opentelemetry::trace::TracerProvider as _;
+    tracing_opentelemetry::layer().with_tracer(provider.tracer("assay"))
+}
+
+/// Flushes spans not exported yet (call once, at the end of `main`).
+pub fn shutdown_tracing() {
+    if let Some(provider) = TRACES.get() {
+        let _ = provider.shutdown();
+    }
 }
 
 /// The JSON line format described in the module doc.
@@ -170,6 +254,38 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn with_an_endpoint_spans_become_opentelemetry_spans() {
+        use opentelemetry::trace::TraceContextExt as _;
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        // Nothing listens there: building the exporter connects to nothing,
+        // and a failed export is the SDK's to report, not ours.
+        let provider = otlp_provider("http://127.0.0.1:9/").unwrap();
+        let subscriber = tracing_subscriber::registry().with(trace_layer(&provider));
+        let (with, without) = tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("http_request", request_id = "r-1");
+            let child = span.in_scope(|| tracing::info_span!("job"));
+            (span.context(), child.context())
+        });
+        let (parent, child) = (
+            with.span().span_context().clone(),
+            without.span().span_context().clone(),
+        );
+        assert!(parent.is_valid(), "the span has an OpenTelemetry context");
+        assert_eq!(
+            parent.trace_id(),
+            child.trace_id(),
+            "a child span is in its parent's trace"
+        );
+        assert_ne!(parent.span_id(), child.span_id());
+        let _ = provider.shutdown();
+        // Without the layer, spans have no OpenTelemetry context.
+        let plain = tracing::subscriber::with_default(tracing_subscriber::registry(), || {
+            tracing::info_span!("x").context()
+        });
+        assert!(!plain.span().span_context().is_valid());
     }
 
     #[test]
