@@ -73,3 +73,29 @@ if ! command -v diesel >/dev/null && [ ! -x "$HOME/.cargo/bin/diesel" ]; then
     || die "could not install the diesel CLI"
 fi
 say "diesel CLI is installed"
+
+# --- promtool (for the rule and metric checks in `make test`) ---------------
+# From Debian's prometheus package; only its promtool is wanted. The package
+# would start a Prometheus server where systemd runs (it does not in
+# containers): stop and disable it, so nothing listens on 9090 behind our back.
+if ! command -v promtool >/dev/null; then
+  say "installing promtool (Debian's prometheus package; its server is not started)"
+  # policy-rc.d exit 101 tells maintainer scripts not to start services.
+  policy=/usr/sbin/policy-rc.d
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null && as_root chmod +x "$policy" && remove_policy=1
+  fi
+  apt_install --no-install-recommends prometheus || install_failed=1
+  [ -n "${remove_policy:-}" ] && as_root rm -f "$policy"
+  [ -z "${install_failed:-}" ] || die "could not install promtool: install Debian's prometheus package (or put promtool on PATH)"
+  if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+    as_root systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
+  if command -v service >/dev/null && [ -x /etc/init.d/prometheus ]; then
+    as_root service prometheus stop >/dev/null 2>&1 || true
+  fi
+  if pgrep -x prometheus >/dev/null 2>&1; then
+    say "warning: a prometheus server is running; Assay's tests do not need it (stop it if you did not mean to run one)"
+  fi
+fi
+say "promtool is installed ($(promtool --version 2>&1 | head -n1))"

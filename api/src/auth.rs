@@ -39,6 +39,8 @@ impl FromRequest for Authenticated {
             let caller = api_keys::authenticate(&mut conn, &key)
                 .await?
                 .ok_or(ApiError::Unauthorized)?;
+            // Every later line of the request names its tenant.
+            tracing::Span::current().record("tenant", tracing::field::display(caller.tenant_id));
             Ok(Authenticated(caller))
         })
     }

@@ -34,6 +34,9 @@ pub enum ApiError {
     Stale(String, serde_json::Value),
     #[error("{0}")]
     Forbidden(String),
+    /// The cost estimate's lower bound passes a budget.
+    #[error("{0}")]
+    OverBudget(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("the request body is larger than {0} bytes")]
@@ -56,6 +59,7 @@ impl ApiError {
             ApiError::Invalid(_) => ("invalid_input", StatusCode::UNPROCESSABLE_ENTITY),
             ApiError::Conflict(_) | ApiError::Stale(..) => ("conflict", StatusCode::CONFLICT),
             ApiError::Forbidden(_) => ("forbidden", StatusCode::FORBIDDEN),
+            ApiError::OverBudget(_) => ("over_budget", StatusCode::UNPROCESSABLE_ENTITY),
             ApiError::UnsupportedMediaType(_) => {
                 ("unsupported_media_type", StatusCode::UNSUPPORTED_MEDIA_TYPE)
             }

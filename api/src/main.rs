@@ -84,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{key}");
         }
     }
+    assay_core::telemetry::shutdown_tracing();
     Ok(())
 }
 

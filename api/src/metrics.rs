@@ -42,6 +42,14 @@ pub fn describe() {
         metrics::Unit::Seconds,
         "Time to compute a comparison of two evaluations, by outcome."
     );
+        "assay_evaluations_canceled_total",
+        "Evaluations canceled through the API (POST .../cancel)."
+    );
+    describe_counter!(
+        "assay_budget_refusals_total",
+        "Evaluations refused at submission (422 over_budget) because their cost estimate's lower bound passes a budget, by scope (evaluation, tenant)."
+    );
+    assay_core::gauges::describe();
     describe_counter!(
         "assay_queue_push_failures_total",
         "Job pushes to Redis that failed after a retry (the evaluation is marked failed)."

@@ -13,7 +13,7 @@ use assay_core::queue::JobQueue;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::errors::extractors;
-use crate::{metrics, routes};
+use crate::{metrics, request_id, routes};
 
 /// What every handler can reach.
 pub struct AppState {
@@ -71,6 +71,18 @@ impl Application {
         let catalog = ModelCatalog::from_env(assay_core::providers::registry::Keys::NotNeeded)?;
         let redis = assay_core::redis_pool::build(&settings.redis_url, 8)?;
         let queue = JobQueue::connect(&settings.redis_url, &settings.queue_prefix).await?;
+        // The deployment-wide gauges, from the API too: with no worker up,
+        // the work left must still be seen.
+        tokio::spawn({
+            let (pool, queue) = (pool.clone(), queue.clone());
+            async move {
+                let mut ticks = tokio::time::interval(std::time::Duration::from_secs(5));
+                loop {
+                    ticks.tick().await;
+                    assay_core::gauges::report(&pool, &queue).await;
+                }
+            }
+        });
         let state = web::Data::new(AppState {
             pool,
             redis,
@@ -96,6 +108,8 @@ impl Application {
                 .app_data(web::QueryConfig::default().error_handler(extractors::query))
                 .app_data(web::PathConfig::default().error_handler(extractors::path))
                 .wrap(from_fn(metrics::record))
+                // Outermost: the metrics middleware's work is inside the request's span too.
+                .wrap(from_fn(request_id::trace))
                 .configure(routes::configure)
         })
         .listen(listener)?;

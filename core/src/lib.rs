@@ -1,12 +1,14 @@
 //! Assay's domain, shared by the API, the worker and the tests.
 //!
 //! Layout:
+//! - [`budget`]: cost estimates of evaluations and of single calls, for budgets.
 //! - [`config`]: settings read from the environment, with defaults that work
 //!   against a local PostgreSQL and Redis.
 //! - [`domain`]: validated inputs ("parse, don't validate"): chat messages,
 //!   model names, dataset items, evaluation requests.
 //! - [`templates`]: Jinja prompt templates (strict: an undefined variable is an
 //!   error, never an empty string sent to a model).
+//! - [`gauges`]: deployment-wide gauges (work left, queue age, budgets) every process exports.
 //! - [`graders`]: the checks an output is scored with.
 //! - [`providers`]: the LLM provider trait and its implementations.
 //! - [`db`]: the schema, the pool and every query; each query filters on the tenant.
@@ -17,9 +19,11 @@
 //!
 //! `core` knows nothing about HTTP routing or how workers run jobs.
 
+pub mod budget;
 pub mod config;
 pub mod db;
 pub mod domain;
+pub mod gauges;
 pub mod graders;
 pub mod providers;
 pub mod queue;

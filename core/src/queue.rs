@@ -31,13 +31,18 @@ use uuid::Uuid;
 use crate::domain::Priority;
 
 /// Runs one chunk of an evaluation: a range of items x one model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkJob {
     /// Payload format, so that workers can refuse what they do not understand.
     pub v: u32,
     pub tenant_id: Uuid,
     pub evaluation_id: Uuid,
     pub chunk_index: i32,
+    /// The `X-Request-Id` of the request that submitted the evaluation, for
+    /// the worker's log lines. Optional, so payloads without it (pushed by
+    /// older code) still parse; the worker then reads it from the evaluation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 impl ChunkJob {
@@ -49,12 +54,19 @@ impl ChunkJob {
             tenant_id,
             evaluation_id,
             chunk_index,
+            request_id: None,
         }
+    }
+
+    /// The same job, naming the request that submitted its evaluation.
+    pub fn with_request_id(mut self, request_id: Option<&str>) -> Self {
+        self.request_id = request_id.map(str::to_owned);
+        self
     }
 }
 
 /// A chunk to push, under the task id its row records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Push {
     pub job: ChunkJob,
     pub priority: Priority,
@@ -217,7 +229,7 @@ impl JobQueue {
                     .iter()
                     .filter(|push| push.priority == priority)
                     .map(|push| {
-                        TaskBuilder::new(push.job)
+                        TaskBuilder::new(push.job.clone())
                             .task_id(TaskId::from_uuid(push.job_id))
                             .build()
                     })

@@ -17,6 +17,8 @@ pub struct Response {
     pub status: u16,
     pub content_type: String,
     pub location: Option<String>,
+    /// The `X-Request-Id` the server answered with.
+    pub request_id: Option<String>,
     pub body: Value,
 }
 
@@ -51,6 +53,23 @@ impl Client {
                 .json(body),
         )
         .await
+    }
+
+    /// POSTs JSON with extra headers (e.g. `X-Request-Id`).
+    pub async fn post_with_headers(
+        &self,
+        path: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<Response> {
+        let mut request = self
+            .http
+            .post(format!("{}{path}", self.base_url))
+            .json(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        self.send(request).await
     }
 
     pub async fn put(&self, path: &str, body: &Value) -> anyhow::Result<Response> {
@@ -103,12 +122,14 @@ impl Client {
         };
         let content_type = header("content-type").unwrap_or_default();
         let location = header("location");
+        let request_id = header("x-request-id");
         let text = response.text().await?;
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
         Ok(Response {
             status,
             content_type,
             location,
+            request_id,
             body,
         })
     }

@@ -49,7 +49,7 @@ async fn main() -> anyhow::Result<()> {
     // Chunks write results and read pages, leases and the sweeper need one
     // each; the LLM calls themselves need none.
     settings.database_pool_size = settings.database_pool_size.max(16);
-    assay_worker::run(WorkerConfig {
+    let outcome = assay_worker::run(WorkerConfig {
         settings,
         concurrency: cli.concurrency,
         jobs: cli.jobs,
@@ -61,5 +61,7 @@ async fn main() -> anyhow::Result<()> {
         sweep_every: cli.sweep_interval,
         job_retention: cli.job_retention,
     })
-    .await
+    .await;
+    assay_core::telemetry::shutdown_tracing();
+    outcome
 }

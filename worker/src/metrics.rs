@@ -22,10 +22,6 @@ pub fn describe() {
         "Chunk jobs in Redis, by queue (high, normal, low) and state (ready: due; delayed: retries; running: taken). Every worker reports the same value: take the max."
     );
     describe_gauge!(
-        "assay_chunks_unfinished",
-        "Chunks of every unfinished evaluation, by state (pending, queued, running), from PostgreSQL: the work left. Every worker reports the same value: take the max. What autoscaling follows."
-    );
-    describe_gauge!(
         "assay_items_per_second",
         "Results this worker wrote per second, over the last reporting interval."
     );
@@ -50,6 +46,33 @@ pub fn describe() {
         "Finished jobs deleted from Redis after their retention, by queue."
     );
     assay_core::providers::describe_metrics();
+    assay_core::gauges::describe();
+    describe_counter!(
+        "assay_mock_calls_total",
+        "Calls answered by the built-in mock provider, by model."
+    );
+    // Series that alerts and panels read exist from the start, at 0, so an
+    // absent series never means "no data" where it means "none yet".
+    for scope in ["evaluation", "tenant"] {
+        metrics::counter!("assay_budget_stops_total", "scope" => scope).increment(0);
+    }
+    metrics::counter!("assay_sweeper_runs_total", "result" => "error").increment(0);
+    describe_counter!(
+        "assay_runs_finished_total",
+        "Runs (item x repeat) a worker finished, by model and status (passed, failed, errored): items per second per model."
+    );
+    describe_gauge!(
+        "assay_spend_usd",
+        "Dollars spent on answered calls since the process started, by model (the one that answered) and purpose (generate, judge). A gauge because it counts fractions of a dollar: use rate() on it like a counter."
+    );
+    describe_gauge!(
+        "assay_budget_reserved_usd",
+        "Dollars reserved against budgets by this worker's calls in flight."
+    );
+    describe_counter!(
+        "assay_budget_stops_total",
+        "Evaluations this worker canceled because a budget would have been passed, by scope (evaluation, tenant)."
+    );
     describe_counter!(
         "assay_results_written_total",
         "Result rows written to PostgreSQL (rows that existed already are not counted), by status."

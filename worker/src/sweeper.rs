@@ -102,7 +102,7 @@ pub async fn sweep_once(env: &Environment, runs_per_chunk: i32) -> anyhow::Resul
         .iter()
         .chain(&requeued)
         .chain(&refilled)
-        .copied()
+        .cloned()
         .collect();
     queue.push(&pushes).await?;
     let mut finalized = 0;
@@ -204,13 +204,8 @@ pub async fn report_forever(env: Arc<Environment>, every: Duration) {
                     .set(depth.running as f64);
             }
         }
-        if let Ok(mut conn) = env.pool.get().await
-            && let Ok(counts) = chunks::unfinished_by_state(&mut conn).await
-        {
-            for (state, count) in ["pending", "queued", "running"].into_iter().zip(counts) {
-                gauge!("assay_chunks_unfinished", "state" => state).set(count as f64);
-            }
-        }
+        // The work left, queue ages, live workers, budgets, this process's memory.
+        assay_core::gauges::report(&env.pool, &env.queue).await;
         let written = std::sync::atomic::AtomicU64::load(
             &crate::metrics::RESULTS_WRITTEN,
             std::sync::atomic::Ordering::Relaxed,

@@ -1,14 +1,18 @@
 //! Evaluations: submit, poll, page through results.
 
 use actix_web::{HttpResponse, web};
-use assay_core::db::models::chunks;
+use assay_core::budget::{Estimate, call_cost};
 use assay_core::db::models::evaluations::{
-    self, Evaluation, NewEvaluation, Planning, Reopen, ReopenRefused,
+    self, CancelReason, Evaluation, NewEvaluation, Planning, Reopen, ReopenRefused,
 };
 use assay_core::db::models::prompts::{Pointer, ResolveError};
 use assay_core::db::models::results::{self, EvaluationResult, ResultCursor};
+use assay_core::db::models::{budgets, chunks};
 use assay_core::db::models::{datasets, prompts};
-use assay_core::domain::{EvaluationRequest, PromptChoice, validate_graders, validate_threshold};
+use assay_core::domain::{
+    EvaluationRequest, ModelParams, PromptChoice, validate_graders, validate_threshold,
+};
+use assay_core::templates::PromptTemplate;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
@@ -17,6 +21,7 @@ use uuid::Uuid;
 use super::{PageBody, PageQuery};
 use crate::auth::Authenticated;
 use crate::errors::ApiError;
+use crate::request_id::RequestId;
 use crate::startup::AppState;
 
 #[derive(Debug, Serialize)]
@@ -56,6 +61,16 @@ struct EvaluationBody {
     chunks: Option<chunks::ChunkCounts>,
     summary: Option<Value>,
     error: Option<String>,
+    /// What it may spend (None: no cap of its own).
+    max_cost_usd: Option<f64>,
+    /// Spent by its calls plus what calls in flight have reserved.
+    committed_usd: f64,
+    /// The estimate made at submission, when it had a budget.
+    cost_estimate: Option<Value>,
+    /// For a canceled evaluation: user, budget or tenant_budget.
+    cancel_reason: Option<String>,
+    /// The `X-Request-Id` of the request that submitted it.
+    request_id: Option<String>,
     created_at: DateTime<Utc>,
     started_at: Option<DateTime<Utc>>,
     finished_at: Option<DateTime<Utc>>,
@@ -88,6 +103,11 @@ impl From<Evaluation> for EvaluationBody {
             chunks: None,
             summary: evaluation.summary,
             error: evaluation.error,
+            max_cost_usd: evaluation.max_cost_usd,
+            committed_usd: evaluation.committed_usd,
+            cost_estimate: evaluation.cost_estimate,
+            cancel_reason: evaluation.cancel_reason,
+            request_id: evaluation.request_id,
             created_at: evaluation.created_at,
             started_at: evaluation.started_at,
             finished_at: evaluation.finished_at,
@@ -95,10 +115,14 @@ impl From<Evaluation> for EvaluationBody {
     }
 }
 
-/// `POST /v1/evaluations`: validates everything, then records and queues the evaluation.
+/// `POST /v1/evaluations`: validates everything, estimates the cost when a
+/// budget applies (refusing with 422 `over_budget` before anything is
+/// written when its lower bound passes one), then records and queues the
+/// evaluation.
 pub async fn create(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
+    request_id: RequestId,
     body: web::Json<EvaluationRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let request = body.into_inner();
@@ -122,6 +146,34 @@ pub async fn create(
             "items x models x repeat is larger than one evaluation may be",
         )
     })?;
+    let tenant_budget = budgets::tenant_budget(&mut conn, caller.tenant_id).await?;
+    let cost_estimate = if request.max_cost_usd.is_some() || tenant_budget.is_some() {
+        let params = content
+            .params
+            .merged_with(&request.params.clone().unwrap_or_default());
+        let template = PromptTemplate::compile(&content.messages)
+            .map_err(|error| ApiError::invalid("prompt_version_id", error.to_string()))?;
+        let estimate = estimate(
+            &state,
+            &mut conn,
+            &caller,
+            (&dataset, &template, &params),
+            &request.models,
+            repeats,
+        )
+        .await?;
+        check_budgets(
+            &mut conn,
+            &caller,
+            &estimate,
+            request.max_cost_usd,
+            tenant_budget,
+        )
+        .await?;
+        Some(serde_json::to_value(&estimate).expect("estimate serializes"))
+    } else {
+        None
+    };
     let new = NewEvaluation {
         id: Uuid::now_v7(),
         tenant_id: caller.tenant_id,
@@ -137,6 +189,9 @@ pub async fn create(
         use_cache: request.cache.unwrap_or(true),
         priority: request.priority.unwrap_or_default().as_str().to_owned(),
         prompt_ref,
+        max_cost_usd: request.max_cost_usd,
+        cost_estimate,
+        request_id: Some(request_id.0),
     };
     drop(conn);
     enqueue(&state, &caller, new, dataset.item_count).await
@@ -185,6 +240,80 @@ async fn resolve_prompt(
         }
     };
     Ok((version, Some(reference)))
+/// Items read per query while estimating.
+const ESTIMATE_PAGE: i32 = 1000;
+
+/// The cost of every run: each item's rendered prompt on each model, times
+/// the repeats ([`assay_core::budget`]). Items whose prompt does not render
+/// make no call and cost nothing.
+async fn estimate(
+    state: &AppState,
+    conn: &mut diesel_async::AsyncPgConnection,
+    caller: &assay_core::db::models::api_keys::Caller,
+    (dataset, template, params): (&datasets::Dataset, &PromptTemplate, &ModelParams),
+    models: &[String],
+    repeats: u32,
+) -> Result<Estimate, ApiError> {
+    let models = models
+        .iter()
+        .map(|name| state.catalog.resolve(name))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut estimate = Estimate::default();
+    let mut from = 0;
+    while from < dataset.item_count {
+        let to = from + ESTIMATE_PAGE - 1;
+        let items = datasets::items_between(conn, caller.tenant_id, dataset.id, from, to).await?;
+        for item in &items {
+            let Ok(messages) = template.render(&item.template_context()) else {
+                continue;
+            };
+            for model in &models {
+                estimate.add(call_cost(model, &messages, params), repeats);
+            }
+        }
+        from = to + 1;
+    }
+    Ok(estimate)
+}
+
+/// Refuses an evaluation whose estimate's lower bound passes its own budget
+/// or what is left of its tenant's monthly budget.
+async fn check_budgets(
+    conn: &mut diesel_async::AsyncPgConnection,
+    caller: &assay_core::db::models::api_keys::Caller,
+    estimate: &Estimate,
+    max_cost_usd: Option<f64>,
+    tenant_budget: Option<f64>,
+) -> Result<(), ApiError> {
+    let refuse = |scope: &'static str, message: String| {
+        metrics::counter!("assay_budget_refusals_total", "scope" => scope).increment(1);
+        Err(ApiError::OverBudget(message))
+    };
+    if let Some(max) = max_cost_usd
+        && estimate.low_usd > max
+    {
+        return refuse(
+            "evaluation",
+            format!(
+                "the cost estimate's lower bound, ${:.6} ({} calls, {} input tokens, outputs not counted), exceeds max_cost_usd ${max:.6}; expected about ${:.6}",
+                estimate.low_usd, estimate.calls, estimate.input_tokens, estimate.expected_usd
+            ),
+        );
+    }
+    if let Some(monthly) = tenant_budget {
+        let spent = budgets::tenant_spent(conn, caller.tenant_id).await?;
+        let left = (monthly - spent).max(0.0);
+        if estimate.low_usd > left {
+            return refuse(
+                "tenant",
+                format!(
+                    "the cost estimate's lower bound, ${:.6}, exceeds what is left of this tenant's monthly budget: ${left:.6} of ${monthly:.6}",
+                    estimate.low_usd
+                ),
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Writes the evaluation and its plan, then pushes its first chunks, and
@@ -239,7 +368,14 @@ pub async fn cancel(
     path: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
     let mut conn = state.pool.get().await?;
-    let canceled = evaluations::cancel(&mut conn, caller.tenant_id, *path, &caller.actor()).await?;
+    let canceled = evaluations::cancel(
+        &mut conn,
+        caller.tenant_id,
+        *path,
+        &caller.actor(),
+        CancelReason::User,
+    )
+    .await?;
     let evaluation = evaluations::get(&mut conn, caller.tenant_id, *path)
         .await?
         .ok_or(ApiError::NotFound("evaluation"))?;
@@ -327,6 +463,7 @@ pub struct RegradeRequest {
 pub async fn regrade(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
+    request_id: RequestId,
     path: web::Path<Uuid>,
     body: web::Json<RegradeRequest>,
 ) -> Result<HttpResponse, ApiError> {
@@ -361,6 +498,10 @@ pub async fn regrade(
         use_cache: source.use_cache,
         priority: source.priority.clone(),
         prompt_ref: source.prompt_ref.clone(),
+        // A re-grading's judge calls count against the tenant's budget only.
+        max_cost_usd: None,
+        cost_estimate: None,
+        request_id: Some(request_id.0),
     };
     drop(conn);
     enqueue(&state, &caller, new, dataset.item_count).await

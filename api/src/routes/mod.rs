@@ -2,6 +2,7 @@
 
 mod branches;
 mod compare;
+mod budget;
 mod datasets;
 mod evaluations;
 mod health;
@@ -101,6 +102,9 @@ pub fn configure(config: &mut web::ServiceConfig) {
                 .service(
                     web::resource("/prompts/{prompt_id}/labels/{name}/history")
                         .get(labels::history)
+                    web::resource("/budget")
+                        .get(budget::get)
+                        .put(budget::put)
                         .default_service(web::to(method_not_allowed)),
                 )
                 .service(

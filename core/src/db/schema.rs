@@ -111,6 +111,11 @@ diesel::table! {
         priority -> Text,
         run -> Int4,
         prompt_ref -> Nullable<Jsonb>,
+        max_cost_usd -> Nullable<Float8>,
+        committed_usd -> Float8,
+        cost_estimate -> Nullable<Jsonb>,
+        cancel_reason -> Nullable<Text>,
+        request_id -> Nullable<Text>,
     }
 }
 
@@ -197,6 +202,22 @@ diesel::table! {
 }
 
 diesel::table! {
+    tenant_budgets (tenant_id) {
+        tenant_id -> Uuid,
+        monthly_usd -> Float8,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    tenant_spend (tenant_id, month) {
+        tenant_id -> Uuid,
+        month -> Date,
+        committed_usd -> Float8,
+    }
+}
+
+diesel::table! {
     tenants (id) {
         id -> Uuid,
         name -> Text,
@@ -212,6 +233,8 @@ diesel::joinable!(evaluation_results -> evaluations (evaluation_id));
 diesel::joinable!(events -> tenants (tenant_id));
 diesel::joinable!(prompts -> tenants (tenant_id));
 diesel::joinable!(superseded_results -> evaluations (evaluation_id));
+diesel::joinable!(tenant_budgets -> tenants (tenant_id));
+diesel::joinable!(tenant_spend -> tenants (tenant_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     api_keys,
@@ -226,5 +249,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     prompt_versions,
     prompts,
     superseded_results,
+    tenant_budgets,
+    tenant_spend,
     tenants,
 );

@@ -46,6 +46,11 @@ pub struct EvaluationRequest {
     /// Which queue its chunks travel on (default normal).
     #[serde(default)]
     pub priority: Option<Priority>,
+    /// What it may spend, in US dollars: refused at submission when the
+    /// cost estimate's lower bound passes it; canceled (reason `budget`)
+    /// when its calls would.
+    #[serde(default)]
+    pub max_cost_usd: Option<f64>,
 }
 
 /// Which queue an evaluation's chunks travel on: workers serve high before
@@ -245,6 +250,14 @@ impl EvaluationRequest {
             ));
         }
         validate_threshold(self.threshold)?;
+        if let Some(max) = self.max_cost_usd
+            && !(max.is_finite() && max >= 0.0)
+        {
+            return Err(InvalidInput::new(
+                "max_cost_usd",
+                "must be a non-negative number of US dollars",
+            ));
+        }
         let template = PromptTemplate::compile(&prompt.messages)
             .map_err(|error| InvalidInput::new("prompt_version_id", error.to_string()))?;
         let defined = dataset.defined();

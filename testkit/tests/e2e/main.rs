@@ -1,8 +1,10 @@
 //! End-to-end tests: the real `assay-api` and `assay-worker` binaries as
 //! processes, against real PostgreSQL and Redis, over real HTTP.
 
+mod budgets;
 mod evaluation;
 mod graders;
+mod observability;
 mod providers;
 mod recovery;
 mod worker_failures;

@@ -21,14 +21,22 @@
 //! A re-grading (an evaluation with a source) takes each output from its
 //! source evaluation's result instead of calling the model: only judge
 //! graders call a model.
+//!
+//! Budgets: when the evaluation has `max_cost_usd` or its tenant a monthly
+//! budget, each call first reserves its expected cost
+//! ([`assay_core::budget`], [`budgets::reserve`]); a refused reservation
+//! cancels the evaluation (reason `budget` or `tenant_budget`) and the chunk
+//! stops starting calls. The result writer settles each batch's
+//! reservations against what its calls cost.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use assay_core::db::models::budgets;
 use assay_core::db::models::chunks::{self, Chunk, Finish, NotRun, Redelivery, Start};
 use assay_core::db::models::datasets::{self, DatasetItem};
-use assay_core::db::models::evaluations::{self, Evaluation};
+use assay_core::db::models::evaluations::{self, CancelReason, Evaluation};
 use assay_core::db::models::prompts;
 use assay_core::db::models::results::{self, NewResult, ResultStatus};
 use assay_core::domain::{ChatMessage, ModelParams};
@@ -37,10 +45,11 @@ use assay_core::providers::Model;
 use assay_core::providers::call::{CallOptions, LlmClient};
 use assay_core::queue::ChunkJob;
 use assay_core::templates::PromptTemplate;
-use metrics::{counter, histogram};
+use metrics::{counter, gauge, histogram};
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::environment::Environment;
 use crate::leases::{ChunkHandle, LEASE};
@@ -92,6 +101,24 @@ struct Plan {
     params: ModelParams,
     judge: ProviderJudge,
     llm: Arc<LlmClient>,
+    /// Whether calls reserve against budgets, and whether the tenant's
+    /// monthly one is among them. None: nothing to reserve.
+    budget: Option<Budgets>,
+}
+
+/// Which budgets an evaluation's calls count against.
+#[derive(Debug, Clone, Copy)]
+struct Budgets {
+    tenant: bool,
+}
+
+/// What one run spent, for the writer to settle against budgets.
+#[derive(Debug, Clone, Copy, Default)]
+struct Spend {
+    /// Reserved before the call.
+    reserved: f64,
+    /// What its calls cost (generation, when it called the model, and judges).
+    spent: f64,
 }
 
 /// Judge calls go through the same provider layer as generation.
@@ -119,6 +146,11 @@ impl Judge for ProviderJudge {
             use_cache: self.use_cache,
         };
         let report = self.llm.complete(&model, messages, &params, options).await;
+        record_spend(
+            report.answered_by.as_deref().unwrap_or(model.name.as_str()),
+            "judge",
+            report.cost_usd,
+        );
         let completion = report.outcome.map_err(|error| error.to_string())?;
         Ok(JudgeReply {
             cost_usd: report.cost_usd,
@@ -155,6 +187,11 @@ pub async fn run(job: ChunkJob, env: Arc<Environment>) -> Result<Outcome, JobErr
         }
         Start::NotRun(_) => return Ok(Outcome::Skipped),
     };
+    // Jobs pushed again by the sweeper carry no request id: the row has it.
+    if job.request_id.is_none() {
+        tracing::Span::current().record("request_id", evaluation.request_id.as_deref());
+    }
+    tracing::info!(model = %chunk.model, first = chunk.first_position, last = chunk.last_position, "chunk started");
     // The evaluation's next chunk, queued when this one started. If the push
     // is lost, the sweeper finds the queued row without a job and pushes it.
     if let Err(error) = env.queue.push(&refill).await {
@@ -195,8 +232,16 @@ pub async fn run(job: ChunkJob, env: Arc<Environment>) -> Result<Outcome, JobErr
         )));
     };
 
-    let (results_tx, results_rx) = mpsc::channel::<NewResult>(WRITE_BATCH * 4);
-    let writer = tokio::spawn(write_results(env.clone(), job, results_rx));
+    let (results_tx, results_rx) = mpsc::channel::<(NewResult, Spend)>(WRITE_BATCH * 4);
+    let writer = tokio::spawn(
+        write_results(
+            env.clone(),
+            job.clone(),
+            plan.budget.map(|budget| budget.tenant),
+            results_rx,
+        )
+        .in_current_span(),
+    );
     let produced = produce(
         &env,
         &plan,
@@ -209,11 +254,15 @@ pub async fn run(job: ChunkJob, env: Arc<Environment>) -> Result<Outcome, JobErr
     let written = writer
         .await
         .map_err(|error| JobError::Transient(anyhow::anyhow!("result writer panicked: {error}")));
-    if let Err(error) = produced.and(written.and_then(|written| written)) {
-        give_back(&env, &chunk).await;
-        return Err(error);
-    }
-    if registration.handle.stopped() {
+    let budget_stop =
+        match produced.and_then(|stop| written.and_then(|written| written).map(|()| stop)) {
+            Ok(stop) => stop,
+            Err(error) => {
+                give_back(&env, &chunk).await;
+                return Err(error);
+            }
+        };
+    if budget_stop || registration.handle.stopped() {
         return Ok(Outcome::Stopped);
     }
     if env.shutting_down() {
@@ -356,6 +405,10 @@ async fn plan(
         .map(|name| env.llm.catalog.resolve(name))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|error| PlanError::Invalid(error.to_string()))?;
+    let tenant = budgets::tenant_budget(conn, evaluation.tenant_id)
+        .await?
+        .is_some();
+    let budget = (tenant || evaluation.max_cost_usd.is_some()).then_some(Budgets { tenant });
     Ok(Plan {
         params: content.params.merged_with(&overrides),
         evaluation,
@@ -364,21 +417,23 @@ async fn plan(
         models,
         judge,
         llm: env.llm.clone(),
+        budget,
     })
 }
 
 /// Reads the chunk's items a page at a time and starts a call for every
 /// run that has no result, one permit at a time (so the chunks of a process
 /// take turns). Every run of the chunk is taken off the backlog: skipped,
-/// started, or abandoned when the chunk stops.
+/// started, or abandoned when the chunk stops. True when a budget stopped it
+/// (the evaluation is canceled).
 async fn produce(
     env: &Arc<Environment>,
     plan: &Arc<Plan>,
     chunk: &Chunk,
     model_index: usize,
     handle: &ChunkHandle,
-    results: mpsc::Sender<NewResult>,
-) -> Result<(), JobError> {
+    results: mpsc::Sender<(NewResult, Spend)>,
+) -> Result<bool, JobError> {
     let evaluation = &plan.evaluation;
     let priority = chunk.priority();
     let repeats = evaluation.repeats;
@@ -387,6 +442,7 @@ async fn produce(
     let mut accounted = 0;
     let mut calls = JoinSet::new();
     let mut from = chunk.first_position;
+    let mut budget_stop = false;
     let outcome = 'pages: loop {
         // A dead writer (it gave up on PostgreSQL) makes further calls pointless.
         if from > chunk.last_position
@@ -462,6 +518,18 @@ async fn produce(
                 if handle.stopped() {
                     break 'pages Ok(());
                 }
+                let reserved =
+                    match reserve(env, plan, model_index, &rendered, source.is_some()).await {
+                        Ok(Ok(reserved)) => reserved,
+                        Ok(Err(reason)) => {
+                            budget_stop = true;
+                            if let Err(error) = stop_for_budget(env, evaluation, reason).await {
+                                break 'pages Err(error);
+                            }
+                            break 'pages Ok(());
+                        }
+                        Err(error) => break 'pages Err(error),
+                    };
                 let (plan, item, context, rendered, results) = (
                     plan.clone(),
                     item.clone(),
@@ -475,12 +543,19 @@ async fn produce(
                         repeat,
                         source,
                     };
+                    let called = run.source.is_none();
                     let result = evaluate_one(&plan, run, &item, &context, &rendered).await;
                     drop(permit);
+                    counter!("assay_runs_finished_total", "model" => result.model.clone(), "status" => result.status)
+                        .increment(1);
+                    let spend = Spend {
+                        reserved,
+                        spent: if called { result.cost_usd } else { 0.0 } + result.grading_cost_usd,
+                    };
                     // The writer outlives every call; a send fails only if it died, and then
                     // the job fails on the writer's error.
-                    let _ = results.send(result).await;
-                });
+                    let _ = results.send((result, spend)).await;
+                }.in_current_span());
                 while calls.try_join_next().is_some() {}
             }
         }
@@ -488,7 +563,77 @@ async fn produce(
     // Runs never reached (a stop, a shutdown, an error, or items the dataset lacks).
     env.backlog.remove(runs.saturating_sub(accounted));
     while calls.join_next().await.is_some() {}
-    outcome
+    outcome.map(|()| budget_stop)
+}
+
+/// Reserves the expected cost of one run's call against the evaluation's
+/// budgets: `Ok(Ok(dollars reserved))`, or the budget that refused. Nothing
+/// is reserved without budgets, for a re-grading's stored output, or for a
+/// prompt that does not render (no call is made).
+async fn reserve(
+    env: &Environment,
+    plan: &Plan,
+    model_index: usize,
+    rendered: &Result<Vec<ChatMessage>, assay_core::templates::TemplateError>,
+    from_source: bool,
+) -> Result<Result<f64, CancelReason>, JobError> {
+    let (Some(budget), Ok(messages), false) = (plan.budget, rendered, from_source) else {
+        return Ok(Ok(0.0));
+    };
+    let amount = assay_core::budget::call_cost(&plan.models[model_index], messages, &plan.params)
+        .expected_usd;
+    let evaluation = &plan.evaluation;
+    let mut conn = env.pool.get().await.map_err(JobError::transient)?;
+    let reserved = budgets::reserve(
+        &mut conn,
+        evaluation.tenant_id,
+        evaluation.id,
+        amount,
+        budget.tenant,
+    )
+    .await
+    .map_err(JobError::transient)?;
+    if reserved.is_ok() {
+        gauge!("assay_budget_reserved_usd").increment(amount);
+    }
+    Ok(reserved.map(|()| amount))
+}
+
+/// Cancels the evaluation for `reason` (once, whichever worker gets there first).
+async fn stop_for_budget(
+    env: &Environment,
+    evaluation: &Evaluation,
+    reason: CancelReason,
+) -> Result<(), JobError> {
+    let mut conn = env.pool.get().await.map_err(JobError::transient)?;
+    let canceled = evaluations::cancel(
+        &mut conn,
+        evaluation.tenant_id,
+        evaluation.id,
+        &env.actor(),
+        reason,
+    )
+    .await
+    .map_err(JobError::transient)?;
+    if canceled {
+        let scope = match reason {
+            CancelReason::TenantBudget => "tenant",
+            _ => "evaluation",
+        };
+        counter!("assay_budget_stops_total", "scope" => scope).increment(1);
+        tracing::warn!(
+            reason = reason.as_str(),
+            max_cost_usd = evaluation.max_cost_usd,
+            "budget reached: evaluation canceled, no new calls"
+        );
+    }
+    Ok(())
+}
+
+/// Counts dollars spent by `model` for `purpose` (generate, judge); free
+/// calls too, so that every model in use has a series.
+fn record_spend(model: &str, purpose: &'static str, dollars: f64) {
+    gauge!("assay_spend_usd", "model" => model.to_owned(), "purpose" => purpose).increment(dollars);
 }
 
 /// One run of one item on one model.
@@ -628,6 +773,11 @@ async fn generate(
         Err(error) => return Generated::nothing(format!("template: {error}")),
     };
     let report = llm.complete(model, messages, params, options).await;
+    record_spend(
+        report.answered_by.as_deref().unwrap_or(model.name.as_str()),
+        "generate",
+        report.cost_usd,
+    );
     let saturate = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
     let mut generated = Generated::nothing(String::new());
     generated.attempts = saturate(report.attempts);
@@ -681,24 +831,40 @@ fn from_source(stored: Option<results::StoredOutput>) -> Generated {
 /// Collects results and writes them in batches until every sender is gone.
 /// A batch that fails to write is retried (PostgreSQL restarting, a
 /// connection dropped) for up to two minutes before the job gives up.
+/// With budgets (`tenant_budget` is Some), each written batch then settles
+/// its reservations: a call's cost was paid whether or not its row was new.
 async fn write_results(
     env: Arc<Environment>,
     job: ChunkJob,
-    mut results: mpsc::Receiver<NewResult>,
+    tenant_budget: Option<bool>,
+    mut results: mpsc::Receiver<(NewResult, Spend)>,
 ) -> Result<(), JobError> {
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    let mut received = Vec::with_capacity(WRITE_BATCH);
     loop {
-        let closed =
-            match tokio::time::timeout(WRITE_INTERVAL, results.recv_many(&mut batch, WRITE_BATCH))
-                .await
-            {
-                Ok(0) => true,
-                Ok(_) if batch.len() < WRITE_BATCH => continue,
-                Ok(_) | Err(_) => false,
-            };
-        if !batch.is_empty() {
-            write_batch(&env, job, &batch).await?;
-            batch.clear();
+        let closed = match tokio::time::timeout(
+            WRITE_INTERVAL,
+            results.recv_many(&mut received, WRITE_BATCH),
+        )
+        .await
+        {
+            Ok(0) => true,
+            Ok(_) if received.len() < WRITE_BATCH => continue,
+            Ok(_) | Err(_) => false,
+        };
+        if !received.is_empty() {
+            let mut spend = Spend::default();
+            let batch: Vec<NewResult> = received
+                .drain(..)
+                .map(|(result, run)| {
+                    spend.reserved += run.reserved;
+                    spend.spent += run.spent;
+                    result
+                })
+                .collect();
+            write_batch(&env, &job, &batch).await?;
+            if let Some(tenant) = tenant_budget {
+                settle(&env, &job, spend, tenant).await;
+            }
         }
         if closed {
             return Ok(());
@@ -706,9 +872,35 @@ async fn write_results(
     }
 }
 
+/// Swaps a batch's reservations for its cost. If that fails, the
+/// reservations stay: the budget stops early, never late.
+async fn settle(env: &Environment, job: &ChunkJob, spend: Spend, tenant: bool) {
+    gauge!("assay_budget_reserved_usd").decrement(spend.reserved);
+    let settled = async {
+        let mut conn = env.pool.get().await?;
+        budgets::settle(
+            &mut conn,
+            job.tenant_id,
+            job.evaluation_id,
+            spend.reserved,
+            spend.spent,
+            tenant,
+        )
+        .await?;
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = settled {
+        tracing::warn!(
+            error = format!("{error:#}"),
+            "could not settle budget reservations; they stay reserved"
+        );
+    }
+}
+
 async fn write_batch(
     env: &Environment,
-    job: ChunkJob,
+    job: &ChunkJob,
     batch: &[NewResult],
 ) -> Result<(), JobError> {
     let deadline = Instant::now() + Duration::from_secs(120);

@@ -23,18 +23,39 @@ use crate::environment::Environment;
 /// of 25, so that Assay, not apalis, decides.
 pub const MAX_ATTEMPTS: usize = 20;
 
-/// The apalis handler of chunk jobs.
+/// The apalis handler of chunk jobs. Everything it logs is inside one span
+/// whose fields every JSON line carries: `job_kind`, `evaluation_id`,
+/// `chunk`, `tenant`, `request_id` (of the submitting request), `attempt`
+/// and `worker`.
 pub async fn run_chunk(
     job: ChunkJob,
     env: Data<Arc<Environment>>,
     attempt: Attempt,
 ) -> Result<(), BoxDynError> {
     let env = Arc::clone(&env);
+    let span = tracing::info_span!(
+        "job",
+        job_kind = "chunk",
+        evaluation_id = %job.evaluation_id,
+        chunk = job.chunk_index,
+        tenant = %job.tenant_id,
+        request_id = job.request_id.as_deref(),
+        attempt = attempt.current(),
+        worker = %env.worker_name,
+    );
+    run_chunk_in_span(job, env, attempt).instrument(span).await
+}
+
+async fn run_chunk_in_span(
+    job: ChunkJob,
+    env: Arc<Environment>,
+    attempt: Attempt,
+) -> Result<(), BoxDynError> {
     counter!("assay_jobs_started_total", "kind" => "chunk").increment(1);
-    let span = tracing::info_span!("job", job.kind = "chunk", evaluation.id = %job.evaluation_id, chunk = job.chunk_index, attempt = attempt.current());
-    let outcome = chunk::run(job, env.clone()).instrument(span).await;
+    let outcome = chunk::run(job.clone(), env.clone()).await;
     let finished = |outcome: &'static str| {
         counter!("assay_jobs_finished_total", "kind" => "chunk", "outcome" => outcome).increment(1);
+        tracing::info!(outcome, "chunk job finished");
     };
     match outcome {
         Ok(chunk::Outcome::Done { .. }) => {
@@ -55,7 +76,7 @@ pub async fn run_chunk(
         }
         Err(chunk::JobError::Permanent(error)) => {
             finished("failed");
-            tracing::error!(evaluation.id = %job.evaluation_id, error = format!("{error:#}"), "evaluation failed");
+            tracing::error!(error = format!("{error:#}"), "evaluation failed");
             Err(AbortError::new(format!("{error:#}")).into())
         }
         Err(chunk::JobError::Transient(error)) if attempt.current() >= MAX_ATTEMPTS => {
@@ -64,7 +85,7 @@ pub async fn run_chunk(
                 "chunk {} gave up after {MAX_ATTEMPTS} attempts: {error:#}",
                 job.chunk_index
             );
-            tracing::error!(evaluation.id = %job.evaluation_id, reason, "evaluation failed");
+            tracing::error!(reason, "evaluation failed");
             if let Ok(mut conn) = env.pool.get().await {
                 let _ = assay_core::db::models::evaluations::fail(
                     &mut conn,
@@ -79,7 +100,7 @@ pub async fn run_chunk(
         }
         Err(chunk::JobError::Transient(error)) => {
             finished("retried");
-            tracing::warn!(evaluation.id = %job.evaluation_id, chunk = job.chunk_index, attempt = attempt.current(), error = format!("{error:#}"), "chunk will be retried");
+            tracing::warn!(error = format!("{error:#}"), "chunk will be retried");
             Err(format!("{error:#}").into())
         }
     }

@@ -175,7 +175,8 @@ pub async fn queue_pending(
         .iter()
         .zip(job_ids)
         .map(|(row, job_id)| Push {
-            job: ChunkJob::new(evaluation.tenant_id, evaluation.id, row.chunk_index),
+            job: ChunkJob::new(evaluation.tenant_id, evaluation.id, row.chunk_index)
+                .with_request_id(evaluation.request_id.as_deref()),
             priority: row.priority.parse().unwrap_or_default(),
             job_id,
         })
@@ -606,6 +607,32 @@ pub async fn unfinished_by_state(conn: &mut AsyncPgConnection) -> QueryResult<[i
         counts[index] = count;
     }
     Ok(counts)
+}
+
+/// Seconds the oldest queued chunk of each priority (in [`Priority::ALL`]
+/// order) has waited since it was queued; 0 when none waits.
+pub async fn oldest_queued_age(conn: &mut AsyncPgConnection) -> QueryResult<[f64; 3]> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = Text)]
+        priority: String,
+        #[diesel(sql_type = diesel::sql_types::Double)]
+        age: f64,
+    }
+    let rows: Vec<Row> = diesel::sql_query(
+        "SELECT priority, extract(epoch FROM now() - min(queued_at))::float8 AS age
+         FROM evaluation_chunks WHERE status = 'queued' AND queued_at IS NOT NULL
+         GROUP BY priority",
+    )
+    .load(conn)
+    .await?;
+    let mut ages = [0.0; 3];
+    for row in rows {
+        if let Ok(priority) = row.priority.parse::<Priority>() {
+            ages[priority.index()] = row.age.max(0.0);
+        }
+    }
+    Ok(ages)
 }
 
 // ---------------------------------------------------------------------------

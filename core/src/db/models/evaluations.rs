@@ -99,6 +99,38 @@ pub struct Evaluation {
     pub run: i32,
     /// How the request named its prompt (label or branch), when not by version id.
     pub prompt_ref: Option<Value>,
+    /// What it may spend; None: no cap ([`super::budgets`]).
+    pub max_cost_usd: Option<f64>,
+    /// Spent by its calls plus what calls in flight have reserved.
+    pub committed_usd: f64,
+    /// The cost estimate made at submission (when it had a budget).
+    pub cost_estimate: Option<Value>,
+    /// Why it was canceled: [`CancelReason`].
+    pub cancel_reason: Option<String>,
+    /// The `X-Request-Id` of the request that submitted it.
+    pub request_id: Option<String>,
+}
+
+/// Why an evaluation was canceled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelReason {
+    /// `POST /v1/evaluations/{id}/cancel`.
+    User,
+    /// Its own `max_cost_usd` would have been passed.
+    Budget,
+    /// Its tenant's monthly budget would have been passed.
+    TenantBudget,
+}
+
+impl CancelReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CancelReason::User => "user",
+            CancelReason::Budget => "budget",
+            CancelReason::TenantBudget => "tenant_budget",
+        }
+    }
 }
 
 impl Evaluation {
@@ -163,6 +195,9 @@ pub struct NewEvaluation {
     /// `{"prompt_id", "label"}` or `{"prompt_id", "branch"}` when the request
     /// named a label or branch; `prompt_version_id` is what it resolved to.
     pub prompt_ref: Option<Value>,
+    pub max_cost_usd: Option<f64>,
+    pub cost_estimate: Option<Value>,
+    pub request_id: Option<String>,
 }
 
 /// How an evaluation is split into chunks.
@@ -324,6 +359,7 @@ pub async fn cancel(
     tenant_id: Uuid,
     id: Uuid,
     actor: &str,
+    reason: CancelReason,
 ) -> QueryResult<bool> {
     conn.transaction(async |conn| {
         let Some(evaluation) = lock(conn, tenant_id, id).await? else {
@@ -335,6 +371,7 @@ pub async fn cancel(
         diesel::update(evaluations::table.filter(evaluations::id.eq(id)))
             .set((
                 evaluations::status.eq("canceled"),
+                evaluations::cancel_reason.eq(reason.as_str()),
                 evaluations::finished_at.eq(diesel::dsl::now),
                 evaluations::updated_at.eq(diesel::dsl::now),
             ))
@@ -349,7 +386,7 @@ pub async fn cancel(
                 action: "evaluation.canceled",
                 resource_type: "evaluation",
                 resource_id: id,
-                data: serde_json::json!({ "completed": evaluation.completed, "chunks_stopped": stopped }),
+                data: serde_json::json!({ "completed": evaluation.completed, "chunks_stopped": stopped, "reason": reason.as_str(), "committed_usd": evaluation.committed_usd }),
             },
         )
         .await?;
@@ -414,6 +451,10 @@ pub async fn reopen(
                 evaluations::status.eq("queued"),
                 evaluations::run.eq(evaluations::run + 1),
                 evaluations::error.eq(None::<String>),
+                evaluations::cancel_reason.eq(None::<String>),
+                // Reservations of calls that never settled (a crashed
+                // worker's) are dropped: what the results cost is what was spent.
+                evaluations::committed_usd.eq(super::budgets::spent_by_results()),
                 evaluations::summary.eq(None::<Value>),
                 evaluations::finished_at.eq(None::<DateTime<Utc>>),
                 evaluations::updated_at.eq(diesel::dsl::now),
@@ -644,4 +685,21 @@ pub async fn finish(
         Ok(true)
     })
     .await
+}
+
+/// Unfinished evaluations of every tenant: (queued, running). For the
+/// operator gauge `assay_evaluations_unfinished`, which has no tenant label.
+pub async fn unfinished_counts(conn: &mut AsyncPgConnection) -> QueryResult<(i64, i64)> {
+    let rows: Vec<(String, i64)> = evaluations::table
+        .filter(evaluations::status.eq_any(["queued", "running"]))
+        .group_by(evaluations::status)
+        .select((evaluations::status, diesel::dsl::count_star()))
+        .load(conn)
+        .await?;
+    let count = |status: &str| {
+        rows.iter()
+            .find(|(name, _)| name == status)
+            .map_or(0, |(_, count)| *count)
+    };
+    Ok((count("queued"), count("running")))
 }

@@ -3,6 +3,7 @@
 
 pub mod api_keys;
 pub mod branches;
+pub mod budgets;
 pub mod chunks;
 pub mod compare;
 pub mod datasets;
