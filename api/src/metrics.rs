@@ -42,6 +42,7 @@ pub fn describe() {
         metrics::Unit::Seconds,
         "Time to compute a comparison of two evaluations, by outcome."
     );
+    describe_counter!(
         "assay_evaluations_canceled_total",
         "Evaluations canceled through the API (POST .../cancel)."
     );

@@ -240,6 +240,8 @@ async fn resolve_prompt(
         }
     };
     Ok((version, Some(reference)))
+}
+
 /// Items read per query while estimating.
 const ESTIMATE_PAGE: i32 = 1000;
 

@@ -1,8 +1,8 @@
 //! Routes: one file per resource.
 
 mod branches;
-mod compare;
 mod budget;
+mod compare;
 mod datasets;
 mod evaluations;
 mod health;
@@ -102,6 +102,9 @@ pub fn configure(config: &mut web::ServiceConfig) {
                 .service(
                     web::resource("/prompts/{prompt_id}/labels/{name}/history")
                         .get(labels::history)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
                     web::resource("/budget")
                         .get(budget::get)
                         .put(budget::put)

@@ -3,6 +3,7 @@
 //! to keep link time down).
 
 mod bad_input;
+mod cli;
 mod compare;
 mod history;
 mod queue_outage;
