@@ -3,7 +3,6 @@
 //! to keep link time down).
 
 mod bad_input;
-mod cli;
 mod compare;
 mod history;
 mod queue_outage;

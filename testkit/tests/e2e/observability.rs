@@ -648,7 +648,8 @@ async fn with_no_worker_the_api_reports_the_work_left_and_how_long_chunks_wait()
     );
     assert_eq!(
         sample(&metrics, "assay_chunks_unfinished{state=\"queued\"}"),
-        Some(1.0)
+        Some(1.0),
+        "{metrics}"
     );
     assert_eq!(
         sample(&metrics, "assay_evaluations_unfinished{status=\"queued\"}"),
