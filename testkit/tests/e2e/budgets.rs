@@ -35,7 +35,12 @@ async fn settled(stack: &Stack, id: &str) -> (Value, Vec<Value>) {
             let evaluation = stack.evaluation(id).await;
             let results = stack.results(id).await;
             let committed = evaluation["committed_usd"].as_f64().unwrap();
-            Ok(((committed - spent(&results)).abs() < 1e-9).then_some((evaluation, results)))
+            // Both reads must describe the same moment: a call in flight has
+            // reserved what it will spend, so the cost can already match the
+            // rows read a moment later while the counts read before them lag.
+            let counted = evaluation["counts"]["completed"].as_u64() == Some(results.len() as u64);
+            let settled = (committed - spent(&results)).abs() < 1e-9 && counted;
+            Ok(settled.then_some((evaluation, results)))
         },
     )
     .await
