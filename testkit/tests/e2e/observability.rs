@@ -636,8 +636,12 @@ async fn with_no_worker_the_api_reports_the_work_left_and_how_long_chunks_wait()
             .as_str()
             .unwrap_or_default()
             .to_owned();
+        // Queue ages come from Redis and the unfinished counts from
+        // PostgreSQL, refreshed on their own ticks: wait for both to show it.
         let age = sample(&text, "assay_queue_oldest_age_seconds{queue=\"high\"}");
-        Ok(age.filter(|age| *age >= 1.0).map(|_| text))
+        let counted = sample(&text, "assay_evaluations_unfinished{status=\"queued\"}") == Some(1.0)
+            && sample(&text, "assay_chunks_unfinished{state=\"queued\"}") == Some(1.0);
+        Ok((age.is_some_and(|age| age >= 1.0) && counted).then_some(text))
     })
     .await
     .unwrap();
