@@ -50,6 +50,10 @@ pub fn describe() {
         "assay_budget_refusals_total",
         "Evaluations refused at submission (422 over_budget) because their cost estimate's lower bound passes a budget, by scope (evaluation, tenant)."
     );
+    describe_counter!(
+        "assay_template_limit_refusals_total",
+        "Evaluations refused at submission (422) because their prompt passed a render limit (steps or size) on one of the dataset's first items."
+    );
     assay_core::gauges::describe();
     describe_counter!(
         "assay_queue_push_failures_total",

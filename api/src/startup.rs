@@ -24,6 +24,8 @@ pub struct AppState {
     pub prometheus: PrometheusHandle,
     /// Runs per chunk when planning evaluations.
     pub runs_per_chunk: i32,
+    /// Most items rendered for a cost estimate at submission.
+    pub estimate_max_items: i32,
     /// Largest request body accepted (dataset uploads are the big ones).
     pub max_body_bytes: usize,
 }
@@ -90,6 +92,7 @@ impl Application {
             catalog,
             prometheus,
             runs_per_chunk: settings.runs_per_chunk,
+            estimate_max_items: settings.estimate_max_items,
             max_body_bytes: config.max_body_bytes,
         });
         let listener = TcpListener::bind(&config.bind)

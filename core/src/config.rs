@@ -23,6 +23,9 @@ pub struct Settings {
     pub database_pool_size: usize,
     /// Runs (items x repeats) per chunk of an evaluation (`ASSAY_CHUNK_RUNS`).
     pub runs_per_chunk: i32,
+    /// Most dataset items rendered to estimate an evaluation's cost at
+    /// submission (`ASSAY_ESTIMATE_MAX_ITEMS`); more are scaled from them.
+    pub estimate_max_items: i32,
 }
 
 impl Settings {
@@ -39,6 +42,11 @@ impl Settings {
                 .ok()
                 .filter(|runs| (1..=100_000).contains(runs))
                 .unwrap_or(crate::db::models::chunks::DEFAULT_RUNS_PER_CHUNK),
+            estimate_max_items: var_or("ASSAY_ESTIMATE_MAX_ITEMS", "")
+                .parse()
+                .ok()
+                .filter(|items| (1..=1_000_000).contains(items))
+                .unwrap_or(crate::budget::ESTIMATE_MAX_ITEMS),
         }
     }
 }

@@ -2,13 +2,34 @@
 //!
 //! Rendering is strict: a variable that the item lacks is an error naming it,
 //! never an empty string sent to a model.
+//!
+//! Templates come from tenants, so every render is bounded: minijinja's fuel
+//! caps the steps one render may take ([`RENDER_FUEL`]; a loop over
+//! `range(100000)` runs out, an ordinary prompt uses a few hundred), and
+//! output streams into a buffer that refuses to grow past
+//! [`MAX_RENDERED_BYTES`] (a loop printing a 10 MB string stops at the cap
+//! instead of building gigabytes). minijinja itself caps `range()` at 100,000
+//! elements and a repeated string (`"x" * n`) at 100 MB. One remaining way to
+//! grow memory, doubling a string with `~` in a handful of `set`s, is bounded
+//! only by the fuel those steps cost.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
+use std::io;
 
 use minijinja::{Environment, UndefinedBehavior};
 use serde_json::Value;
 
 use crate::domain::ChatMessage;
+
+/// Steps (minijinja instructions, weighted by its fuel table) one render of
+/// one template may take. A two-message prompt with a loop over a dozen
+/// values takes a few hundred; at this cap a render stops after tens of
+/// milliseconds.
+pub const RENDER_FUEL: u64 = 500_000;
+
+/// Bytes one render may produce: a rendered prompt (all its messages) or a
+/// grader's value. Larger than any model's context window holds.
+pub const MAX_RENDERED_BYTES: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum TemplateError {
@@ -16,6 +37,87 @@ pub enum TemplateError {
     Syntax { index: usize, detail: String },
     #[error("message {index}: {detail}")]
     Render { index: usize, detail: String },
+    /// The render passed [`RENDER_FUEL`] or [`MAX_RENDERED_BYTES`].
+    #[error("message {index}: {limit}")]
+    Limit { index: usize, limit: RenderLimit },
+}
+
+/// Which bound stopped a render.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RenderLimit {
+    #[error(
+        "the template took more than {RENDER_FUEL} steps to render (a loop too long for a prompt?)"
+    )]
+    Steps,
+    #[error("the rendered text is larger than {MAX_RENDERED_BYTES} bytes")]
+    Size,
+}
+
+impl TemplateError {
+    /// The message at fault.
+    pub fn index(&self) -> usize {
+        match self {
+            Self::Syntax { index, .. } | Self::Render { index, .. } | Self::Limit { index, .. } => {
+                *index
+            }
+        }
+    }
+
+    /// The bound that stopped the render, when one did.
+    pub fn limit(&self) -> Option<RenderLimit> {
+        match self {
+            Self::Limit { limit, .. } => Some(*limit),
+            _ => None,
+        }
+    }
+}
+
+/// A buffer that refuses to grow past what is left of the render's budget, so
+/// a template printing a huge string in a loop fails at the cap.
+struct CappedBuffer<'a> {
+    bytes: Vec<u8>,
+    left: &'a mut usize,
+}
+
+impl io::Write for CappedBuffer<'_> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        if bytes.len() > *self.left {
+            *self.left = 0;
+            return Err(io::Error::other("rendered text too large"));
+        }
+        *self.left -= bytes.len();
+        self.bytes.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Renders `template` into at most `*left` bytes (taking them off `left`).
+fn render_bounded(
+    template: &minijinja::Template<'_, '_>,
+    context: &Value,
+    left: &mut usize,
+) -> Result<String, RenderFailure> {
+    let mut buffer = CappedBuffer {
+        bytes: Vec::new(),
+        left,
+    };
+    match template.render_captured_to(context, &mut buffer) {
+        Ok(_) => Ok(String::from_utf8(buffer.bytes).expect("minijinja writes UTF-8")),
+        Err(_) if *buffer.left == 0 => Err(RenderFailure::Limit(RenderLimit::Size)),
+        Err(error) if error.kind() == minijinja::ErrorKind::OutOfFuel => {
+            Err(RenderFailure::Limit(RenderLimit::Steps))
+        }
+        Err(error) => Err(RenderFailure::Error(error)),
+    }
+}
+
+enum RenderFailure {
+    Limit(RenderLimit),
+    Error(minijinja::Error),
 }
 
 /// A compiled set of chat messages, rendered once per dataset item.
@@ -38,7 +140,16 @@ fn strict_environment() -> Environment<'static> {
     // Prompts are not HTML: never escape what the user wrote.
     environment.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
     environment.set_keep_trailing_newline(true);
+    environment.set_fuel(Some(RENDER_FUEL));
     environment
+}
+
+/// The template's globals (`range`, `dict`, …), which are not item variables.
+fn globals(environment: &Environment<'_>) -> HashSet<String> {
+    environment
+        .globals()
+        .map(|(name, _)| name.to_owned())
+        .collect()
 }
 
 impl PromptTemplate {
@@ -73,9 +184,12 @@ impl PromptTemplate {
             .collect()
     }
 
-    /// Renders every message with `context` (a JSON object of variables). An
-    /// error names the variables the item lacks, when that is the cause.
+    /// Renders every message with `context` (a JSON object of variables),
+    /// within [`RENDER_FUEL`] per message and [`MAX_RENDERED_BYTES`] in all.
+    /// An error names the variables the item lacks, when that is the cause,
+    /// or the bound that stopped it.
     pub fn render(&self, context: &Value) -> Result<Vec<ChatMessage>, TemplateError> {
+        let mut left = MAX_RENDERED_BYTES;
         self.roles
             .iter()
             .enumerate()
@@ -84,25 +198,49 @@ impl PromptTemplate {
                     .environment
                     .get_template(&index.to_string())
                     .expect("every message was added at compile time");
-                let content = template.render(context).map_err(|error| {
-                    let missing = missing_variables(template.undeclared_variables(false), context);
-                    let detail = if missing.is_empty() {
-                        describe(&error)
-                    } else {
-                        format!(
-                            "the item lacks variable(s) {}: {}",
-                            missing.join(", "),
-                            describe(&error)
-                        )
-                    };
-                    TemplateError::Render { index, detail }
-                })?;
+                let content =
+                    render_bounded(&template, context, &mut left).map_err(
+                        |failure| match failure {
+                            RenderFailure::Limit(limit) => TemplateError::Limit { index, limit },
+                            RenderFailure::Error(error) => TemplateError::Render {
+                                index,
+                                detail: explain(&self.environment, &template, context, &error),
+                            },
+                        },
+                    )?;
                 Ok(ChatMessage {
                     role: *role,
                     content,
                 })
             })
             .collect()
+    }
+}
+
+/// A render error in words: the variables the item lacks when that is the
+/// cause (globals such as `range` are not variables: a failing `range()` call
+/// is reported as minijinja explains it).
+fn explain(
+    environment: &Environment<'_>,
+    template: &minijinja::Template<'_, '_>,
+    context: &Value,
+    error: &minijinja::Error,
+) -> String {
+    let globals = globals(environment);
+    let names = template
+        .undeclared_variables(false)
+        .into_iter()
+        .filter(|name| !globals.contains(name))
+        .collect();
+    let missing = missing_variables(names, context);
+    if missing.is_empty() || error.kind() != minijinja::ErrorKind::UndefinedError {
+        describe(error)
+    } else {
+        format!(
+            "the item lacks variable(s) {}: {}",
+            missing.join(", "),
+            describe(error)
+        )
     }
 }
 
@@ -135,24 +273,29 @@ impl ValueTemplate {
             .collect()
     }
 
+    /// Renders within [`RENDER_FUEL`] and [`MAX_RENDERED_BYTES`].
     pub fn render(&self, context: &Value) -> Result<String, String> {
         let template = self
             .environment
             .get_template("value")
             .expect("added at compile time");
-        template.render(context).map_err(|error| {
-            let missing = missing_variables(template.undeclared_variables(false), context);
-            if missing.is_empty() {
-                describe(&error)
-            } else {
-                format!("the item lacks variable(s) {}", missing.join(", "))
+        let mut left = MAX_RENDERED_BYTES;
+        render_bounded(&template, context, &mut left).map_err(|failure| match failure {
+            RenderFailure::Limit(limit) => limit.to_string(),
+            RenderFailure::Error(error) => {
+                let detail = explain(&self.environment, &template, context, &error);
+                // Graders say "the item lacks …" without minijinja's words.
+                match detail.split_once(": ") {
+                    Some((lacks, _)) if lacks.starts_with("the item lacks") => lacks.to_owned(),
+                    _ => detail,
+                }
             }
         })
     }
 }
 
 /// Which of `names` the context does not define (sorted).
-fn missing_variables(names: std::collections::HashSet<String>, context: &Value) -> Vec<String> {
+fn missing_variables(names: HashSet<String>, context: &Value) -> Vec<String> {
     let mut missing: Vec<String> = names
         .into_iter()
         .filter(|name| context.get(name).is_none_or(Value::is_null))
@@ -263,5 +406,90 @@ mod tests {
         let template = ValueTemplate::compile("{{ expected }}!").unwrap().unwrap();
         assert_eq!(template.render(&json!({"expected": "x"})).unwrap(), "x!");
         assert!(template.render(&json!({})).is_err());
+    }
+
+    #[test]
+    fn a_loop_printing_a_huge_string_stops_at_the_size_cap() {
+        let template = PromptTemplate::compile(&messages(&[
+            r#"{% set s = "x" * 10000000 %}{% for i in range(100000) %}{{ s }}{% endfor %}"#,
+        ]))
+        .unwrap();
+        let error = template.render(&json!({})).unwrap_err();
+        assert_eq!(error.limit(), Some(RenderLimit::Size), "{error}");
+        assert!(error.to_string().contains("larger than"), "{error}");
+    }
+
+    #[test]
+    fn the_size_cap_counts_every_message_of_a_prompt() {
+        let half = "{{ 'y' * 600000 }}";
+        let template = PromptTemplate::compile(&messages(&[half, half])).unwrap();
+        let error = template.render(&json!({})).unwrap_err();
+        assert_eq!(
+            error,
+            TemplateError::Limit {
+                index: 1,
+                limit: RenderLimit::Size
+            }
+        );
+    }
+
+    #[test]
+    fn nested_loops_run_out_of_fuel_and_say_so() {
+        let template = PromptTemplate::compile(&messages(&[
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+        ]))
+        .unwrap();
+        let started = std::time::Instant::now();
+        let error = template.render(&json!({})).unwrap_err();
+        assert_eq!(error.limit(), Some(RenderLimit::Steps), "{error}");
+        assert!(error.to_string().contains("steps"), "{error}");
+        // Fuel, not wall time, stopped it: far below what the loops would take.
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_recursive_macro_runs_out_of_fuel() {
+        let template = PromptTemplate::compile(&messages(&[
+            "{% macro f(n) %}{% if n > 0 %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(40) }}",
+        ]))
+        .unwrap();
+        let error = template.render(&json!({})).unwrap_err();
+        assert!(error.limit().is_some(), "{error}");
+    }
+
+    #[test]
+    fn a_grader_value_is_bounded_too() {
+        let template = ValueTemplate::compile(
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+        )
+        .unwrap()
+        .unwrap();
+        let error = template.render(&json!({})).unwrap_err();
+        assert!(error.contains("steps"), "{error}");
+    }
+
+    #[test]
+    fn a_too_large_range_is_not_blamed_on_a_missing_variable() {
+        let template =
+            PromptTemplate::compile(&messages(&["{{ range(200000) | length }}"])).unwrap();
+        let error = template.render(&json!({})).unwrap_err().to_string();
+        assert!(!error.contains("lacks"), "{error}");
+        assert!(error.contains("range"), "{error}");
+    }
+
+    #[test]
+    fn an_ordinary_prompt_is_far_from_the_fuel_cap() {
+        // A hundred-example few-shot prompt renders well within the cap.
+        let template = PromptTemplate::compile(&messages(&[
+            "{% for example in examples %}Q: {{ example.q | trim }}\nA: {{ example.a }}\n{% endfor %}Q: {{ question }}",
+        ]))
+        .unwrap();
+        let examples: Vec<_> = (0..100)
+            .map(|i| json!({"q": format!(" question {i} "), "a": i}))
+            .collect();
+        let rendered = template
+            .render(&json!({"examples": examples, "question": "last"}))
+            .unwrap();
+        assert!(rendered[0].content.ends_with("Q: last"));
     }
 }

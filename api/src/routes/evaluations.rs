@@ -1,7 +1,9 @@
 //! Evaluations: submit, poll, page through results.
 
 use actix_web::{HttpResponse, web};
-use assay_core::budget::{Estimate, call_cost};
+use std::sync::Arc;
+
+use assay_core::budget;
 use assay_core::db::models::evaluations::{
     self, CancelReason, Evaluation, NewEvaluation, Planning, Reopen, ReopenRefused,
 };
@@ -9,9 +11,7 @@ use assay_core::db::models::prompts::{Pointer, ResolveError};
 use assay_core::db::models::results::{self, EvaluationResult, ResultCursor};
 use assay_core::db::models::{budgets, chunks};
 use assay_core::db::models::{datasets, prompts};
-use assay_core::domain::{
-    EvaluationRequest, ModelParams, PromptChoice, validate_graders, validate_threshold,
-};
+use assay_core::domain::{EvaluationRequest, PromptChoice, validate_graders, validate_threshold};
 use assay_core::templates::PromptTemplate;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -147,30 +147,42 @@ pub async fn create(
         )
     })?;
     let tenant_budget = budgets::tenant_budget(&mut conn, caller.tenant_id).await?;
+    let template = Arc::new(
+        PromptTemplate::compile(&content.messages)
+            .map_err(|error| ApiError::invalid("prompt_version_id", error.to_string()))?,
+    );
+    trial_render(&mut conn, &caller, &dataset, &template).await?;
     let cost_estimate = if request.max_cost_usd.is_some() || tenant_budget.is_some() {
-        let params = content
-            .params
-            .merged_with(&request.params.clone().unwrap_or_default());
-        let template = PromptTemplate::compile(&content.messages)
-            .map_err(|error| ApiError::invalid("prompt_version_id", error.to_string()))?;
-        let estimate = estimate(
-            &state,
+        let models = request
+            .models
+            .iter()
+            .map(|name| state.catalog.resolve(name))
+            .collect::<Result<Vec<_>, _>>()?;
+        let estimated = budget::estimate_evaluation(
             &mut conn,
-            &caller,
-            (&dataset, &template, &params),
-            &request.models,
-            repeats,
+            budget::EstimateInput {
+                tenant_id: caller.tenant_id,
+                dataset_id: dataset.id,
+                item_count: dataset.item_count,
+                template,
+                models,
+                params: content
+                    .params
+                    .merged_with(&request.params.clone().unwrap_or_default()),
+                repeats,
+                max_items: state.estimate_max_items,
+            },
         )
         .await?;
         check_budgets(
             &mut conn,
             &caller,
-            &estimate,
+            &estimated,
             request.max_cost_usd,
             tenant_budget,
         )
         .await?;
-        Some(serde_json::to_value(&estimate).expect("estimate serializes"))
+        Some(serde_json::to_value(&estimated.estimate).expect("estimate serializes"))
     } else {
         None
     };
@@ -242,40 +254,41 @@ async fn resolve_prompt(
     Ok((version, Some(reference)))
 }
 
-/// Items read per query while estimating.
-const ESTIMATE_PAGE: i32 = 1000;
+/// Items rendered at submission to catch a template that passes the render
+/// limits before any worker meets it.
+const TRIAL_ITEMS: i32 = 20;
 
-/// The cost of every run: each item's rendered prompt on each model, times
-/// the repeats ([`assay_core::budget`]). Items whose prompt does not render
-/// make no call and cost nothing.
-async fn estimate(
-    state: &AppState,
+/// Renders the prompt for the dataset's first items (off the async
+/// runtime): one that passes a render limit is refused with 422, so a
+/// template bomb never reaches the queue. Other render errors (a variable
+/// an item lacks) stay per-item errors at run time.
+async fn trial_render(
     conn: &mut diesel_async::AsyncPgConnection,
     caller: &assay_core::db::models::api_keys::Caller,
-    (dataset, template, params): (&datasets::Dataset, &PromptTemplate, &ModelParams),
-    models: &[String],
-    repeats: u32,
-) -> Result<Estimate, ApiError> {
-    let models = models
-        .iter()
-        .map(|name| state.catalog.resolve(name))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut estimate = Estimate::default();
-    let mut from = 0;
-    while from < dataset.item_count {
-        let to = from + ESTIMATE_PAGE - 1;
-        let items = datasets::items_between(conn, caller.tenant_id, dataset.id, from, to).await?;
-        for item in &items {
-            let Ok(messages) = template.render(&item.template_context()) else {
-                continue;
-            };
-            for model in &models {
-                estimate.add(call_cost(model, &messages, params), repeats);
-            }
+    dataset: &datasets::Dataset,
+    template: &Arc<PromptTemplate>,
+) -> Result<(), ApiError> {
+    let items =
+        datasets::items_between(conn, caller.tenant_id, dataset.id, 0, TRIAL_ITEMS - 1).await?;
+    let template = Arc::clone(template);
+    let over_limit = tokio::task::spawn_blocking(move || {
+        items.iter().find_map(|item| {
+            let error = template.render(&item.template_context()).err()?;
+            error.limit().map(|_| (item.position, error))
+        })
+    })
+    .await
+    .map_err(|error| ApiError::Internal(error.into()))?;
+    match over_limit {
+        None => Ok(()),
+        Some((position, error)) => {
+            metrics::counter!("assay_template_limit_refusals_total").increment(1);
+            Err(ApiError::invalid(
+                format!("messages[{}].content", error.index()),
+                format!("rendering dataset item {position}: {error}"),
+            ))
         }
-        from = to + 1;
     }
-    Ok(estimate)
 }
 
 /// Refuses an evaluation whose estimate's lower bound passes its own budget
@@ -283,7 +296,7 @@ async fn estimate(
 async fn check_budgets(
     conn: &mut diesel_async::AsyncPgConnection,
     caller: &assay_core::db::models::api_keys::Caller,
-    estimate: &Estimate,
+    estimated: &budget::Estimated,
     max_cost_usd: Option<f64>,
     tenant_budget: Option<f64>,
 ) -> Result<(), ApiError> {
@@ -291,26 +304,33 @@ async fn check_budgets(
         metrics::counter!("assay_budget_refusals_total", "scope" => scope).increment(1);
         Err(ApiError::OverBudget(message))
     };
+    let estimate = &estimated.estimate;
+    // Only the items rendered count towards a refusal: a scaled-up sample
+    // is an estimate, not a bound.
+    let low = estimated.certain_low_usd;
+    let rendered = match estimate.sampled_items {
+        Some(items) => format!(" of the first {items} items"),
+        None => String::new(),
+    };
     if let Some(max) = max_cost_usd
-        && estimate.low_usd > max
+        && low > max
     {
         return refuse(
             "evaluation",
             format!(
-                "the cost estimate's lower bound, ${:.6} ({} calls, {} input tokens, outputs not counted), exceeds max_cost_usd ${max:.6}; expected about ${:.6}",
-                estimate.low_usd, estimate.calls, estimate.input_tokens, estimate.expected_usd
+                "the cost estimate's lower bound{rendered}, ${low:.6} ({} calls, {} input tokens, outputs not counted), exceeds max_cost_usd ${max:.6}; expected about ${:.6}",
+                estimate.calls, estimate.input_tokens, estimate.expected_usd
             ),
         );
     }
     if let Some(monthly) = tenant_budget {
         let spent = budgets::tenant_spent(conn, caller.tenant_id).await?;
         let left = (monthly - spent).max(0.0);
-        if estimate.low_usd > left {
+        if low > left {
             return refuse(
                 "tenant",
                 format!(
-                    "the cost estimate's lower bound, ${:.6}, exceeds what is left of this tenant's monthly budget: ${left:.6} of ${monthly:.6}",
-                    estimate.low_usd
+                    "the cost estimate's lower bound{rendered}, ${low:.6}, exceeds what is left of this tenant's monthly budget: ${left:.6} of ${monthly:.6}",
                 ),
             );
         }

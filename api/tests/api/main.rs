@@ -7,12 +7,16 @@ mod compare;
 mod history;
 mod queue_outage;
 mod resources;
+mod template_limits;
 mod tenancy;
 
 use assay_api::startup::{ApiConfig, Application};
 use assay_core::config::Settings;
 use assay_testkit::{Client, TestDatabase, TestRedis};
 use serde_json::{Value, json};
+
+/// Items the in-process API renders for a cost estimate (`estimate_max_items`).
+pub const ESTIMATE_MAX_ITEMS: i32 = 50;
 
 /// A running API with its own database and Redis prefix.
 pub struct TestApp {
@@ -37,6 +41,8 @@ impl TestApp {
                 queue_prefix: redis.prefix.clone(),
                 database_pool_size: 4,
                 runs_per_chunk: assay_core::db::models::chunks::DEFAULT_RUNS_PER_CHUNK,
+                // Small, so that a test can see an estimate scaled from a sample.
+                estimate_max_items: ESTIMATE_MAX_ITEMS,
             },
             bind: "127.0.0.1:0".to_owned(),
             max_body_bytes: 1 << 20,

@@ -105,12 +105,8 @@ impl PromptContent {
             return Err(InvalidInput::new("messages", "at most 100 messages"));
         }
         if let Err(error) = PromptTemplate::compile(&messages) {
-            let index = match &error {
-                crate::templates::TemplateError::Syntax { index, .. }
-                | crate::templates::TemplateError::Render { index, .. } => *index,
-            };
             return Err(InvalidInput::new(
-                format!("messages[{index}].content"),
+                format!("messages[{}].content", error.index()),
                 error.to_string(),
             ));
         }

@@ -4,6 +4,7 @@
 mod budgets;
 mod evaluation;
 mod graders;
+mod hostile_templates;
 mod observability;
 mod providers;
 mod recovery;

@@ -497,10 +497,25 @@ async fn produce(
             Err(error) => break 'pages Err(error),
         };
         from = to + 1;
-        for item in items {
-            let item = Arc::new(item);
-            let context = Arc::new(item.template_context());
-            let rendered = Arc::new(plan.template.render(&context));
+        // Off the async runtime: a tenant's template may spend its whole
+        // render budget on every item (templates::RENDER_FUEL).
+        let rendering = plan.clone();
+        let rendered_page = tokio::task::spawn_blocking(move || {
+            items
+                .into_iter()
+                .map(|item| {
+                    let context = item.template_context();
+                    let rendered = rendering.template.render(&context);
+                    (Arc::new(item), Arc::new(context), Arc::new(rendered))
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let rendered_page = match rendered_page {
+            Ok(page) => page,
+            Err(error) => break 'pages Err(JobError::transient(error)),
+        };
+        for (item, context, rendered) in rendered_page {
             for repeat in 0..repeats {
                 if env.shutting_down() || handle.stopped() || results.is_closed() {
                     break 'pages Ok(());
