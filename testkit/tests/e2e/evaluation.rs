@@ -13,9 +13,12 @@ use serde_json::{Value, json};
 use crate::{Stack, question};
 
 const ITEMS: usize = 600;
+/// The second model's latency keeps each of its chunks busy for a few
+/// hundred milliseconds, longer than a worker's poll interval, so that both
+/// workers get chunks however late one of them looks.
 const MODELS: [&str; 2] = [
     "mock",
-    "mock:wrong=0.3,latency=5ms,jitter=10ms,price_in=3,price_out=15",
+    "mock:wrong=0.3,latency=25ms,jitter=10ms,price_in=3,price_out=15",
 ];
 
 /// PostgreSQL's `percentile_cont`: linear interpolation between closest ranks.

@@ -531,6 +531,9 @@ async fn a_small_evaluation_is_not_stuck_behind_a_huge_one() {
 
     let huge = submit(&stack, 20_000, &model, json!({}), json!({})).await;
     wait_until_completed(&stack, &huge, 1000).await;
+    let huge_before = stack.evaluation(&huge).await["counts"]["completed"]
+        .as_u64()
+        .unwrap();
     let small = submit(&stack, 50, &model, json!({}), json!({})).await;
     let small = stack.wait_finished(&small, Duration::from_secs(60)).await;
     assert_eq!(small["status"], "succeeded");
@@ -539,6 +542,11 @@ async fn a_small_evaluation_is_not_stuck_behind_a_huge_one() {
         huge_now["status"], "running",
         "the small one finished first"
     );
+    // Measured in the huge evaluation's own progress, so that a machine
+    // slowed by other work slows both alike: sharing the permits, the small
+    // one is done after a few rounds of calls; queued behind the huge one, it
+    // would wait for its remaining 19,000 runs. A quarter of them is the bound.
+    let huge_meanwhile = huge_now["counts"]["completed"].as_u64().unwrap() - huge_before;
     let (solo_time, small_time) = (run_time(&solo), run_time(&small));
     let waited =
         |evaluation: &Value| millis(&evaluation["started_at"]) - millis(&evaluation["created_at"]);
@@ -547,9 +555,10 @@ async fn a_small_evaluation_is_not_stuck_behind_a_huge_one() {
         waited(&solo),
         waited(&small)
     );
+    eprintln!("the huge evaluation completed {huge_meanwhile} runs meanwhile");
     assert!(
-        small_time <= solo_time * 3,
-        "50 items took {small_time:?} beside a huge evaluation, {solo_time:?} alone"
+        huge_meanwhile <= 5_000,
+        "the huge evaluation completed {huge_meanwhile} runs while 50 items waited ({small_time:?} beside it, {solo_time:?} alone)"
     );
     let cancel = stack
         .client
