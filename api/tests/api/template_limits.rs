@@ -1,7 +1,8 @@
-//! A tenant's template cannot make the API (or, later, a worker) do unbounded
-//! work: a prompt that passes a render limit on the dataset's first items is
-//! refused at submission, and a cost estimate renders a bounded number of
-//! items off the async runtime and scales the rest.
+//! A tenant cannot make the API (or, later, a worker) do unbounded work
+//! with a template or a mock model: a prompt that passes a render limit on
+//! the dataset's first items is refused at submission, a cost estimate
+//! renders a bounded number of items off the async runtime and scales the
+//! rest, and a mock's delays are capped (and parsed without overflow).
 
 use std::time::{Duration, Instant};
 
@@ -119,4 +120,30 @@ async fn a_budget_estimate_of_a_large_dataset_renders_a_sample_and_scales_it() {
     // ... but not a $300 one, although the scaled estimate ($800) does.
     let accepted = client.post("/v1/evaluations", &body(300.0)).await.unwrap();
     assert_eq!(accepted.status, 202, "{:?}", accepted.body);
+}
+
+#[tokio::test]
+async fn a_mock_delay_past_its_cap_or_one_that_overflows_is_a_422_naming_the_model() {
+    let app = TestApp::spawn().await;
+    let client = &app.client;
+    let (_, version) = app.prompt(client, "p", "Q: {{ question }}").await;
+    let dataset = app.dataset(client, 2).await;
+    for model in [
+        "mock:latency=18446744073709551615s,jitter=1s",
+        "mock:latency=2m",
+    ] {
+        let refused = client
+            .post(
+                "/v1/evaluations",
+                &json!({"prompt_version_id": version, "dataset_id": dataset, "models": [model], "graders": [{"type": "is-json"}]}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(refused.status, 422, "{model}: {:?}", refused.body);
+        assert_eq!(refused.body["code"], "invalid_input");
+        let said = format!("{} {}", refused.body["field"], refused.body["detail"]);
+        assert!(said.contains("models"), "{said}");
+        assert!(said.contains("latency must be at most 1m"), "{said}");
+    }
+    assert_eq!(app.count_rows("evaluations").await, 0);
 }

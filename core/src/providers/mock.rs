@@ -4,7 +4,7 @@
 //!
 //! Model names: `mock` or `mock:<key>=<value>,...` with keys
 //! - `latency` (e.g. `200ms`, `1s`; default 0) and `jitter` (added on top,
-//!   between 0 and the value, fixed per input);
+//!   between 0 and the value, fixed per input), each at most [`MAX_DELAY`];
 //! - `errors` (0..=1): share of calls that fail with a transient upstream error,
 //!   decided per (input, attempt), so a retry may succeed;
 //! - `wrong` (0..=1): share of inputs answered with [`WRONG_ANSWER`] instead of the echo;
@@ -35,6 +35,9 @@ use super::{Completion, CompletionRequest, Price, Provider, ProviderError, Usage
 use crate::domain::{ChatMessage, Role};
 pub use crate::graders::model_graded::JUDGE_MARKER;
 use crate::graders::model_graded::{judge_kind, read_section};
+
+/// Longest `latency`, and longest `jitter`, a mock model may have.
+pub const MAX_DELAY: Duration = Duration::from_secs(60);
 
 /// What a "wrong" input is answered with.
 pub const WRONG_ANSWER: &str = "I don't know.";
@@ -82,8 +85,18 @@ impl MockOptions {
             let (key, value) = pair
                 .split_once('=')
                 .ok_or_else(|| format!("option {pair:?} is not key=value"))?;
-            let duration =
-                || humantime::parse_duration(value).map_err(|error| format!("{key}: {error}"));
+            // Capped: a tenant's mock must not hold a worker's call slots for minutes.
+            let duration = || {
+                let duration =
+                    humantime::parse_duration(value).map_err(|error| format!("{key}: {error}"))?;
+                if duration > MAX_DELAY {
+                    return Err(format!(
+                        "{key} must be at most {}",
+                        humantime::format_duration(MAX_DELAY)
+                    ));
+                }
+                Ok(duration)
+            };
             let fraction = || {
                 value
                     .parse::<f64>()
@@ -119,9 +132,6 @@ impl MockOptions {
                 "price_out" => parsed.price.output_per_million = price()?,
                 _ => return Err(format!("unknown option {key:?}")),
             }
-        }
-        if parsed.latency + parsed.jitter > Duration::from_secs(600) {
-            return Err("latency + jitter must be at most 10 minutes".to_owned());
         }
         Ok(parsed)
     }
@@ -358,6 +368,17 @@ mod tests {
         ] {
             assert!(MockOptions::parse(bad).is_err(), "{bad} should be rejected");
         }
+    }
+
+    #[test]
+    fn delays_are_capped_and_cannot_overflow() {
+        // This one once panicked adding the two durations.
+        let error = MockOptions::parse("mock:latency=18446744073709551615s,jitter=1s").unwrap_err();
+        assert!(error.contains("latency must be at most 1m"), "{error}");
+        let error = MockOptions::parse("mock:jitter=61s").unwrap_err();
+        assert!(error.contains("jitter must be at most 1m"), "{error}");
+        let options = MockOptions::parse("mock:latency=60s,jitter=60s").unwrap();
+        assert!(options.delay(&user("x")) <= Duration::from_secs(120));
     }
 
     #[test]
