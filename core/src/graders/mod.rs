@@ -9,7 +9,8 @@
 //! - `threshold` (0..=1), when set, decides the pass: `score >= threshold`;
 //!   scored graders (similarity, rouge, bleu) have a default one;
 //! - `not-<type>` negates: pass becomes fail and the score `1 - score`;
-//! - `weight` (> 0, default 1) weighs the score in the item's score;
+//! - `weight` (> 0 and at most [`MAX_WEIGHT`], default 1) weighs the score in
+//!   the item's score; bounded so that a sum of weights stays finite;
 //! - string options are Jinja templates over the item (`{{ expected }}`).
 //!
 //! A grader that cannot judge (a template needs a variable the item lacks, a
@@ -246,6 +247,10 @@ impl GraderKind {
     }
 }
 
+/// Largest `weight` a grader may have: a weighted mean of many graders at
+/// this weight is still far from overflowing.
+pub const MAX_WEIGHT: f64 = 1000.0;
+
 /// A grader as submitted: its type and options, negation, weight and threshold.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GraderSpec {
@@ -301,9 +306,12 @@ impl GraderSpec {
             None => 1.0,
             Some(weight) => weight
                 .as_f64()
-                .filter(|weight| weight.is_finite() && *weight > 0.0)
+                .filter(|weight| *weight > 0.0 && *weight <= MAX_WEIGHT)
                 .ok_or_else(|| {
-                    InvalidInput::new(format!("{field}.weight"), "must be a number above 0")
+                    InvalidInput::new(
+                        format!("{field}.weight"),
+                        format!("must be a number above 0 and at most {MAX_WEIGHT}"),
+                    )
                 })?,
         };
         let threshold = match options.remove("threshold") {
@@ -1181,6 +1189,11 @@ mod tests {
             (json!({"type": "nope"}), "graders[0].type"),
             (
                 json!({"type": "contains", "value": "x", "weight": 0}),
+                "graders[0].weight",
+            ),
+            // Two of these once summed to infinity and made every score null.
+            (
+                json!({"type": "contains", "value": "x", "weight": 1e308}),
                 "graders[0].weight",
             ),
             (
