@@ -7,9 +7,7 @@ use std::time::Instant;
 
 use assay_core::db::models::results::{self, NewResult};
 use assay_testkit::TestDatabase;
-use diesel_async::RunQueryDsl;
 use serde_json::json;
-use uuid::Uuid;
 
 const ROWS: usize = 20_000;
 const BATCH: usize = 500;
@@ -19,20 +17,7 @@ async fn main() -> anyhow::Result<()> {
     let database = TestDatabase::create().await?;
     let pool = database.pool(2);
     let mut conn = pool.get().await?;
-    let (tenant, evaluation) = (Uuid::now_v7(), Uuid::now_v7());
-    // The smallest valid evaluation to hang results on.
-    for statement in [
-        format!("INSERT INTO tenants (id, name) VALUES ('{tenant}', 'bench')"),
-        format!("INSERT INTO prompts (id, tenant_id, name) VALUES ('{tenant}', '{tenant}', 'p')"),
-        format!("INSERT INTO prompt_versions (id, tenant_id, prompt_id, version, messages, content_hash, commit_message)
-                 VALUES ('{tenant}', '{tenant}', '{tenant}', 1, '[]', 'h', 'm')"),
-        format!("INSERT INTO datasets (id, tenant_id, name, item_count, variables, all_expected)
-                 VALUES ('{tenant}', '{tenant}', 'd', {ROWS}, '[]', false)"),
-        format!("INSERT INTO evaluations (id, tenant_id, prompt_version_id, dataset_id, models, graders, total)
-                 VALUES ('{evaluation}', '{tenant}', '{tenant}', '{tenant}', '[\"mock\"]', '[]', {ROWS})"),
-    ] {
-        diesel::sql_query(statement).execute(&mut conn).await?;
-    }
+    let (tenant, evaluation) = assay_testkit::bare_evaluation(&mut conn, ROWS).await?;
     let grades = json!([{"grader": "contains", "passed": true, "score": 1.0, "reason": "output contains \"Paris\""},
                         {"grader": "is-json", "passed": false, "score": 0.0, "reason": "output is not JSON"}]);
     let rows: Vec<NewResult> = (0..ROWS)

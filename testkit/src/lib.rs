@@ -231,3 +231,26 @@ pub async fn api_key_with_scope(
         assay_core::db::models::api_keys::create_key_with_scope(&mut conn, tenant, scope).await?;
     Ok(key)
 }
+
+/// The smallest valid evaluation of `items` items to hang result rows on
+/// (a tenant, a prompt, a version, a dataset, the evaluation), written with
+/// plain SQL; returns (tenant id, evaluation id).
+pub async fn bare_evaluation(
+    conn: &mut AsyncPgConnection,
+    items: usize,
+) -> anyhow::Result<(uuid::Uuid, uuid::Uuid)> {
+    let (tenant, evaluation) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    for statement in [
+        format!("INSERT INTO tenants (id, name) VALUES ('{tenant}', 't-{tenant}')"),
+        format!("INSERT INTO prompts (id, tenant_id, name) VALUES ('{tenant}', '{tenant}', 'p')"),
+        format!("INSERT INTO prompt_versions (id, tenant_id, prompt_id, version, messages, content_hash, commit_message)
+                 VALUES ('{tenant}', '{tenant}', '{tenant}', 1, '[]', 'h', 'm')"),
+        format!("INSERT INTO datasets (id, tenant_id, name, item_count, variables, all_expected)
+                 VALUES ('{tenant}', '{tenant}', 'd', {items}, '[]', false)"),
+        format!("INSERT INTO evaluations (id, tenant_id, prompt_version_id, dataset_id, models, graders, total)
+                 VALUES ('{evaluation}', '{tenant}', '{tenant}', '{tenant}', '[\"mock\"]', '[]', {items})"),
+    ] {
+        diesel::sql_query(statement).execute(conn).await?;
+    }
+    Ok((tenant, evaluation))
+}

@@ -77,6 +77,10 @@ pub fn describe() {
         "assay_results_written_total",
         "Result rows written to PostgreSQL (rows that existed already are not counted), by status."
     );
+    describe_counter!(
+        "assay_results_nul_replaced_total",
+        "Result rows whose texts held NUL characters (which PostgreSQL cannot store), written with U+FFFD in their place."
+    );
     describe_histogram!(
         "assay_result_batch_write_seconds",
         Unit::Seconds,

@@ -103,8 +103,66 @@ impl Written {
     }
 }
 
+/// What PostgreSQL cannot store in `text` or `jsonb`: a model's output with
+/// NUL characters would fail its batch on every retry (and re-bill its calls).
+/// It is stored with U+FFFD in their place.
+const NUL: char = '\0';
+const REPLACEMENT: &str = "\u{FFFD}";
+
+impl NewResult {
+    /// Whether any text of the row holds a NUL character.
+    fn holds_nul(&self) -> bool {
+        let text = |text: &Option<String>| text.as_deref().is_some_and(|text| text.contains(NUL));
+        text(&self.output)
+            || text(&self.error)
+            || text(&self.finish_reason)
+            || json_holds_nul(&self.grades)
+    }
+
+    /// The row with U+FFFD for every NUL character.
+    fn without_nul(&self) -> Self {
+        let text = |text: &Option<String>| text.as_ref().map(|text| text.replace(NUL, REPLACEMENT));
+        let mut grades = self.grades.clone();
+        replace_nul_in_json(&mut grades);
+        Self {
+            output: text(&self.output),
+            error: text(&self.error),
+            finish_reason: text(&self.finish_reason),
+            grades,
+            ..self.clone()
+        }
+    }
+}
+
+fn json_holds_nul(value: &Value) -> bool {
+    match value {
+        Value::String(text) => text.contains(NUL),
+        Value::Array(values) => values.iter().any(json_holds_nul),
+        Value::Object(map) => map
+            .iter()
+            .any(|(key, value)| key.contains(NUL) || json_holds_nul(value)),
+        _ => false,
+    }
+}
+
+fn replace_nul_in_json(value: &mut Value) {
+    match value {
+        Value::String(text) if text.contains(NUL) => *text = text.replace(NUL, REPLACEMENT),
+        Value::Array(values) => values.iter_mut().for_each(replace_nul_in_json),
+        Value::Object(map) => {
+            let entries = std::mem::take(map);
+            for (key, mut value) in entries {
+                replace_nul_in_json(&mut value);
+                map.insert(key.replace(NUL, REPLACEMENT), value);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Writes `rows` (all of one evaluation) and moves its counters by what was
 /// actually inserted. Rows that exist already are skipped and not counted.
+/// NUL characters, which PostgreSQL cannot store, are written as U+FFFD.
 pub async fn insert_batch(
     conn: &mut AsyncPgConnection,
     tenant_id: Uuid,
@@ -115,6 +173,20 @@ pub async fn insert_batch(
         rows.iter()
             .all(|row| row.evaluation_id == evaluation_id && row.tenant_id == tenant_id)
     );
+    let replaced: Vec<NewResult>;
+    let rows = if rows.iter().any(NewResult::holds_nul) {
+        replaced = rows.iter().map(NewResult::without_nul).collect();
+        let altered = rows.iter().filter(|row| row.holds_nul()).count();
+        metrics::counter!("assay_results_nul_replaced_total").increment(altered as u64);
+        tracing::warn!(
+            %evaluation_id,
+            rows = altered,
+            "results held NUL characters; stored with U+FFFD in their place"
+        );
+        &replaced[..]
+    } else {
+        rows
+    };
     conn.transaction(async |conn| {
         let statuses: Vec<String> = diesel::insert_into(evaluation_results::table)
             .values(rows)
