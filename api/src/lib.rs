@@ -2,13 +2,14 @@
 //!
 //! Layout: [`startup`] builds the app (tests start it on port 0),
 //! [`routes`] holds one module per resource, [`auth`] the key extractor,
-//! [`errors`] the one error type, [`metrics`] the HTTP metrics middleware,
+//! [`errors`] the one error type, [`json`] the body extractor, [`metrics`] the HTTP metrics middleware,
 //! [`request_id`] request ids and the span over each request.
 //! Handlers validate with `assay_core::domain` and query with
 //! `assay_core::db`; nothing here knows how jobs run.
 
 pub mod auth;
 pub mod errors;
+pub mod json;
 pub mod metrics;
 pub mod request_id;
 pub mod routes;

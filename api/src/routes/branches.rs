@@ -10,6 +10,7 @@ use super::prompts::{commit_error, committed, validate_commit_message};
 use super::{PageBody, PageQuery};
 use crate::auth::Authenticated;
 use crate::errors::ApiError;
+use crate::json::Json;
 use crate::startup::AppState;
 
 fn branch_error(error: BranchError) -> ApiError {
@@ -64,7 +65,7 @@ pub async fn create(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
     path: web::Path<Uuid>,
-    body: web::Json<CreateBranch>,
+    body: Json<CreateBranch>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     branches::validate_name("name", &body.name)?;
@@ -139,7 +140,7 @@ pub async fn revert(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
     path: web::Path<(Uuid, String)>,
-    body: web::Json<Revert>,
+    body: Json<Revert>,
 ) -> Result<HttpResponse, ApiError> {
     let (prompt_id, name) = path.into_inner();
     let body = body.into_inner();

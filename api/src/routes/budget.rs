@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::Authenticated;
 use crate::errors::ApiError;
+use crate::json::Json;
 use crate::startup::AppState;
 
 #[derive(Debug, Serialize)]
@@ -52,7 +53,7 @@ pub async fn get(
 pub async fn put(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
-    body: web::Json<SetBudget>,
+    body: Json<SetBudget>,
 ) -> Result<HttpResponse, ApiError> {
     if let Some(monthly) = body.monthly_usd
         && !(monthly.is_finite() && monthly >= 0.0)

@@ -4,7 +4,8 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use assay_core::db::models::datasets;
 use assay_core::domain::{
-    DatasetItemInput, ItemChecker, parse_jsonl_line, validate_items, validate_name,
+    DatasetItemInput, ItemChecker, parse_jsonl_line, validate_description, validate_items,
+    validate_name,
 };
 use futures::StreamExt;
 use serde::Deserialize;
@@ -64,6 +65,7 @@ pub async fn create(
             let body = read_whole(payload, state.max_body_bytes).await?;
             let body: CreateDataset = parse_json(&body)?;
             validate_name("name", &body.name)?;
+            validate_description("description", body.description.as_deref())?;
             let parsed = validate_items(body.items)?;
             let mut conn = state.pool.get().await?;
             datasets::create(
@@ -80,6 +82,7 @@ pub async fn create(
             let name = query.name.clone().ok_or_else(|| {
                 ApiError::InvalidQuery("JSON Lines uploads need ?name=".to_owned())
             })?;
+            validate_description("description", query.description.as_deref())?;
             validate_name("name", &name)?;
             stream_jsonl(
                 &state,

@@ -21,6 +21,7 @@ use uuid::Uuid;
 use super::{PageBody, PageQuery};
 use crate::auth::Authenticated;
 use crate::errors::ApiError;
+use crate::json::Json;
 use crate::request_id::RequestId;
 use crate::startup::AppState;
 
@@ -123,7 +124,7 @@ pub async fn create(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
     request_id: RequestId,
-    body: web::Json<EvaluationRequest>,
+    body: Json<EvaluationRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let request = body.into_inner();
     let choice = request.prompt_choice()?;
@@ -487,7 +488,7 @@ pub async fn regrade(
     Authenticated(caller): Authenticated,
     request_id: RequestId,
     path: web::Path<Uuid>,
-    body: web::Json<RegradeRequest>,
+    body: Json<RegradeRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let mut conn = state.pool.get().await?;

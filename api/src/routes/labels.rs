@@ -12,6 +12,7 @@ use uuid::Uuid;
 use super::{PageBody, PageQuery};
 use crate::auth::Authenticated;
 use crate::errors::ApiError;
+use crate::json::Json;
 use crate::startup::AppState;
 
 /// Labels worth a metric label of their own; any other name counts as
@@ -101,7 +102,7 @@ pub async fn put(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
     path: web::Path<(Uuid, String)>,
-    body: web::Json<MoveLabel>,
+    body: Json<MoveLabel>,
 ) -> Result<HttpResponse, ApiError> {
     let (prompt_id, name) = path.into_inner();
     let body = body.into_inner();

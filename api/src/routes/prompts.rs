@@ -6,7 +6,9 @@ use assay_core::db::models::branches;
 use assay_core::db::models::prompts::{
     self, Commit, CommitError, Committed, Prompt, PromptVersion, VersionRef,
 };
-use assay_core::domain::{ChatMessage, ModelParams, PromptContent, validate_name};
+use assay_core::domain::{
+    ChatMessage, ModelParams, PromptContent, validate_description, validate_name,
+};
 use diesel_async::AsyncConnection;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -14,6 +16,7 @@ use uuid::Uuid;
 use super::{PageBody, PageQuery};
 use crate::auth::Authenticated;
 use crate::errors::ApiError;
+use crate::json::Json;
 use crate::startup::AppState;
 
 #[derive(Debug, Deserialize)]
@@ -59,10 +62,11 @@ pub(super) fn validate_commit_message(message: &str) -> Result<(), ApiError> {
 pub async fn create(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
-    body: web::Json<CreatePrompt>,
+    body: Json<CreatePrompt>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     validate_name("name", &body.name)?;
+    validate_description("description", body.description.as_deref())?;
     let content = match body.messages {
         Some(messages) => Some(PromptContent::validate(
             messages,
@@ -235,7 +239,7 @@ pub async fn commit_version(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
     path: web::Path<Uuid>,
-    body: web::Json<CommitVersion>,
+    body: Json<CommitVersion>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let content = PromptContent::validate(body.messages, body.params.unwrap_or_default())?;

@@ -5,9 +5,9 @@
 mod bad_input;
 mod compare;
 mod history;
+mod hostile_input;
 mod queue_outage;
 mod resources;
-mod template_limits;
 mod tenancy;
 
 use assay_api::startup::{ApiConfig, Application};

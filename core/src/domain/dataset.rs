@@ -91,6 +91,14 @@ impl ItemChecker {
                 format!("at most {MAX_ITEMS} items per dataset"),
             ));
         }
+        let field = format!("items[{position}]");
+        if item.id.as_ref().is_some_and(|id| id.contains('\0')) {
+            return Err(super::nul_in(format!("{field}.id")));
+        }
+        super::reject_nul_in_object(&format!("{field}.vars"), &item.vars)?;
+        if let Some(expected) = &item.expected {
+            super::reject_nul(&format!("{field}.expected"), expected)?;
+        }
         let key = item.id.unwrap_or_else(|| position.to_string());
         if key.is_empty() || key.chars().count() > 200 {
             return Err(InvalidInput::new(

@@ -51,3 +51,91 @@ pub fn validate_name(field: &str, name: &str) -> Result<(), InvalidInput> {
     }
     Ok(())
 }
+
+/// Checks an optional description: at most 2,000 characters, no NUL.
+pub fn validate_description(field: &str, description: Option<&str>) -> Result<(), InvalidInput> {
+    let Some(description) = description else {
+        return Ok(());
+    };
+    if description.chars().count() > 2000 {
+        return Err(InvalidInput::new(field, "must be at most 2,000 characters"));
+    }
+    if description.contains('\0') {
+        return Err(nul_in(field.to_owned()));
+    }
+    Ok(())
+}
+
+/// Refuses a JSON value that holds a NUL character (`\u0000`) in any string
+/// or key: PostgreSQL can store neither in `text` nor in `jsonb`, so it would
+/// fail the write. The error names the field, `base` prefixed
+/// (`messages[0].content`, `items[3].vars.question`).
+pub fn reject_nul(base: &str, value: &serde_json::Value) -> Result<(), InvalidInput> {
+    use serde_json::Value;
+    match value {
+        Value::String(text) if text.contains('\0') => Err(nul_in(base.to_owned())),
+        Value::Array(values) => values
+            .iter()
+            .enumerate()
+            .try_for_each(|(index, value)| reject_nul(&format!("{base}[{index}]"), value)),
+        Value::Object(map) => reject_nul_in_object(base, map),
+        _ => Ok(()),
+    }
+}
+
+/// [`reject_nul`] over the entries of an object.
+pub fn reject_nul_in_object(
+    base: &str,
+    map: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(), InvalidInput> {
+    map.iter().try_for_each(|(key, value)| {
+        let field = |key: &str| {
+            if base.is_empty() {
+                key.to_owned()
+            } else {
+                format!("{base}.{key}")
+            }
+        };
+        if key.contains('\0') {
+            return Err(nul_in(field(&key.replace('\0', "\\u0000"))));
+        }
+        reject_nul(&field(key), value)
+    })
+}
+
+pub(crate) fn nul_in(field: String) -> InvalidInput {
+    InvalidInput::new(field, "must not contain NUL characters (\\u0000)")
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn nul_characters_are_refused_with_the_field_that_holds_them() {
+        let field = |base: &str, value| reject_nul(base, &value).unwrap_err().field;
+        assert_eq!(
+            field(
+                "",
+                json!({"messages": [{"content": "ok"}, {"content": "a\u{0}"}]})
+            ),
+            "messages[1].content"
+        );
+        assert_eq!(
+            field("items[3]", json!({"vars": {"q\u{0}": 1}})),
+            "items[3].vars.q\\u0000"
+        );
+        assert_eq!(field("expected", json!("\u{0}")), "expected");
+        assert!(reject_nul("", &json!({"a": ["b", {"c": 1.5}], "d": null})).is_ok());
+        assert_eq!(
+            validate_description("description", Some("a\u{0}b"))
+                .unwrap_err()
+                .field,
+            "description"
+        );
+        assert!(validate_description("description", Some(&"x".repeat(2001))).is_err());
+        assert!(validate_description("description", None).is_ok());
+    }
+}

@@ -1,8 +1,10 @@
-//! A tenant cannot make the API (or, later, a worker) do unbounded work
+//! Hostile input. A tenant cannot make the API (or a worker) do unbounded work
 //! with a template or a mock model: a prompt that passes a render limit on
 //! the dataset's first items is refused at submission, a cost estimate
 //! renders a bounded number of items off the async runtime and scales the
-//! rest, and a mock's delays are capped (and parsed without overflow).
+//! rest, and a mock's delays are capped (and parsed without overflow). A NUL
+//! character, which PostgreSQL cannot store, is a 422 naming its field
+//! wherever it is sent, never a 500.
 
 use std::time::{Duration, Instant};
 
@@ -146,4 +148,131 @@ async fn a_mock_delay_past_its_cap_or_one_that_overflows_is_a_422_naming_the_mod
         assert!(said.contains("latency must be at most 1m"), "{said}");
     }
     assert_eq!(app.count_rows("evaluations").await, 0);
+}
+
+#[tokio::test]
+async fn a_nul_character_in_any_field_is_a_422_naming_it_and_writes_nothing() {
+    let app = TestApp::spawn().await;
+    let client = &app.client;
+    let (prompt, version) = app.prompt(client, "p", "Q: {{ question }}").await;
+    let dataset = app.dataset(client, 2).await;
+    let nul = "a\u{0}b";
+    let user = |content: &str| json!([{"role": "user", "content": content}]);
+    let evaluation = |graders: serde_json::Value| json!({"prompt_version_id": version, "dataset_id": dataset, "models": ["mock"], "graders": graders});
+    let item = |item: serde_json::Value| json!({"name": "d", "items": [item]});
+    let cases: Vec<(String, serde_json::Value, &str)> = vec![
+        (
+            "/v1/prompts".to_owned(),
+            json!({"name": "p1", "description": nul, "messages": user("x")}),
+            "description",
+        ),
+        (
+            "/v1/prompts".to_owned(),
+            json!({"name": "p2", "messages": user(nul)}),
+            "messages[0].content",
+        ),
+        (
+            "/v1/prompts".to_owned(),
+            json!({"name": "p3", "messages": user("x"), "commit_message": nul}),
+            "commit_message",
+        ),
+        (
+            "/v1/prompts".to_owned(),
+            json!({"name": "p4", "messages": user("x"), "params": {"stop": ["x", nul]}}),
+            "params.stop[1]",
+        ),
+        (
+            "/v1/datasets".to_owned(),
+            json!({"name": "d", "description": nul, "items": [{"vars": {"q": "x"}}]}),
+            "description",
+        ),
+        (
+            "/v1/datasets".to_owned(),
+            item(json!({"id": nul, "vars": {"q": "x"}})),
+            "items[0].id",
+        ),
+        (
+            "/v1/datasets".to_owned(),
+            item(json!({"vars": {nul: "x"}})),
+            "items[0].vars.a\\u0000b",
+        ),
+        (
+            "/v1/datasets".to_owned(),
+            item(json!({"vars": {"q": nul}})),
+            "items[0].vars.q",
+        ),
+        (
+            "/v1/datasets".to_owned(),
+            item(json!({"vars": {"q": "x"}, "expected": nul})),
+            "items[0].expected",
+        ),
+        (
+            "/v1/evaluations".to_owned(),
+            evaluation(json!([{"type": "contains", "value": nul}])),
+            "graders[0].value",
+        ),
+        (
+            "/v1/evaluations".to_owned(),
+            evaluation(json!([{"type": "llm-rubric", "value": nul}])),
+            "graders[0].value",
+        ),
+        (
+            format!("/v1/prompts/{prompt}/versions"),
+            json!({"messages": user("y"), "commit_message": nul}),
+            "commit_message",
+        ),
+    ];
+    let before = (
+        app.count_rows("prompts").await,
+        app.count_rows("prompt_versions").await,
+        app.count_rows("datasets").await,
+        app.count_rows("evaluations").await,
+    );
+    for (path, body, field) in &cases {
+        let response = client.post(path, body).await.unwrap();
+        assert_eq!(response.status, 422, "{path} {body}: {:?}", response.body);
+        assert_eq!(response.content_type, "application/problem+json");
+        assert_eq!(
+            response.body["field"], *field,
+            "{path} {body}: {:?}",
+            response.body
+        );
+        assert!(
+            response.body["detail"].as_str().unwrap().contains("NUL"),
+            "{:?}",
+            response.body
+        );
+    }
+    // A JSON Lines upload, whose items are checked line by line.
+    let lines = format!(
+        "{{\"vars\": {{\"q\": \"x\"}}}}\n{{\"vars\": {{\"q\": {}}}}}\n",
+        json!(nul)
+    );
+    let response = client
+        .post_raw("/v1/datasets?name=lines", "application/x-ndjson", lines)
+        .await
+        .unwrap();
+    assert_eq!(response.status, 422, "{:?}", response.body);
+    assert_eq!(
+        response.body["field"], "items[1].vars.q",
+        "{:?}",
+        response.body
+    );
+    let response = client
+        .post_raw(
+            "/v1/datasets?name=lines&description=a%00b",
+            "application/x-ndjson",
+            "{\"vars\": {\"q\": \"x\"}}\n",
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status, 422, "{:?}", response.body);
+    assert_eq!(response.body["field"], "description");
+    let after = (
+        app.count_rows("prompts").await,
+        app.count_rows("prompt_versions").await,
+        app.count_rows("datasets").await,
+        app.count_rows("evaluations").await,
+    );
+    assert_eq!(before, after, "nothing was written");
 }
