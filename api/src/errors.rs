@@ -91,7 +91,15 @@ impl From<diesel::result::Error> for ApiError {
 
 impl From<diesel_async::pooled_connection::deadpool::PoolError> for ApiError {
     fn from(error: diesel_async::pooled_connection::deadpool::PoolError) -> Self {
-        ApiError::Unavailable(format!("database unavailable: {error}"))
+        // The driver's words stay in the log: they may name hosts and users.
+        tracing::warn!(error = %error, "no database connection");
+        let reason = match error {
+            diesel_async::pooled_connection::deadpool::PoolError::Timeout(_) => {
+                "timed out waiting for a connection"
+            }
+            _ => "cannot connect",
+        };
+        ApiError::Unavailable(format!("the database is unavailable ({reason})"))
     }
 }
 

@@ -57,3 +57,49 @@ fn var_or(name: &str, default: &str) -> String {
         .filter(|value| !value.is_empty())
         .unwrap_or_else(|| default.to_owned())
 }
+
+/// `url` with its password (and a user alone, when there is no password)
+/// replaced by `***`, for logs and messages: `redis://:secret@host:6379` becomes
+/// `redis://:***@host:6379`. Text that is not a URL with credentials is
+/// returned as it is.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    let credentials = match rest[..at].split_once(':') {
+        Some((user, _password)) => format!("{user}:***"),
+        None => "***".to_owned(),
+    };
+    format!("{scheme}://{credentials}{}", &rest[at..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_in_urls_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://assay:s3cr%40t@db:5432/assay?sslmode=require"),
+            "postgres://assay:***@db:5432/assay?sslmode=require"
+        );
+        assert_eq!(
+            redact_url("redis://:secret@cache:6379/0"),
+            "redis://:***@cache:6379/0"
+        );
+        assert_eq!(redact_url("redis://token@cache"), "redis://***@cache");
+        assert_eq!(
+            redact_url("postgres://postgres@127.0.0.1:5432/assay"),
+            "postgres://***@127.0.0.1:5432/assay"
+        );
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+        assert_eq!(redact_url("not a url"), "not a url");
+    }
+}

@@ -92,7 +92,12 @@ pub async fn run(config: WorkerConfig) -> anyhow::Result<()> {
     let llm = Arc::new(LlmClient::new(catalog, Some(limiter), cache));
     let queue = JobQueue::connect(&settings.redis_url, &settings.queue_prefix)
         .await
-        .with_context(|| format!("connecting to Redis at {}", settings.redis_url))?;
+        .with_context(|| {
+            format!(
+                "connecting to Redis at {}",
+                assay_core::config::redact_url(&settings.redis_url)
+            )
+        })?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".to_owned());
     let process_name = format!("{host}-{}", std::process::id());
@@ -134,7 +139,12 @@ pub async fn run(config: WorkerConfig) -> anyhow::Result<()> {
 
     let conn = assay_core::queue::connect(&settings.redis_url)
         .await
-        .with_context(|| format!("connecting to Redis at {}", settings.redis_url))?;
+        .with_context(|| {
+            format!(
+                "connecting to Redis at {}",
+                assay_core::config::redact_url(&settings.redis_url)
+            )
+        })?;
     let restarts = Arc::new(AtomicUsize::new(0));
     let chunk_runs = usize::try_from(settings.runs_per_chunk).unwrap_or(1);
     let mut monitor = Monitor::new();

@@ -51,4 +51,12 @@ async fn a_push_that_fails_leaves_a_failed_evaluation_and_a_503() {
         ready.body
     );
     assert_eq!(ready.body["postgres"], "ok");
+    // Which dependency is down, without the driver's words (hosts, users).
+    let redis = ready.body["redis"].as_str().unwrap();
+    assert!(["unavailable", "timed out"].contains(&redis), "{redis}");
+    assert!(
+        !ready.body.to_string().contains("127.0.0.1"),
+        "{:?}",
+        ready.body
+    );
 }
