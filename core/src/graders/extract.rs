@@ -209,19 +209,33 @@ impl CompiledSchema {
 #[derive(Debug)]
 pub(crate) struct CompiledPath(serde_json_path::JsonPath);
 
+/// Most nodes of a query a grader looks at.
+const MAX_PATH_NODES: usize = 1_000;
+
 /// Compiles an RFC 9535 JSONPath such as `$.answer` or `$.items[0].name`;
-/// Err names the position and the problem.
+/// Err names the position and the problem. At most one descendant segment
+/// (`..`): each one multiplies the nodes a query visits, and six of them
+/// over a nested output (`$..*..*..*..*..*..*`) exhaust a worker's memory.
 pub(crate) fn compile_path(path: &str) -> Result<CompiledPath, String> {
+    if path.matches("..").count() > 1 {
+        return Err(format!(
+            "JSONPath {path:?} has more than one descendant segment (`..`); one is the most a grader may use"
+        ));
+    }
     serde_json_path::JsonPath::parse(path)
         .map(CompiledPath)
         .map_err(|error| format!("invalid JSONPath {path:?}: {error}"))
 }
 
 impl CompiledPath {
-    /// The nodes the path selects in `value`, in document order, cloned so
-    /// they outlive the parsed output. Empty when nothing matches.
-    pub(crate) fn query(&self, value: &Value) -> Vec<Value> {
-        self.0.query(value).into_iter().cloned().collect()
+    /// The first [`MAX_PATH_NODES`] nodes the path selects in `value`, in
+    /// document order. Empty when nothing matches.
+    pub(crate) fn query<'v>(&self, value: &'v Value) -> Vec<&'v Value> {
+        self.0
+            .query(value)
+            .into_iter()
+            .take(MAX_PATH_NODES)
+            .collect()
     }
 }
 
@@ -513,15 +527,28 @@ mod tests {
         });
         assert_eq!(
             compile_path("$.answer").unwrap().query(&document),
-            vec![json!("42")]
+            vec![&json!("42")]
         );
         assert_eq!(
             compile_path("$.items[0].name").unwrap().query(&document),
-            vec![json!("a")]
+            vec![&json!("a")]
         );
         assert_eq!(
             compile_path("$.items[*].name").unwrap().query(&document),
-            vec![json!("a"), json!("b")]
+            vec![&json!("a"), &json!("b")]
+        );
+        // One descendant segment is fine; more are refused when compiled.
+        assert_eq!(compile_path("$..name").unwrap().query(&document).len(), 2);
+        let error = compile_path("$..*..*..*..*..*..*").unwrap_err();
+        assert!(
+            error.contains("more than one descendant segment"),
+            "{error}"
+        );
+        // A query over a large document yields at most MAX_PATH_NODES nodes.
+        let wide = Value::Array((0..5_000).map(Value::from).collect());
+        assert_eq!(
+            compile_path("$..*").unwrap().query(&wide).len(),
+            MAX_PATH_NODES
         );
         assert!(
             compile_path("$.missing")

@@ -859,28 +859,28 @@ impl Grader {
             Check::Levenshtein {
                 value,
                 max_distance,
-            } => closeness::grade_levenshtein(output, &value.render(context)?, *max_distance),
+            } => closeness::grade_levenshtein(output, &value.render(context)?, *max_distance)?,
             Check::Similarity(value) => closeness::grade_similarity(
                 output,
                 &value.render(context)?,
                 self.threshold.unwrap_or(0.8),
-            ),
+            )?,
             Check::RougeN { value, n } => closeness::grade_rouge_n(
                 output,
                 &value.render(context)?,
                 *n,
                 self.threshold.unwrap_or(0.75),
-            ),
+            )?,
             Check::RougeL(value) => closeness::grade_rouge_l(
                 output,
                 &value.render(context)?,
                 self.threshold.unwrap_or(0.75),
-            ),
+            )?,
             Check::Bleu(value) => closeness::grade_bleu(
                 output,
                 &value.render(context)?,
                 self.threshold.unwrap_or(0.5),
-            ),
+            )?,
             Check::WordCount { min, max } => shape::word_count(output, *min, *max),
             Check::Length { min, max } => shape::length(output, *min, *max),
             Check::Latency { max_ms } => shape::latency(input.latency_ms, *max_ms)?,
