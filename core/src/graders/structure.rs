@@ -62,7 +62,7 @@ pub(super) fn json_path(
     };
     match (equals, matches) {
         (Some(expected), _) => {
-            if nodes.iter().any(|node| *node == expected) {
+            if nodes.contains(&expected) {
                 Outcome::pass(format!("{source} equals {expected}"))
             } else {
                 Outcome::fail(format!(
