@@ -461,6 +461,44 @@ pub async fn summarize_graders(
     .await
 }
 
+/// What an evaluation's results add up to so far: what a client shows
+/// while it runs (the evaluation's row has the counts, not the cost).
+#[derive(Debug, Clone, PartialEq, Serialize, QueryableByName)]
+pub struct Progress {
+    #[diesel(sql_type = Int8)]
+    pub completed: i64,
+    #[diesel(sql_type = Int8)]
+    pub passed: i64,
+    #[diesel(sql_type = Int8)]
+    pub failed: i64,
+    #[diesel(sql_type = Int8)]
+    pub errored: i64,
+    /// Generation and judge calls.
+    #[diesel(sql_type = Double)]
+    pub cost_usd: f64,
+}
+
+/// One aggregate over the evaluation's results (by its primary key prefix).
+pub async fn progress(
+    conn: &mut AsyncPgConnection,
+    tenant_id: Uuid,
+    evaluation_id: Uuid,
+) -> QueryResult<Progress> {
+    diesel::sql_query(
+        "SELECT count(*) AS completed,
+                count(*) FILTER (WHERE status = 'passed') AS passed,
+                count(*) FILTER (WHERE status = 'failed') AS failed,
+                count(*) FILTER (WHERE status = 'errored') AS errored,
+                coalesce(sum(cost_usd + grading_cost_usd), 0)::float8 AS cost_usd
+         FROM evaluation_results
+         WHERE evaluation_id = $1 AND tenant_id = $2",
+    )
+    .bind::<SqlUuid, _>(evaluation_id)
+    .bind::<SqlUuid, _>(tenant_id)
+    .get_result(conn)
+    .await
+}
+
 /// Passes and runs of one item on one model.
 #[derive(Debug, Clone, PartialEq, QueryableByName)]
 pub struct ItemRuns {
