@@ -448,7 +448,6 @@ pub async fn follow(api: &Api, id: &str, quiet: bool) -> anyhow::Result<Followed
     let started = Instant::now();
     let mut last_line = Instant::now();
     let mut asked = false;
-    let mut first_done: Option<(Instant, u64)> = None;
     // One listener for the whole follow, so a Ctrl-C during a request is not lost.
     let mut interrupts = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .context("cannot listen for Ctrl-C")?;
@@ -472,11 +471,9 @@ pub async fn follow(api: &Api, id: &str, quiet: bool) -> anyhow::Result<Followed
         bar.set_message(message.clone());
         if !interactive && !quiet && (last_line.elapsed() >= Duration::from_secs(2) || done == total)
         {
-            // Rate over what this client saw finish (not queue time before the first result).
-            let first = *first_done.get_or_insert((Instant::now(), done));
-            let seconds = first.0.elapsed().as_secs_f64();
+            let seconds = started.elapsed().as_secs_f64();
             let rate = if seconds > 0.0 {
-                (done - first.1) as f64 / seconds
+                done as f64 / seconds
             } else {
                 0.0
             };
