@@ -350,7 +350,11 @@ fn read_messages(messages: &MessagesSpec, base: &Path) -> anyhow::Result<Vec<Val
             .iter()
             .map(|message| {
                 let content = match file_path(&message.content) {
-                    Some(file) => read_text(file, base)?.1,
+                    // The newline editors end files with is not part of the template.
+                    Some(file) => read_text(file, base)?
+                        .1
+                        .trim_end_matches(['\n', '\r'])
+                        .to_owned(),
                     None => message.content.clone(),
                 };
                 Ok(serde_json::json!({"role": message.role, "content": content}))
@@ -367,7 +371,7 @@ fn read_messages(messages: &MessagesSpec, base: &Path) -> anyhow::Result<Vec<Val
 }
 
 /// A JSON or YAML file holds a list of messages; any other file is the text
-/// of one user message.
+/// of one user message, trimmed (as promptfoo trims its text prompts).
 pub fn messages_from_file(path: &Path, text: &str) -> anyhow::Result<Vec<Value>> {
     let extension = extension(path);
     let list: Option<Vec<MessageSpec>> = match extension.as_str() {
@@ -386,7 +390,7 @@ pub fn messages_from_file(path: &Path, text: &str) -> anyhow::Result<Vec<Value>>
             .into_iter()
             .map(|message| serde_json::json!({"role": message.role, "content": message.content}))
             .collect(),
-        None => vec![serde_json::json!({"role": "user", "content": text})],
+        None => vec![serde_json::json!({"role": "user", "content": text.trim()})],
     })
 }
 
