@@ -446,7 +446,7 @@ pub async fn follow(api: &Api, id: &str, quiet: bool) -> anyhow::Result<Followed
     );
     bar.enable_steady_tick(Duration::from_millis(120));
     let started = Instant::now();
-    let mut last_line = Instant::now();
+    let mut last_line: Option<Instant> = None;
     let mut asked = false;
     // One listener for the whole follow, so a Ctrl-C during a request is not lost.
     let mut interrupts = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
@@ -469,8 +469,8 @@ pub async fn follow(api: &Api, id: &str, quiet: bool) -> anyhow::Result<Followed
         bar.set_position(done);
         let message = format!("pass {pass_rate} · errored {errored} · ${cost:.4} · {status}");
         bar.set_message(message.clone());
-        if !interactive && !quiet && (last_line.elapsed() >= Duration::from_secs(2) || done == total)
-        {
+        let due = last_line.is_none_or(|at| at.elapsed() >= Duration::from_secs(2));
+        if !interactive && !quiet && (due || done == total) {
             let seconds = started.elapsed().as_secs_f64();
             let rate = if seconds > 0.0 {
                 done as f64 / seconds
@@ -486,7 +486,7 @@ pub async fn follow(api: &Api, id: &str, quiet: bool) -> anyhow::Result<Followed
                 "progress {done}/{total} {rate:.1} items/s ETA {eta} {message} [{:.0}s]",
                 started.elapsed().as_secs_f64()
             );
-            last_line = Instant::now();
+            last_line = Some(Instant::now());
         }
         if matches!(status.as_str(), "succeeded" | "failed" | "canceled") {
             bar.finish_and_clear();
