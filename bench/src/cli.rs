@@ -33,7 +33,11 @@ pub async fn run(items: usize) -> anyhow::Result<CliRun> {
     // Every tenth test expects the wrong city, so the JUnit file has failures.
     let mut csv = String::from("question,__expected,__assert\n");
     for n in 0..items {
-        let expected = if n % 10 == 9 { "nowhere".to_owned() } else { format!("q{n}") };
+        let expected = if n % 10 == 9 {
+            "nowhere".to_owned()
+        } else {
+            format!("q{n}")
+        };
         let _ = writeln!(csv, "What is q{n}?,{expected},icontains:what;length:-200");
     }
     std::fs::write(dir.join("tests.csv"), &csv)?;
@@ -48,7 +52,10 @@ pub async fn run(items: usize) -> anyhow::Result<CliRun> {
         .args(["eval", "-o", "results.xml", "--fail-under", "80"])
         .current_dir(dir)
         .env("ASSAY_API_URL", &deployment.client.base_url)
-        .env("ASSAY_API_KEY", deployment.client.key.as_deref().context("a key")?)
+        .env(
+            "ASSAY_API_KEY",
+            deployment.client.key.as_deref().context("a key")?,
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -72,13 +79,19 @@ pub async fn run(items: usize) -> anyhow::Result<CliRun> {
     };
     let elapsed = started.elapsed();
     let stderr = reading.await?;
-    let progress_lines = stderr.lines().filter(|line| line.starts_with("progress ")).count();
+    let progress_lines = stderr
+        .lines()
+        .filter(|line| line.starts_with("progress "))
+        .count();
     let id = stderr
         .lines()
         .find(|line| line.starts_with("Evaluation ") && line.contains(" queued"))
         .and_then(|line| line.split_whitespace().nth(1))
         .with_context(|| format!("assay printed no evaluation id:\n{stderr}"))?;
-    let evaluation = deployment.client.get(&format!("/v1/evaluations/{id}")).await?;
+    let evaluation = deployment
+        .client
+        .get(&format!("/v1/evaluations/{id}"))
+        .await?;
     let xml = std::fs::read_to_string(dir.join("results.xml"))?;
     let document = roxmltree::Document::parse(&xml).context("the JUnit file parses")?;
     let cases: Vec<_> = document

@@ -158,7 +158,11 @@ pub async fn finish(api: &Api, evaluation: &Value, options: &EvalOptions) -> any
 /// The exit code and why: 0 when every model's pass rate reaches
 /// `fail_under` (default: no failure at all) and nothing errored (unless
 /// allowed); 1 when tests fail; 2 when the evaluation did not finish.
-pub fn verdict(evaluation: &Value, fail_under: Option<f64>, allow_errors: bool) -> (u8, Vec<String>) {
+pub fn verdict(
+    evaluation: &Value,
+    fail_under: Option<f64>,
+    allow_errors: bool,
+) -> (u8, Vec<String>) {
     let status = evaluation["status"].as_str().unwrap_or("?");
     if status != "succeeded" {
         return (
@@ -183,7 +187,11 @@ pub fn verdict(evaluation: &Value, fail_under: Option<f64>, allow_errors: bool) 
         let failed = model["failed"].as_f64().unwrap_or(0.0);
         let errored = model["errored"].as_f64().unwrap_or(0.0);
         let graded = passed + failed;
-        let rate = if graded > 0.0 { passed / graded * 100.0 } else { 100.0 };
+        let rate = if graded > 0.0 {
+            passed / graded * 100.0
+        } else {
+            100.0
+        };
         match fail_under {
             None if failed > 0.0 => reasons.push(format!(
                 "FAIL {name}: {failed} of {graded} graded results failed"
@@ -250,10 +258,7 @@ pub async fn push_prompt(api: &Api, prompt: &Prompt, spec: &Path) -> anyhow::Res
         } => {
             let commit_message = format!("assay eval -c {}", spec.display());
             let head = api
-                .get_optional(&format!(
-                    "/v1/prompts/{}/resolve?branch=main",
-                    encode(name)
-                ))
+                .get_optional(&format!("/v1/prompts/{}/resolve?branch=main", encode(name)))
                 .await;
             let committed = match head {
                 // No prompt of that name yet (404): create it with version 1.

@@ -347,7 +347,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             } else {
                 Filter::All
             };
-            let evaluation = api.get(&format!("/v1/evaluations/{}", encode(evaluation_id))).await?;
+            let evaluation = api
+                .get(&format!("/v1/evaluations/{}", encode(evaluation_id)))
+                .await?;
             if let Some(output) = output {
                 let count = export::export(&api, &evaluation, output, filter).await?;
                 println!("Wrote {count} results to {}", output.display());
@@ -371,7 +373,11 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Compare { a, b, json } => {
             let api = api(&cli)?;
             let comparison = api
-                .get(&format!("/v1/evaluations/{}/compare/{}", encode(a), encode(b)))
+                .get(&format!(
+                    "/v1/evaluations/{}/compare/{}",
+                    encode(a),
+                    encode(b)
+                ))
                 .await?;
             if *json {
                 print_json(&comparison)?;
@@ -387,7 +393,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             if *json {
                 print_json(&page["data"])?;
             } else {
-                render::print_evaluations(page["data"].as_array().map(Vec::as_slice).unwrap_or(&[]));
+                render::print_evaluations(
+                    page["data"].as_array().map(Vec::as_slice).unwrap_or(&[]),
+                );
             }
             Ok(EXIT_PASSED)
         }
@@ -447,7 +455,10 @@ async fn prompt_id(api: &Api, name: &str) -> anyhow::Result<String> {
         .get_optional(&format!("/v1/prompts/{}/resolve?branch=main", encode(name)))
         .await?
         .with_context(|| format!("no prompt named {name:?}"))?;
-    Ok(head["prompt_id"].as_str().context("no prompt id")?.to_owned())
+    Ok(head["prompt_id"]
+        .as_str()
+        .context("no prompt id")?
+        .to_owned())
 }
 
 async fn prompt_command(api: &Api, command: &PromptCommand) -> anyhow::Result<u8> {

@@ -45,9 +45,12 @@ impl Options {
     pub fn with_maps(mut self, maps: &[String]) -> anyhow::Result<Self> {
         for map in maps {
             let Some((from, to)) = map.split_once('=') else {
-                bail!("--map {map:?}: write provider=registry-name, e.g. openai:gpt-4o-mini=gpt-4o-mini");
+                bail!(
+                    "--map {map:?}: write provider=registry-name, e.g. openai:gpt-4o-mini=gpt-4o-mini"
+                );
             };
-            self.map.insert(from.trim().to_owned(), to.trim().to_owned());
+            self.map
+                .insert(from.trim().to_owned(), to.trim().to_owned());
         }
         Ok(self)
     }
@@ -142,12 +145,17 @@ impl Translator<'_> {
             })?);
         }
         let prompt = self.prompt(&config["prompts"], config)?;
-        let default_vars = default_test["vars"].as_object().cloned().unwrap_or_default();
+        let default_vars = default_test["vars"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
         let default_assert = self.asserts(&default_test["assert"], "defaultTest.assert");
         let mut tests = self.tests(&config["tests"])?;
         for test in &mut tests {
             for (name, value) in &default_vars {
-                test.vars.entry(name.clone()).or_insert_with(|| value.clone());
+                test.vars
+                    .entry(name.clone())
+                    .or_insert_with(|| value.clone());
             }
         }
         if tests.is_empty() {
@@ -231,7 +239,10 @@ impl Translator<'_> {
                     .and_then(Value::as_str)
                     .context("prompts[0]: needs raw or id")?
                     .to_owned(),
-                object.get("label").and_then(Value::as_str).map(str::to_owned),
+                object
+                    .get("label")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
             ),
             _ => bail!("prompts[0]: a string or {{raw, label}}"),
         };
@@ -242,7 +253,8 @@ impl Translator<'_> {
                     .with_context(|| format!("prompts[0]: cannot read {}", path.display()))?;
                 (
                     spec::messages_from_file(&path, &text)?,
-                    path.file_stem().map(|stem| stem.to_string_lossy().into_owned()),
+                    path.file_stem()
+                        .map(|stem| stem.to_string_lossy().into_owned()),
                 )
             }
             // A raw string may itself be a JSON chat (promptfoo accepts that too).
@@ -310,9 +322,9 @@ impl Translator<'_> {
                 let list: Vec<Value> = if spec::extension(&path) == "json" {
                     serde_json::from_str(&text)?
                 } else {
-                    serde_json::from_value(serde_json::to_value(
-                        serde_norway::from_str::<serde_norway::Value>(&text)?,
-                    )?)?
+                    serde_json::from_value(serde_json::to_value(serde_norway::from_str::<
+                        serde_norway::Value,
+                    >(&text)?)?)?
                 };
                 Ok(list
                     .iter()
@@ -320,7 +332,9 @@ impl Translator<'_> {
                     .map(|(index, test)| self.test(test, &format!("{file}[{index}]")))
                     .collect())
             }
-            other => bail!("{location}: tests file type {other:?} is not supported (csv, json, yaml)"),
+            other => {
+                bail!("{location}: tests file type {other:?} is not supported (csv, json, yaml)")
+            }
         }
     }
 
@@ -328,7 +342,10 @@ impl Translator<'_> {
     /// holding an assert in promptfoo's string form, `__description`,
     /// `__threshold`.
     fn csv_tests(&mut self, text: &str, path: &Path) -> anyhow::Result<Vec<TestCase>> {
-        let file = path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+        let file = path
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let mut reader = csv::Reader::from_reader(text.as_bytes());
         let headers = reader.headers()?.clone();
         let mut tests = Vec::new();
@@ -350,7 +367,8 @@ impl Translator<'_> {
                 } else if column.starts_with("__") {
                     self.unsupported(location, format!("column {column}"));
                 } else {
-                    test.vars.insert(column.to_owned(), Value::String(cell.to_owned()));
+                    test.vars
+                        .insert(column.to_owned(), Value::String(cell.to_owned()));
                 }
             }
             tests.push(test);
@@ -373,24 +391,51 @@ impl Translator<'_> {
                 return None;
             }
         }
-        if let Some(rubric) = text.strip_prefix("grade:").or(text.strip_prefix("llm-rubric:")) {
-            return self.assert(&json!({"type": "llm-rubric", "value": rubric.trim()}), location);
+        if let Some(rubric) = text
+            .strip_prefix("grade:")
+            .or(text.strip_prefix("llm-rubric:"))
+        {
+            return self.assert(
+                &json!({"type": "llm-rubric", "value": rubric.trim()}),
+                location,
+            );
         }
         let (head, value) = match text.split_once(':') {
             Some((head, value)) => (head, Some(value.trim_start())),
             None => (text, None),
         };
         let (type_name, threshold) = match head.split_once('(') {
-            Some((type_name, rest)) => (type_name, rest.strip_suffix(')').and_then(|t| t.parse::<f64>().ok())),
+            Some((type_name, rest)) => (
+                type_name,
+                rest.strip_suffix(')').and_then(|t| t.parse::<f64>().ok()),
+            ),
             None => (head, None),
         };
         let base = type_name.strip_prefix("not-").unwrap_or(type_name);
         let known = [
-            "equals", "contains", "icontains", "contains-any", "contains-all", "icontains-any",
-            "icontains-all", "starts-with", "regex", "is-json", "contains-json", "is-xml",
-            "levenshtein", "rouge-n", "bleu", "similar", "latency", "cost", "finish-reason",
+            "equals",
+            "contains",
+            "icontains",
+            "contains-any",
+            "contains-all",
+            "icontains-any",
+            "icontains-all",
+            "starts-with",
+            "regex",
+            "is-json",
+            "contains-json",
+            "is-xml",
+            "levenshtein",
+            "rouge-n",
+            "bleu",
+            "similar",
+            "latency",
+            "cost",
+            "finish-reason",
         ];
-        if !known.contains(&base) || (value.is_none() && !matches!(base, "is-json" | "contains-json" | "is-xml")) {
+        if !known.contains(&base)
+            || (value.is_none() && !matches!(base, "is-json" | "contains-json" | "is-xml"))
+        {
             return Some(json!({"type": "equals", "value": text}));
         }
         let mut assert = json!({"type": type_name});
@@ -454,7 +499,10 @@ impl Translator<'_> {
                 key.as_str(),
                 "type" | "value" | "threshold" | "weight" | "provider" | "metric" | "description"
             ) {
-                self.unsupported(format!("{location}.{key}"), format!("{key} on a {type_name} assert"));
+                self.unsupported(
+                    format!("{location}.{key}"),
+                    format!("{key} on a {type_name} assert"),
+                );
                 return None;
             }
         }
@@ -466,14 +514,19 @@ impl Translator<'_> {
         let strings = |value: &Value| -> Option<Vec<String>> {
             match value {
                 Value::Array(list) => list.iter().map(string).collect(),
-                Value::String(text) => Some(text.split(',').map(|part| part.trim().to_owned()).collect()),
+                Value::String(text) => {
+                    Some(text.split(',').map(|part| part.trim().to_owned()).collect())
+                }
                 _ => None,
             }
         };
         let mut grader = match base {
             "equals" | "contains" | "icontains" | "starts-with" | "finish-reason" => {
                 let Some(value) = string(value) else {
-                    self.unsupported(location, format!("a {type_name} assert whose value is not text"));
+                    self.unsupported(
+                        location,
+                        format!("a {type_name} assert whose value is not text"),
+                    );
                     return None;
                 };
                 json!({"type": base, "value": value})
@@ -497,7 +550,10 @@ impl Translator<'_> {
                 Value::Object(schema) => json!({"type": "json-schema", "schema": schema}),
                 Value::Null => json!({"type": base}),
                 _ => {
-                    self.unsupported(location, format!("a {type_name} schema given as a file or text"));
+                    self.unsupported(
+                        location,
+                        format!("a {type_name} schema given as a file or text"),
+                    );
                     return None;
                 }
             },
@@ -509,7 +565,8 @@ impl Translator<'_> {
                 };
                 // promptfoo: threshold is the largest edit distance, default 5.
                 let max_distance = threshold.unwrap_or(5.0).max(0.0) as usize;
-                let mut grader = json!({"type": "levenshtein", "value": value, "max_distance": max_distance});
+                let mut grader =
+                    json!({"type": "levenshtein", "value": value, "max_distance": max_distance});
                 if negate {
                     grader["type"] = json!("not-levenshtein");
                 }
@@ -520,7 +577,10 @@ impl Translator<'_> {
             }
             "rouge-n" | "bleu" => {
                 let Some(value) = string(value) else {
-                    self.unsupported(location, format!("a {type_name} assert without a reference"));
+                    self.unsupported(
+                        location,
+                        format!("a {type_name} assert without a reference"),
+                    );
                     return None;
                 };
                 json!({"type": base, "value": value})
@@ -543,7 +603,10 @@ impl Translator<'_> {
                             return None;
                         }
                     },
-                    None => self.default_judge.clone().or_else(|| self.options.judge.clone()),
+                    None => self
+                        .default_judge
+                        .clone()
+                        .or_else(|| self.options.judge.clone()),
                 };
                 let Some(judge) = judge else {
                     self.unsupported(
@@ -591,7 +654,13 @@ fn provider_id(provider: &Value) -> Option<String> {
 fn slug(text: &str) -> String {
     let slug: String = text
         .chars()
-        .map(|char| if char.is_ascii_alphanumeric() { char.to_ascii_lowercase() } else { '-' })
+        .map(|char| {
+            if char.is_ascii_alphanumeric() {
+                char.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .collect();
     let slug = slug.trim_matches('-').to_owned();
     slug.chars().take(60).collect()
@@ -617,10 +686,19 @@ mod tests {
     #[test]
     fn maps_providers_and_names_the_unmapped() {
         let yaml = "prompts: ['Say {{x}}']\nproviders: [openai:gpt-4o-mini, anthropic:claude, echo]\ntests: [{vars: {x: 1}}]\n";
-        let error = translate_text(yaml, &Options::default()).err().unwrap().to_string();
-        assert!(error.contains("openai:gpt-4o-mini, anthropic:claude"), "{error}");
+        let error = translate_text(yaml, &Options::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            error.contains("openai:gpt-4o-mini, anthropic:claude"),
+            "{error}"
+        );
         let options = Options::default()
-            .with_maps(&["openai:gpt-4o-mini=mock".to_owned(), "anthropic:claude=mock:seed=2".to_owned()])
+            .with_maps(&[
+                "openai:gpt-4o-mini=mock".to_owned(),
+                "anthropic:claude=mock:seed=2".to_owned(),
+            ])
             .unwrap();
         let translated = translate_text(yaml, &options).unwrap();
         assert_eq!(translated.spec.models, vec!["mock", "mock:seed=2", "mock"]);
@@ -649,8 +727,12 @@ tests:
                 what: "a javascript assert".to_owned()
             }]
         );
-        let TestsSpec::List(tests) = &translated.spec.tests else { panic!() };
-        let TestEntry::Test(test) = &tests[0] else { panic!() };
+        let TestsSpec::List(tests) = &translated.spec.tests else {
+            panic!()
+        };
+        let TestEntry::Test(test) = &tests[0] else {
+            panic!()
+        };
         assert_eq!(
             test.assert,
             vec![
@@ -673,8 +755,14 @@ tests:
             default_judge: Some("mock".to_owned()),
         };
         let mut one = |text: &str| translator.assert_from_string(text, "here");
-        assert_eq!(one("Paris"), Some(json!({"type": "equals", "value": "Paris"})));
-        assert_eq!(one("icontains: paris"), Some(json!({"type": "icontains", "value": "paris"})));
+        assert_eq!(
+            one("Paris"),
+            Some(json!({"type": "equals", "value": "Paris"}))
+        );
+        assert_eq!(
+            one("icontains: paris"),
+            Some(json!({"type": "icontains", "value": "paris"}))
+        );
         assert_eq!(
             one("levenshtein(1):Pariss"),
             Some(json!({"type": "levenshtein", "value": "Pariss", "max_distance": 1}))

@@ -119,7 +119,14 @@ pub fn print_graders(evaluation: &Value) {
         return;
     };
     let mut table = table(&[
-        "grader", "from", "model", "passed", "failed", "errors", "pass rate", "mean score",
+        "grader",
+        "from",
+        "model",
+        "passed",
+        "failed",
+        "errors",
+        "pass rate",
+        "mean score",
     ]);
     for summary in summaries {
         let grader = match summary["index"].as_i64() {
@@ -165,7 +172,9 @@ pub fn print_results(results: &[Value]) {
 }
 
 pub fn print_evaluations(evaluations: &[Value]) {
-    let mut table = table(&["id", "status", "created", "models", "done", "passed", "failed", "errored"]);
+    let mut table = table(&[
+        "id", "status", "created", "models", "done", "passed", "failed", "errored",
+    ]);
     for evaluation in evaluations {
         let counts = &evaluation["counts"];
         let models = evaluation["models"]
@@ -190,10 +199,22 @@ pub fn print_evaluations(evaluations: &[Value]) {
 /// with its interval, the test's p-value, improvements and regressions.
 pub fn print_comparison(comparison: &Value) {
     let mut table = table(&[
-        "model a", "model b", "paired", "pass a", "pass b", "difference", "95% CI", "p-value",
-        "improved", "regressed",
+        "model a",
+        "model b",
+        "paired",
+        "pass a",
+        "pass b",
+        "difference",
+        "95% CI",
+        "p-value",
+        "improved",
+        "regressed",
     ]);
-    for pair in comparison["pairs"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+    for pair in comparison["pairs"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+    {
         let rates = &pair["pass_rate"];
         let interval = &rates["ci95"];
         table.add_row(vec![
@@ -224,7 +245,14 @@ pub fn print_comparison(comparison: &Value) {
 }
 
 pub fn print_models(models: &Value) {
-    let mut table = table(&["name", "provider", "upstream", "$/M in", "$/M out", "fallbacks"]);
+    let mut table = table(&[
+        "name",
+        "provider",
+        "upstream",
+        "$/M in",
+        "$/M out",
+        "fallbacks",
+    ]);
     for model in models["data"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
         table.add_row(vec![
             text(&model["name"]),
@@ -264,7 +292,11 @@ pub fn print_diff(diff: &Value) {
         text(&diff["from"]["version"]),
         text(&diff["to"]["version"])
     );
-    for message in diff["messages"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+    for message in diff["messages"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+    {
         println!(
             "message {} ({}): {}",
             text(&message["index"]),

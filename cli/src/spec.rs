@@ -241,7 +241,12 @@ pub fn is_promptfoo(document: &serde_norway::Value) -> bool {
 }
 
 pub fn parse(document: serde_norway::Value, path: &Path) -> anyhow::Result<Spec> {
-    serde_norway::from_value(document).with_context(|| format!("{} is not a valid assay spec (see the README's \"Spec file\" section)", path.display()))
+    serde_norway::from_value(document).with_context(|| {
+        format!(
+            "{} is not a valid assay spec (see the README's \"Spec file\" section)",
+            path.display()
+        )
+    })
 }
 
 impl Spec {
@@ -523,9 +528,7 @@ mod tests {
             ..Spec::default()
         };
         assert!(spec("capitals").resolve(Path::new(".")).is_err());
-        let resolved = spec("capitals@production")
-            .resolve(Path::new("."))
-            .unwrap();
+        let resolved = spec("capitals@production").resolve(Path::new(".")).unwrap();
         assert_eq!(
             resolved.prompt,
             Prompt::Stored {

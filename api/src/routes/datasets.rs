@@ -123,7 +123,7 @@ pub async fn create(
                 &name,
                 query.description.as_deref(),
                 payload,
-                StreamParser::Csv(CsvItems::new()),
+                StreamParser::Csv(Box::new(CsvItems::new())),
             )
             .await?
         }
@@ -163,7 +163,8 @@ enum StreamParser {
         pending: web::BytesMut,
         line_number: usize,
     },
-    Csv(CsvItems),
+    /// Boxed: the CSV reader's state machine is large, and there is one per upload.
+    Csv(Box<CsvItems>),
 }
 
 impl StreamParser {

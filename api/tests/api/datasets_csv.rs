@@ -38,18 +38,27 @@ async fn csv_uploads_stream_items_with_their_graders_and_a_content_hash() {
         items.body["data"][0]["graders"],
         json!([{"type": "contains", "value": "{{ city }}"}, {"type": "not-icontains", "value": "rome"}])
     );
-    assert_eq!(items.body["data"][1]["vars"]["city"], "Buenos Aires, capital");
+    assert_eq!(
+        items.body["data"][1]["vars"]["city"],
+        "Buenos Aires, capital"
+    );
     assert!(items.body["data"][1].get("graders").is_none());
 
     // Found again by what it holds, and only by that.
     let found = client
-        .get(&format!("/v1/datasets?content_hash={}", content_hash("csv", CSV)))
+        .get(&format!(
+            "/v1/datasets?content_hash={}",
+            content_hash("csv", CSV)
+        ))
         .await
         .unwrap();
     assert_eq!(found.status, 200);
     assert_eq!(found.body["data"][0]["id"], uploaded.body["id"]);
     let missing = client
-        .get(&format!("/v1/datasets?content_hash={}", content_hash("jsonl", CSV)))
+        .get(&format!(
+            "/v1/datasets?content_hash={}",
+            content_hash("jsonl", CSV)
+        ))
         .await
         .unwrap();
     assert_eq!(missing.body["data"], json!([]));
@@ -57,10 +66,17 @@ async fn csv_uploads_stream_items_with_their_graders_and_a_content_hash() {
     assert_eq!(malformed.status, 400, "{:?}", malformed.body);
     let other_tenant = app.client_for("tenant-b").await;
     let hidden = other_tenant
-        .get(&format!("/v1/datasets?content_hash={}", content_hash("csv", CSV)))
+        .get(&format!(
+            "/v1/datasets?content_hash={}",
+            content_hash("csv", CSV)
+        ))
         .await
         .unwrap();
-    assert_eq!(hidden.body["data"], json!([]), "another tenant's dataset stays hidden");
+    assert_eq!(
+        hidden.body["data"],
+        json!([]),
+        "another tenant's dataset stays hidden"
+    );
 
     // A JSON body hashes like the JSON Lines of its items; `assert` is `graders`.
     let items = vec![
@@ -73,7 +89,10 @@ async fn csv_uploads_stream_items_with_their_graders_and_a_content_hash() {
         .unwrap();
     assert_eq!(json_upload.status, 201, "{:?}", json_upload.body);
     let jsonl = "{\"vars\":{\"q\":\"a\"},\"graders\":[{\"type\":\"is-json\"}]}\n{\"vars\":{\"q\":\"b\"},\"expected\":\"b\"}\n";
-    assert_eq!(json_upload.body["content_hash"], content_hash("jsonl", jsonl));
+    assert_eq!(
+        json_upload.body["content_hash"],
+        content_hash("jsonl", jsonl)
+    );
 }
 
 #[tokio::test]
@@ -82,8 +101,16 @@ async fn bad_csv_and_bad_item_graders_are_422s_that_write_nothing() {
     let client = &app.client;
     let cases: [(&str, &str, &str); 5] = [
         ("text/csv", "a,b\n1,2\n3\n", "row 3"),
-        ("text/csv", "a,__assert\n1,telepathy:yes\n", "row 2.__assert"),
-        ("text/csv", "a,__assert\n1,contains:{{ b }}\n", "items[0].graders[0]"),
+        (
+            "text/csv",
+            "a,__assert\n1,telepathy:yes\n",
+            "row 2.__assert",
+        ),
+        (
+            "text/csv",
+            "a,__assert\n1,contains:{{ b }}\n",
+            "items[0].graders[0]",
+        ),
         (
             "application/x-ndjson",
             "{\"vars\": {}, \"graders\": [{\"type\": \"llm-rubric\", \"rubric\": \"x\", \"model\": \"nope\"}]}\n",
@@ -105,7 +132,10 @@ async fn bad_csv_and_bad_item_graders_are_422s_that_write_nothing() {
         assert_eq!(app.count_rows("datasets").await, 0);
         assert_eq!(app.count_rows("dataset_items").await, 0);
     }
-    let unnamed = client.post_raw("/v1/datasets", "text/csv", "a\n1\n").await.unwrap();
+    let unnamed = client
+        .post_raw("/v1/datasets", "text/csv", "a\n1\n")
+        .await
+        .unwrap();
     assert_eq!(unnamed.status, 400, "{:?}", unnamed.body);
 }
 
@@ -114,11 +144,13 @@ async fn an_evaluation_may_leave_grading_to_items_that_all_have_graders() {
     let app = TestApp::spawn().await;
     let client = &app.client;
     let (_, version) = app.prompt(client, "p", "{{ city }}").await;
-    let submit = |dataset: Value| {
-        json!({"prompt_version_id": version, "dataset_id": dataset, "models": ["mock"], "graders": []})
-    };
+    let submit = |dataset: Value| json!({"prompt_version_id": version, "dataset_id": dataset, "models": ["mock"], "graders": []});
     let all = client
-        .post_raw("/v1/datasets?name=all", "text/csv", "city,__assert\nParis,contains:Paris\nRome,is-json\n")
+        .post_raw(
+            "/v1/datasets?name=all",
+            "text/csv",
+            "city,__assert\nParis,contains:Paris\nRome,is-json\n",
+        )
         .await
         .unwrap();
     assert_eq!(all.status, 201, "{:?}", all.body);
@@ -128,7 +160,11 @@ async fn an_evaluation_may_leave_grading_to_items_that_all_have_graders() {
         .unwrap();
     assert_eq!(accepted.status, 202, "{:?}", accepted.body);
     let some = client
-        .post_raw("/v1/datasets?name=some", "text/csv", "city,__assert\nParis,contains:Paris\nRome,\n")
+        .post_raw(
+            "/v1/datasets?name=some",
+            "text/csv",
+            "city,__assert\nParis,contains:Paris\nRome,\n",
+        )
         .await
         .unwrap();
     let refused = client

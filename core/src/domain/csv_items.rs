@@ -172,9 +172,8 @@ impl CsvItems {
         let mut fields = Vec::with_capacity(self.ended);
         let mut start = 0;
         for &end in &self.ends[..self.ended] {
-            let field = std::str::from_utf8(&self.buffer[start..end]).map_err(|_| {
-                InvalidInput::new(format!("row {}", self.rows), "is not UTF-8")
-            })?;
+            let field = std::str::from_utf8(&self.buffer[start..end])
+                .map_err(|_| InvalidInput::new(format!("row {}", self.rows), "is not UTF-8"))?;
             fields.push(field.to_owned());
             start = end;
         }
@@ -212,7 +211,9 @@ impl CsvItems {
                     item.vars.insert(name.clone(), Value::String(cell));
                 }
                 Column::Id => item.id = (!cell.is_empty()).then_some(cell),
-                Column::Expected => item.expected = (!cell.is_empty()).then_some(Value::String(cell)),
+                Column::Expected => {
+                    item.expected = (!cell.is_empty()).then_some(Value::String(cell))
+                }
                 Column::Threshold => {
                     if !cell.trim().is_empty() {
                         item.threshold = Some(cell.trim().parse().map_err(|_| {

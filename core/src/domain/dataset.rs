@@ -155,7 +155,9 @@ impl ItemChecker {
         }
         let graders = match &item.graders {
             None => None,
-            Some(values) => Some(self.check_graders(position, values, &item.vars, &item.expected)?),
+            Some(values) => {
+                Some(self.check_graders(position, values, &item.vars, &item.expected)?)
+            }
         };
         self.common = Some(match self.common.take() {
             None => item.vars.keys().cloned().collect(),
@@ -391,17 +393,24 @@ mod tests {
         )])
         .unwrap_err();
         assert_eq!(error.field, "items[0].graders[1].pattern");
-        let error = validate_items(vec![item(json!({"vars": {}, "graders": [{"type": "telepathy"}]}))])
-            .unwrap_err();
+        let error = validate_items(vec![item(
+            json!({"vars": {}, "graders": [{"type": "telepathy"}]}),
+        )])
+        .unwrap_err();
         assert_eq!(error.field, "items[0].graders[0].type");
-        let many: Vec<Value> = (0..=MAX_ITEM_GRADERS).map(|_| json!({"type": "is-json"})).collect();
+        let many: Vec<Value> = (0..=MAX_ITEM_GRADERS)
+            .map(|_| json!({"type": "is-json"}))
+            .collect();
         let error = validate_items(vec![item(json!({"vars": {}, "graders": many}))]).unwrap_err();
         assert_eq!(error.field, "items[0].graders");
     }
 
     #[test]
     fn json_items_hash_like_their_json_lines() {
-        let items = vec![item(json!({"vars": {"q": 1}})), item(json!({"vars": {"q": 2}}))];
+        let items = vec![
+            item(json!({"vars": {"q": 1}})),
+            item(json!({"vars": {"q": 2}})),
+        ];
         let mut hasher = ContentHasher::new("jsonl");
         hasher.update(b"{\"vars\":{\"q\":1}}\n{\"vars\":{\"q\":2}}\n");
         assert_eq!(ContentHasher::of_items(&items), hasher.finish());

@@ -56,13 +56,10 @@ fn command(stack: &Stack, dir: &Path, args: &[&str]) -> tokio::process::Command 
 
 /// Runs `assay args...` in `dir` to its end.
 async fn assay(stack: &Stack, dir: &Path, args: &[&str]) -> Output {
-    let output = tokio::time::timeout(
-        Duration::from_secs(120),
-        command(stack, dir, args).output(),
-    )
-    .await
-    .expect("assay finishes within 2 minutes")
-    .unwrap();
+    let output = tokio::time::timeout(Duration::from_secs(120), command(stack, dir, args).output())
+        .await
+        .expect("assay finishes within 2 minutes")
+        .unwrap();
     eprintln!(
         "$ assay {}\n{}{}-> {:?}",
         args.join(" "),
@@ -150,8 +147,14 @@ fn junit_cases(xml: &str) -> Vec<(String, String, String)> {
         .collect();
     let count = |outcome: &str| cases.iter().filter(|case| case.2 == outcome).count();
     assert_eq!(suite.attribute("tests").unwrap(), cases.len().to_string());
-    assert_eq!(suite.attribute("failures").unwrap(), count("failed").to_string());
-    assert_eq!(suite.attribute("errors").unwrap(), count("errored").to_string());
+    assert_eq!(
+        suite.attribute("failures").unwrap(),
+        count("failed").to_string()
+    );
+    assert_eq!(
+        suite.attribute("errors").unwrap(),
+        count("errored").to_string()
+    );
     cases
 }
 
@@ -209,15 +212,26 @@ async fn spec_files_in_every_format_exports_and_exit_codes() {
     assert_eq!(junit_cases(&dir.read("results.xml")), keys(&results));
 
     // Unchanged prompt and tests: nothing is uploaded again.
-    let versions_before = api_metric(&stack, "assay_prompt_commits_total{outcome=\"unchanged\"}").await;
+    let versions_before =
+        api_metric(&stack, "assay_prompt_commits_total{outcome=\"unchanged\"}").await;
     let second = assay(&stack, &dir.0, &["eval", "-o", "results.csv"]).await;
     assert_eq!(code(&second), 0);
     assert!(stderr(&second).contains("(unchanged)"));
     assert!(stderr(&second).contains("(unchanged, not uploaded)"));
     let datasets = stack.client.get("/v1/datasets").await.unwrap();
-    assert_eq!(datasets.body["data"].as_array().unwrap().len(), 1, "one dataset");
-    assert_eq!(api_metric(&stack, "assay_dataset_uploads_total{format=\"csv\"}").await, 1.0);
-    assert_eq!(api_metric(&stack, "assay_dataset_hash_lookups_total{outcome=\"hit\"}").await, 1.0);
+    assert_eq!(
+        datasets.body["data"].as_array().unwrap().len(),
+        1,
+        "one dataset"
+    );
+    assert_eq!(
+        api_metric(&stack, "assay_dataset_uploads_total{format=\"csv\"}").await,
+        1.0
+    );
+    assert_eq!(
+        api_metric(&stack, "assay_dataset_hash_lookups_total{outcome=\"hit\"}").await,
+        1.0
+    );
     assert_eq!(
         api_metric(&stack, "assay_prompt_commits_total{outcome=\"unchanged\"}").await,
         versions_before + 1.0
@@ -237,7 +251,10 @@ async fn spec_files_in_every_format_exports_and_exit_codes() {
     let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
     assert_eq!(rows.len(), second_results.len());
     for (row, result) in rows.iter().zip(&second_results) {
-        assert_eq!(&row[column("item_id")], result["item_key"].as_str().unwrap());
+        assert_eq!(
+            &row[column("item_id")],
+            result["item_key"].as_str().unwrap()
+        );
         assert_eq!(&row[column("model")], result["model"].as_str().unwrap());
         assert_eq!(&row[column("status")], result["status"].as_str().unwrap());
         assert_eq!(&row[column("output")], result["output"].as_str().unwrap());
@@ -265,24 +282,49 @@ async fn spec_files_in_every_format_exports_and_exit_codes() {
         "- vars: {question: The capital of Peru is Lima}\n  expected: Lima\n\
          - vars: {question: The capital of Chile is Santiago}\n  expected: Valparaiso\n",
     );
-    dir.write("yaml.yaml", &format!("{SPEC_HEAD}tests: file://tests.yaml\n"));
-    let failing = assay(&stack, &dir.0, &["eval", "-c", "yaml.yaml", "-o", "failing.xml"]).await;
+    dir.write(
+        "yaml.yaml",
+        &format!("{SPEC_HEAD}tests: file://tests.yaml\n"),
+    );
+    let failing = assay(
+        &stack,
+        &dir.0,
+        &["eval", "-c", "yaml.yaml", "-o", "failing.xml"],
+    )
+    .await;
     assert_eq!(code(&failing), 1);
-    assert!(stderr(&failing).contains("FAIL mock"), "{}", stderr(&failing));
+    assert!(
+        stderr(&failing).contains("FAIL mock"),
+        "{}",
+        stderr(&failing)
+    );
     let failing_id = evaluation_id(&failing);
     assert_eq!(
         junit_cases(&dir.read("failing.xml")),
         keys(&stack.results(&failing_id).await)
     );
-    assert!(dir.read("failing.xml").contains("contains: "), "failures carry the grader reasons");
-    let gated = assay(&stack, &dir.0, &["eval", "-c", "yaml.yaml", "--fail-under", "50"]).await;
+    assert!(
+        dir.read("failing.xml").contains("contains: "),
+        "failures carry the grader reasons"
+    );
+    let gated = assay(
+        &stack,
+        &dir.0,
+        &["eval", "-c", "yaml.yaml", "--fail-under", "50"],
+    )
+    .await;
     assert_eq!(code(&gated), 0);
     let json = assay(&stack, &dir.0, &["eval", "-c", "yaml.yaml", "--json"]).await;
     assert_eq!(code(&json), 1);
     let report: Value = serde_json::from_slice(&json.stdout).expect("--json prints JSON");
     assert_eq!(report["exit_code"], 1);
     assert_eq!(report["evaluation"]["status"], "succeeded");
-    let failed = assay(&stack, &dir.0, &["results", &failing_id, "--failed", "-o", "failed.jsonl"]).await;
+    let failed = assay(
+        &stack,
+        &dir.0,
+        &["results", &failing_id, "--failed", "-o", "failed.jsonl"],
+    )
+    .await;
     assert_eq!(code(&failed), 0);
     let failed_rows: Vec<Value> = dir
         .read("failed.jsonl")
@@ -297,8 +339,16 @@ async fn spec_files_in_every_format_exports_and_exit_codes() {
         "tests.jsonl",
         "{\"id\": \"lima\", \"vars\": {\"question\": \"Lima\"}, \"expected\": \"Lima\"}\n",
     );
-    dir.write("jsonl.yaml", &format!("{SPEC_HEAD}tests: file://tests.jsonl\n"));
-    let jsonl = assay(&stack, &dir.0, &["eval", "-c", "jsonl.yaml", "-o", "out.jsonl"]).await;
+    dir.write(
+        "jsonl.yaml",
+        &format!("{SPEC_HEAD}tests: file://tests.jsonl\n"),
+    );
+    let jsonl = assay(
+        &stack,
+        &dir.0,
+        &["eval", "-c", "jsonl.yaml", "-o", "out.jsonl"],
+    )
+    .await;
     assert_eq!(code(&jsonl), 0);
     assert_eq!(dir.read("out.jsonl").lines().count(), 2);
     dir.write(
@@ -306,8 +356,16 @@ async fn spec_files_in_every_format_exports_and_exit_codes() {
         r#"[{"vars": {"question": "Quito"}, "expected": "Quito",
              "assert": [{"type": "llm-rubric", "rubric": "x", "model": "mock:judge=garbage"}]}]"#,
     );
-    dir.write("json.yaml", &format!("{SPEC_HEAD}tests: file://tests.json\n"));
-    let errored = assay(&stack, &dir.0, &["eval", "-c", "json.yaml", "-o", "out.json"]).await;
+    dir.write(
+        "json.yaml",
+        &format!("{SPEC_HEAD}tests: file://tests.json\n"),
+    );
+    let errored = assay(
+        &stack,
+        &dir.0,
+        &["eval", "-c", "json.yaml", "-o", "out.json"],
+    )
+    .await;
     assert_eq!(code(&errored), 1);
     assert!(stderr(&errored).contains("errored"), "{}", stderr(&errored));
     let exported: Value = serde_json::from_str(&dir.read("out.json")).unwrap();
@@ -319,7 +377,12 @@ async fn spec_files_in_every_format_exports_and_exit_codes() {
             .iter()
             .all(|result| result["status"] == "errored")
     );
-    let allowed = assay(&stack, &dir.0, &["eval", "-c", "json.yaml", "--allow-errors"]).await;
+    let allowed = assay(
+        &stack,
+        &dir.0,
+        &["eval", "-c", "json.yaml", "--allow-errors"],
+    )
+    .await;
     assert_eq!(code(&allowed), 0);
 
     // --no-wait prints the id and returns.
@@ -341,7 +404,11 @@ async fn spec_files_in_every_format_exports_and_exit_codes() {
     );
     let refused = assay(&stack, &dir.0, &["eval", "-c", "bad.yaml"]).await;
     assert_eq!(code(&refused), 2);
-    assert!(stderr(&refused).contains("no-such-model"), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("no-such-model"),
+        "{}",
+        stderr(&refused)
+    );
     dir.write(
         "bad-assert.yaml",
         &format!(
@@ -363,7 +430,10 @@ async fn stored_prompts_history_and_labels() {
     let dir = Scratch::new();
     dir.write("prompts/question.md", "{{ question }}");
     dir.write("tests.csv", TESTS_CSV);
-    dir.write("assay.yaml", &format!("{SPEC_HEAD}tests: file://tests.csv\n"));
+    dir.write(
+        "assay.yaml",
+        &format!("{SPEC_HEAD}tests: file://tests.csv\n"),
+    );
     assert_eq!(code(&assay(&stack, &dir.0, &["eval"]).await), 0);
     // A changed prompt is a new version.
     dir.write("prompts/question.md", "Q: {{ question }}");
@@ -375,7 +445,12 @@ async fn stored_prompts_history_and_labels() {
     let diff = assay(&stack, &dir.0, &["prompt", "diff", "capitals", "1", "2"]).await;
     assert_eq!(code(&diff), 0);
     assert!(stdout(&diff).contains("changed"), "{}", stdout(&diff));
-    let label = assay(&stack, &dir.0, &["prompt", "label", "capitals", "production", "1"]).await;
+    let label = assay(
+        &stack,
+        &dir.0,
+        &["prompt", "label", "capitals", "production", "1"],
+    )
+    .await;
     assert_eq!(code(&label), 0);
     // A spec may run a stored version by label.
     dir.write(
@@ -420,19 +495,40 @@ async fn a_promptfoo_config_is_translated_and_run() {
     // Unmapped providers are named.
     let unmapped = assay(&stack, &dir.0, &["eval", "-c", "promptfooconfig.yaml"]).await;
     assert_eq!(code(&unmapped), 2);
-    assert!(stderr(&unmapped).contains("openai:gpt-4o-mini"), "{}", stderr(&unmapped));
+    assert!(
+        stderr(&unmapped).contains("openai:gpt-4o-mini"),
+        "{}",
+        stderr(&unmapped)
+    );
 
     // The javascript asserts are reported with their locations; nothing runs.
     let args = [&["eval", "-c", "promptfooconfig.yaml"][..], &map[..]].concat();
     let refused = assay(&stack, &dir.0, &args).await;
     assert_eq!(code(&refused), 2);
     let report = stderr(&refused);
-    assert!(report.contains("promptfooconfig.yaml: tests[2].assert[2]: a javascript assert"), "{report}");
-    assert!(report.contains("capitals.csv row 5 column __expected: a javascript assert"), "{report}");
+    assert!(
+        report.contains("promptfooconfig.yaml: tests[2].assert[2]: a javascript assert"),
+        "{report}"
+    );
+    assert!(
+        report.contains("capitals.csv row 5 column __expected: a javascript assert"),
+        "{report}"
+    );
     assert!(report.contains("--skip-unsupported"));
 
     // With --skip-unsupported it runs; every translated assert decides as promptfoo's would.
-    let args = [&["eval", "-c", "promptfooconfig.yaml", "-o", "pf.xml", "--skip-unsupported"][..], &map[..]].concat();
+    let args = [
+        &[
+            "eval",
+            "-c",
+            "promptfooconfig.yaml",
+            "-o",
+            "pf.xml",
+            "--skip-unsupported",
+        ][..],
+        &map[..],
+    ]
+    .concat();
     let run = assay(&stack, &dir.0, &args).await;
     assert_eq!(code(&run), 1, "some tests fail by design");
     assert!(stderr(&run).contains("Skipped what Assay cannot run"));
@@ -448,20 +544,39 @@ async fn a_promptfoo_config_is_translated_and_run() {
             .map(|grade| grade["passed"].as_bool().unwrap())
             .collect();
         assert_eq!(passed, expected, "item {position}: {}", result["grades"]);
-        let status = if expected.iter().all(|passed| *passed) { "passed" } else { "failed" };
+        let status = if expected.iter().all(|passed| *passed) {
+            "passed"
+        } else {
+            "failed"
+        };
         assert_eq!(result["status"], status, "item {position}");
     }
     assert_eq!(junit_cases(&dir.read("pf.xml")), keys(&results));
 
     // `assay import promptfoo` writes an assay.yaml that runs the same.
-    let args = [&["import", "promptfoo", "promptfooconfig.yaml", "--skip-unsupported"][..], &map[..]].concat();
+    let args = [
+        &[
+            "import",
+            "promptfoo",
+            "promptfooconfig.yaml",
+            "--skip-unsupported",
+        ][..],
+        &map[..],
+    ]
+    .concat();
     let import = assay(&stack, &dir.0, &args).await;
     assert_eq!(code(&import), 0);
     let spec = dir.read("assay.yaml");
-    assert!(spec.contains("models:") && spec.contains("mock:seed=1"), "{spec}");
+    assert!(
+        spec.contains("models:") && spec.contains("mock:seed=1"),
+        "{spec}"
+    );
     let rerun = assay(&stack, &dir.0, &["eval", "--fail-under", "50"]).await;
     assert_eq!(code(&rerun), 0);
-    assert!(stderr(&rerun).contains("(unchanged, not uploaded)"), "the same tests, already on the server");
+    assert!(
+        stderr(&rerun).contains("(unchanged, not uploaded)"),
+        "the same tests, already on the server"
+    );
 }
 
 #[tokio::test]
@@ -508,7 +623,13 @@ async fn ctrl_c_asks_once_and_cancels_on_the_server() {
         .to_owned();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let pid = child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     {
         use tokio::io::AsyncWriteExt as _;
         let mut stdin = child.stdin.take().unwrap();
@@ -531,12 +652,15 @@ async fn ctrl_c_asks_once_and_cancels_on_the_server() {
 
 /// The commands between the README's quick-start markers.
 fn readme_quick_start() -> Vec<String> {
-    let readme = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
-    )
-    .unwrap();
-    let start = readme.find("<!-- quickstart:begin -->").expect("quick-start markers");
-    let end = readme.find("<!-- quickstart:end -->").expect("quick-start markers");
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .unwrap();
+    let start = readme
+        .find("<!-- quickstart:begin -->")
+        .expect("quick-start markers");
+    let end = readme
+        .find("<!-- quickstart:end -->")
+        .expect("quick-start markers");
     readme[start..end]
         .lines()
         .skip_while(|line| !line.starts_with("```sh"))

@@ -765,8 +765,7 @@ async fn evaluate_one(
     // The item's own pass mark wins over the evaluation's.
     let threshold = item.threshold.or(plan.evaluation.threshold);
     let verdict =
-        graders::grade_with_item(&plan.graders, item_graders, &input, &plan.judge, threshold)
-            .await;
+        graders::grade_with_item(&plan.graders, item_graders, &input, &plan.judge, threshold).await;
     result.status = if verdict.errored {
         ResultStatus::Errored
     } else if verdict.passed {

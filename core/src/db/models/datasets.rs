@@ -195,8 +195,7 @@ pub async fn create_streamed(
                                 datasets::item_count.eq(item_count),
                                 datasets::variables.eq(serde_json::json!(summary.variables)),
                                 datasets::all_expected.eq(summary.all_expected),
-                                datasets::items_with_graders
-                                    .eq(count(summary.items_with_graders)),
+                                datasets::items_with_graders.eq(count(summary.items_with_graders)),
                                 datasets::content_hash.eq(&summary.content_hash),
                             ))
                             .returning(Dataset::as_returning())
