@@ -1017,6 +1017,40 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn item_graders_follow_the_evaluations_and_count_alike() {
+        let compile = |specs: Value| {
+            let specs: Vec<GraderSpec> = serde_json::from_value(specs).unwrap();
+            compile_all(&specs).unwrap()
+        };
+        let evaluation = compile(json!([{"type": "contains", "value": "Paris"}]));
+        let item = compile(json!([{"type": "regex", "pattern": "^x", "weight": 3}]));
+        let context = json!({});
+        let input = GradeInput {
+            output: "Paris",
+            context: &context,
+            latency_ms: None,
+            cost_usd: 0.0,
+            finish_reason: None,
+        };
+        let verdict = grade_with_item(&evaluation, &item, &input, &NoJudge, None).await;
+        let sources: Vec<_> = verdict.grades.iter().map(|grade| grade.source).collect();
+        assert_eq!(
+            sources,
+            [Some(GraderSource::Evaluation), Some(GraderSource::Item)]
+        );
+        assert!(!verdict.passed, "the item's failing grader fails the item");
+        assert!((verdict.score - 0.25).abs() < 1e-9, "weights 1 and 3");
+        let serialized = serde_json::to_value(&verdict.grades[1]).unwrap();
+        assert_eq!(serialized["source"], "item");
+        // Grades stored before sources existed still read.
+        let old: Grade = serde_json::from_value(
+            json!({"grader": "contains", "passed": true, "score": 1.0, "reason": "ok"}),
+        )
+        .unwrap();
+        assert_eq!(old.source, None);
+    }
+
     async fn run(spec: &Value, output: &str) -> Grade {
         let spec = GraderSpec::parse("g", spec).unwrap_or_else(|error| panic!("{spec}: {error}"));
         let grader = Grader::compile("g", &spec).unwrap_or_else(|error| panic!("{error}"));
