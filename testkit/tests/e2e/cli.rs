@@ -377,6 +377,19 @@ async fn spec_files_in_every_format_exports_and_exit_codes() {
             .iter()
             .all(|result| result["status"] == "errored")
     );
+    let errored_rows = assay(
+        &stack,
+        &dir.0,
+        &["results", &evaluation_id(&errored), "--errored"],
+    )
+    .await;
+    assert_eq!(code(&errored_rows), 0);
+    assert_eq!(
+        stdout(&errored_rows).matches("llm-rubric grader").count(),
+        2,
+        "the table shows each errored result and why: {}",
+        stdout(&errored_rows)
+    );
     let allowed = assay(
         &stack,
         &dir.0,
