@@ -444,9 +444,15 @@ pub async fn follow(api: &Api, id: &str, quiet: bool) -> anyhow::Result<Followed
     )
     .with_style(
         ProgressStyle::with_template(
-            "{spinner} [{bar:30.cyan/blue}] {pos}/{len} {per_sec} ETA {eta} {msg}",
+            "{spinner} [{bar:30.cyan/blue}] {pos}/{len} {rate} ETA {eta} {msg}",
         )
         .expect("valid template")
+        .with_key(
+            "rate",
+            |state: &indicatif::ProgressState, out: &mut dyn std::fmt::Write| {
+                let _ = write!(out, "{:.1} items/s", state.per_sec());
+            },
+        )
         .progress_chars("=> "),
     );
     bar.enable_steady_tick(Duration::from_millis(120));
