@@ -720,3 +720,48 @@ async fn the_readme_quick_start_runs_as_written() {
     }
     assert!(dir.0.join("assay.yaml").exists());
 }
+
+#[tokio::test]
+async fn on_a_terminal_the_progress_bar_is_drawn_in_place() {
+    let stack = Stack::start(1, &["--concurrency", "4"]).await;
+    let dir = Scratch::new();
+    let tests: String = (0..24)
+        .map(|n| format!("- vars: {{question: q{n}}}\n  expected: q{n}\n"))
+        .collect();
+    dir.write("tests.yaml", &tests);
+    dir.write(
+        "assay.yaml",
+        "prompt: {name: tty, messages: [{role: user, content: '{{ question }}'}]}\n\
+         models: ['mock:latency=250ms']\ntests: file://tests.yaml\ncache: false\n\
+         defaultTest: {assert: [{type: contains, value: '{{ expected }}'}]}\n",
+    );
+    // `script` (util-linux) gives the client a pseudo-terminal, as a shell would.
+    let command = format!("{} eval", binary("assay").display());
+    let output = tokio::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .current_dir(&dir.0)
+        .env("ASSAY_API_URL", &stack.client.base_url)
+        .env("ASSAY_API_KEY", stack.client.key.as_deref().unwrap())
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let screen = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{screen}");
+    // Redrawn in place (carriage returns), with done/total, rate, ETA, pass rate and cost.
+    let frames: Vec<&str> = screen
+        .split('\r')
+        .filter(|frame| frame.contains("/24 ") && frame.contains("items/s"))
+        .collect();
+    assert!(frames.len() >= 2, "the bar was redrawn: {screen}");
+    assert!(
+        frames.iter().any(|frame| frame.contains("ETA")
+            && frame.contains("pass 100.0%")
+            && frame.contains('$')),
+        "{frames:?}"
+    );
+    assert!(
+        !screen.contains("progress 24/24"),
+        "no plain progress lines on a terminal"
+    );
+}
