@@ -65,17 +65,25 @@ pub fn print_summary(evaluation: &Value) {
         }
     }
     println!("{table}");
+    let mut graded_with: Vec<String> = evaluation["summary"]["graders"]
+        .as_array()
+        .map(|graders| {
+            graders
+                .iter()
+                .filter_map(|grader| grader["type"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let from_tests = evaluation["summary"]["grader_summaries"]
+        .as_array()
+        .is_some_and(|summaries| summaries.iter().any(|summary| summary["source"] == "item"));
+    if from_tests {
+        graded_with.push("the tests' own asserts".to_owned());
+    }
     println!(
         "Total cost ${}; graded with: {}",
         number(&evaluation["summary"]["total_cost_usd"], 6),
-        evaluation["summary"]["graders"]
-            .as_array()
-            .map(|graders| graders
-                .iter()
-                .filter_map(|grader| grader["type"].as_str())
-                .collect::<Vec<_>>()
-                .join(", "))
-            .unwrap_or_default()
+        graded_with.join(", ")
     );
 }
 
