@@ -58,7 +58,7 @@ impl Default for TestsSpec {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum PromptSpec {
     /// A stored prompt: `name@label`, `name@branch` or `name@version`.
@@ -78,7 +78,7 @@ pub struct InlinePrompt {
     pub params: Option<Value>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum MessagesSpec {
     /// `file://chat.yaml` (a list of messages) or `file://prompt.md` (one user message).
@@ -94,7 +94,7 @@ pub struct MessageSpec {
     pub content: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum TestsSpec {
     /// `file://tests.csv` (also .jsonl, .json, .yaml).
@@ -102,7 +102,7 @@ pub enum TestsSpec {
     List(Vec<TestEntry>),
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum TestEntry {
     File(String),
@@ -159,6 +159,29 @@ pub struct DefaultTest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threshold: Option<f64>,
 }
+
+/// The untagged forms are told apart by shape (a string, or not), so that
+/// an error inside the object form names the field at fault instead of
+/// "did not match any variant".
+macro_rules! string_or {
+    ($name:ident, $string:ident, $other:ident) => {
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                match Value::deserialize(deserializer)? {
+                    Value::String(text) => Ok($name::$string(text)),
+                    other => serde_json::from_value(other)
+                        .map($name::$other)
+                        .map_err(serde::de::Error::custom),
+                }
+            }
+        }
+    };
+}
+
+string_or!(PromptSpec, Stored, Inline);
+string_or!(MessagesSpec, File, List);
+string_or!(TestsSpec, File, List);
+string_or!(TestEntry, File, Test);
 
 /// A spec with its files read: what `assay eval` sends.
 #[derive(Debug)]
@@ -517,6 +540,28 @@ mod tests {
         assert_eq!(items.len(), 3);
         assert_eq!(items[1]["graders"][0]["type"], "icontains");
         assert_eq!(resolved.graders.len(), 1);
+    }
+
+    #[test]
+    fn errors_name_the_field_at_fault() {
+        let document: serde_norway::Value = serde_norway::from_str(
+            "prompt: {name: p, mesages: []}\nmodels: [mock]\ntests: [{vars: {}}]\n",
+        )
+        .unwrap();
+        let error = format!(
+            "{:#}",
+            parse(document, Path::new("assay.yaml")).unwrap_err()
+        );
+        assert!(error.contains("unknown field `mesages`"), "{error}");
+        let document: serde_norway::Value = serde_norway::from_str(
+            "prompt: p@main\nmodels: [mock]\ntests: [{vars: {}, asert: []}]\n",
+        )
+        .unwrap();
+        let error = format!(
+            "{:#}",
+            parse(document, Path::new("assay.yaml")).unwrap_err()
+        );
+        assert!(error.contains("unknown field `asert`"), "{error}");
     }
 
     #[test]
