@@ -62,3 +62,12 @@ curl -fsS "http://$ASSAY_BIND/readyz" >/dev/null || { echo "error: the API did n
 key=$("$bin/assay-api" keys create --tenant demo 2>/dev/null)
 echo "==> created an API key for tenant demo"
 "$bin/assay" --api-url "http://$ASSAY_BIND" --key "$key" demo
+
+# `DEMO_KEEP=1 make demo` leaves the API and workers running (until Ctrl-C)
+# for the README's quick start (`assay init && assay eval`).
+if [ "${DEMO_KEEP:-}" = 1 ]; then
+  echo "==> the API and workers keep running; in another shell:"
+  echo "    export PATH=\"$(cd "$bin" && pwd):\$PATH\" ASSAY_API_URL=http://$ASSAY_BIND ASSAY_API_KEY=$key"
+  echo "    assay init && assay eval        (Ctrl-C here stops everything)"
+  wait
+fi

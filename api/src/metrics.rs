@@ -18,6 +18,22 @@ pub fn describe() {
         "Time to answer an HTTP request, by route, method and status."
     );
     describe_counter!(
+        "assay_dataset_uploads_total",
+        "Datasets created, by format (json, jsonl, csv)."
+    );
+    describe_counter!(
+        "assay_dataset_upload_items_total",
+        "Items in created datasets, by format (json, jsonl, csv)."
+    );
+    describe_counter!(
+        "assay_dataset_item_graders_total",
+        "Graders carried by items of created datasets (per-test assertions)."
+    );
+    describe_counter!(
+        "assay_dataset_hash_lookups_total",
+        "Dataset lists filtered by content_hash (a client looking for an identical dataset), by outcome (hit, miss)."
+    );
+    describe_counter!(
         "assay_evaluations_submitted_total",
         "Evaluations accepted by the API."
     );

@@ -19,10 +19,14 @@
 //! - comparison: `GET /v1/evaluations/{a}/compare/{b}` on two 20,000-item
 //!   (and two 100,000-item) evaluations ([`compare`]).
 //!
-//! `--only compare` runs the comparison case alone.
+//! - the client: `assay eval` on a 10,000-test CSV with a JUnit export, and
+//!   the client's peak memory ([`cli`]).
+//!
+//! `--only compare` and `--only cli` run one case alone.
 //!
 //! Figures compare within one run: the machine may be shared and noisy.
 
+mod cli;
 mod compare;
 
 use std::fmt::Write as _;
@@ -53,9 +57,12 @@ struct Cli {
     /// Items per evaluation of the comparison runs.
     #[arg(long, value_delimiter = ',', default_value = "20000,100000")]
     compare_items: Vec<usize>,
-    /// Run one case only (`compare`).
+    /// Run one case only (`compare` or `cli`).
     #[arg(long)]
     only: Option<String>,
+    /// Tests of the client run.
+    #[arg(long, default_value_t = 10_000)]
+    cli_tests: usize,
 }
 
 fn humantime_ms(text: &str) -> Result<Duration, String> {
@@ -590,6 +597,10 @@ fn mark(met: bool) -> &'static str {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if cli.only.as_deref() == Some("cli") {
+        println!("{}", cli::report(&cli::run(cli.cli_tests).await?));
+        return Ok(());
+    }
     let mut compare_runs = Vec::new();
     for items in &cli.compare_items {
         compare_runs.push(compare::run(*items).await?);
@@ -599,7 +610,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", compare::report(&compare_runs));
             return Ok(());
         }
-        Some(other) => anyhow::bail!("unknown case {other:?} (compare)"),
+        Some(other) => anyhow::bail!("unknown case {other:?} (compare, cli)"),
         None => {}
     }
     let latency = cli.latency.as_secs_f64();
@@ -654,6 +665,7 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     let large = large(cli.large_items).await?;
+    let client = cli::run(cli.cli_tests).await?;
 
     let mut out = String::new();
     let latency_ms = cli.latency.as_millis();
@@ -790,6 +802,7 @@ async fn main() -> anyhow::Result<()> {
             .join(", ")
     );
     let _ = writeln!(out, "\n{}", compare::report(&compare_runs));
+    let _ = writeln!(out, "{}", cli::report(&client));
     println!("{out}");
     Ok(())
 }

@@ -17,6 +17,10 @@ pub fn describe() {
         "Jobs a worker finished, by kind and outcome (succeeded, failed, retried, released, stopped, skipped)."
     );
     describe_gauge!("assay_chunks_in_flight", "Chunks this worker runs now.");
+    describe_counter!(
+        "assay_item_graders_compiled_total",
+        "Graders of dataset items (per-test assertions) compiled, once per item per chunk."
+    );
     describe_gauge!(
         "assay_queue_depth",
         "Chunk jobs in Redis, by queue (high, normal, low) and state (ready: due; delayed: retries; running: taken). Every worker reports the same value: take the max."

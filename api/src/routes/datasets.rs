@@ -1,11 +1,15 @@
-//! Datasets: created whole, with items inline (JSON) or uploaded as JSON Lines.
+//! Datasets: created whole, with items inline (JSON) or uploaded as JSON
+//! Lines or CSV (both checked and written as they stream). Every dataset
+//! records a hash of its content, so a client can find it again
+//! (`GET /v1/datasets?content_hash=`) instead of uploading it twice.
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use assay_core::db::models::datasets;
+use assay_core::domain::csv_items::CsvItems;
 use assay_core::domain::{
-    DatasetItemInput, ItemChecker, parse_jsonl_line, validate_description, validate_items,
-    validate_name,
+    ContentHasher, DatasetItemInput, ItemChecker, parse_jsonl_line, validate_description,
+    validate_items_with, validate_name,
 };
 use futures::StreamExt;
 use serde::Deserialize;
@@ -35,7 +39,8 @@ pub struct UploadQuery {
 
 /// `POST /v1/datasets`: `application/json` with `{name, description?, items}`,
 /// or `application/x-ndjson` (also `application/jsonl`) with one item per
-/// line and `?name=...&description=...`. JSON Lines are read, checked and
+/// line, or `text/csv` (see `assay_core::domain::csv_items`), with
+/// `?name=...&description=...`. JSON Lines are read, checked and
 /// written as they arrive, so an upload of any size needs little memory;
 /// the dataset exists whole or not at all.
 pub async fn create(
@@ -66,17 +71,27 @@ pub async fn create(
             let body: CreateDataset = parse_json(&body)?;
             validate_name("name", &body.name)?;
             validate_description("description", body.description.as_deref())?;
-            let parsed = validate_items(body.items)?;
+            let content_hash = ContentHasher::of_items(&body.items);
+            let parsed =
+                validate_items_with(ItemChecker::with_catalog(state.catalog.clone()), body.items)?;
             let mut conn = state.pool.get().await?;
-            datasets::create(
+            let dataset = datasets::create(
                 &mut conn,
                 caller.tenant_id,
                 &caller.actor(),
                 &body.name,
                 body.description.as_deref(),
                 &parsed,
+                Some(&content_hash),
             )
-            .await?
+            .await?;
+            let graders = parsed
+                .items
+                .iter()
+                .filter_map(|item| item.graders.as_ref()?.as_array().map(Vec::len))
+                .sum();
+            record_upload("json", parsed.items.len(), graders);
+            dataset
         }
         "application/x-ndjson" | "application/jsonl" | "application/json-lines" => {
             let name = query.name.clone().ok_or_else(|| {
@@ -84,18 +99,40 @@ pub async fn create(
             })?;
             validate_description("description", query.description.as_deref())?;
             validate_name("name", &name)?;
-            stream_jsonl(
+            let parser = StreamParser::Jsonl {
+                pending: web::BytesMut::new(),
+                line_number: 0,
+            };
+            stream_items(
                 &state,
                 &caller,
                 &name,
                 query.description.as_deref(),
                 payload,
+                parser,
+            )
+            .await?
+        }
+        "text/csv" => {
+            let name = query
+                .name
+                .clone()
+                .ok_or_else(|| ApiError::InvalidQuery("CSV uploads need ?name=".to_owned()))?;
+            validate_description("description", query.description.as_deref())?;
+            validate_name("name", &name)?;
+            stream_items(
+                &state,
+                &caller,
+                &name,
+                query.description.as_deref(),
+                payload,
+                StreamParser::Csv(Box::new(CsvItems::new())),
             )
             .await?
         }
         _ => {
             return Err(ApiError::UnsupportedMediaType(
-                "send application/json ({name, items}) or application/x-ndjson (one item per line)"
+                "send application/json ({name, items}), application/x-ndjson (one item per line) or text/csv (a header row, then one item per row)"
                     .to_owned(),
             ));
         }
@@ -122,15 +159,84 @@ async fn read_whole(mut payload: web::Payload, limit: usize) -> Result<web::Byte
 /// Items sent to the database per batch (and at most two batches in memory).
 const UPLOAD_BATCH: usize = 1_000;
 
-/// Reads JSON Lines as they arrive, checks each item, and hands them in
-/// batches to one transaction that writes them; an error anywhere rolls it
-/// all back.
-async fn stream_jsonl(
+/// The streamed formats: bytes in, items out, whatever the chunking.
+enum StreamParser {
+    Jsonl {
+        /// The bytes of a line not yet ended.
+        pending: web::BytesMut,
+        line_number: usize,
+    },
+    /// Boxed: the CSV reader's state machine is large, and there is one per upload.
+    Csv(Box<CsvItems>),
+}
+
+impl StreamParser {
+    fn format(&self) -> &'static str {
+        match self {
+            StreamParser::Jsonl { .. } => "jsonl",
+            StreamParser::Csv(_) => "csv",
+        }
+    }
+
+    fn feed(&mut self, chunk: &[u8], items: &mut Vec<DatasetItemInput>) -> Result<(), ApiError> {
+        match self {
+            StreamParser::Jsonl {
+                pending,
+                line_number,
+            } => {
+                pending.extend_from_slice(chunk);
+                while let Some(newline) = pending.iter().position(|byte| *byte == b'\n') {
+                    let line = pending.split_to(newline + 1);
+                    *line_number += 1;
+                    jsonl_line(&line[..newline], *line_number, items)?;
+                }
+                Ok(())
+            }
+            StreamParser::Csv(csv) => Ok(csv.feed(chunk, items)?),
+        }
+    }
+
+    fn finish(&mut self, items: &mut Vec<DatasetItemInput>) -> Result<(), ApiError> {
+        match self {
+            StreamParser::Jsonl {
+                pending,
+                line_number,
+            } => {
+                if !pending.is_empty() {
+                    *line_number += 1;
+                    let line = std::mem::take(pending);
+                    jsonl_line(&line, *line_number, items)?;
+                }
+                Ok(())
+            }
+            StreamParser::Csv(csv) => Ok(csv.finish(items)?),
+        }
+    }
+}
+
+fn jsonl_line(
+    line: &[u8],
+    line_number: usize,
+    items: &mut Vec<DatasetItemInput>,
+) -> Result<(), ApiError> {
+    let line = std::str::from_utf8(line)
+        .map_err(|_| ApiError::MalformedJson(format!("line {line_number} is not UTF-8")))?;
+    if !line.trim().is_empty() {
+        items.push(parse_jsonl_line(line, line_number)?);
+    }
+    Ok(())
+}
+
+/// Reads JSON Lines or CSV as they arrive, checks each item, and hands them
+/// in batches to one transaction that writes them; an error anywhere rolls
+/// it all back. The content hash is taken over the bytes as they pass.
+async fn stream_items(
     state: &AppState,
     caller: &assay_core::db::models::api_keys::Caller,
     name: &str,
     description: Option<&str>,
     mut payload: web::Payload,
+    mut parser: StreamParser,
 ) -> Result<datasets::Dataset, ApiError> {
     let (batches, received) = tokio::sync::mpsc::channel(1);
     let mut conn = state.pool.get().await?;
@@ -144,46 +250,34 @@ async fn stream_jsonl(
         received,
     );
     let limit = state.max_body_bytes;
+    let format = parser.format();
+    let catalog = state.catalog.clone();
     // Runs beside the writer in this request's task: the payload stays here.
     let reader = async move {
-        let mut checker = ItemChecker::new();
+        let mut checker = ItemChecker::with_catalog(catalog);
+        let mut hasher = ContentHasher::new(format);
         let mut batch = Vec::with_capacity(UPLOAD_BATCH);
-        let mut pending = web::BytesMut::new();
-        let (mut read, mut line_number) = (0usize, 0usize);
-        let mut take_line =
-            |line: &[u8], line_number: usize, batch: &mut Vec<_>| -> Result<(), ApiError> {
-                let line = std::str::from_utf8(line).map_err(|_| {
-                    ApiError::MalformedJson(format!("line {line_number} is not UTF-8"))
-                })?;
-                if line.trim().is_empty() {
-                    return Ok(());
-                }
-                let item = parse_jsonl_line(line, line_number)?;
-                batch.push(checker.check(item)?);
-                Ok(())
-            };
+        let mut inputs = Vec::new();
+        let mut read = 0usize;
         loop {
             let chunk = payload.next().await;
             let finished = chunk.is_none();
-            if let Some(chunk) = chunk {
-                let chunk = chunk.map_err(|error| {
-                    ApiError::MalformedJson(format!("reading the body: {error}"))
-                })?;
-                read += chunk.len();
-                if read > limit {
-                    return Err(ApiError::PayloadTooLarge(limit));
+            match chunk {
+                Some(chunk) => {
+                    let chunk = chunk.map_err(|error| {
+                        ApiError::MalformedJson(format!("reading the body: {error}"))
+                    })?;
+                    read += chunk.len();
+                    if read > limit {
+                        return Err(ApiError::PayloadTooLarge(limit));
+                    }
+                    hasher.update(&chunk);
+                    parser.feed(&chunk, &mut inputs)?;
                 }
-                pending.extend_from_slice(&chunk);
+                None => parser.finish(&mut inputs)?,
             }
-            while let Some(newline) = pending.iter().position(|byte| *byte == b'\n') {
-                let line = pending.split_to(newline + 1);
-                line_number += 1;
-                take_line(&line[..newline], line_number, &mut batch)?;
-            }
-            if finished && !pending.is_empty() {
-                line_number += 1;
-                let line = std::mem::take(&mut pending);
-                take_line(&line, line_number, &mut batch)?;
+            for input in inputs.drain(..) {
+                batch.push(checker.check(input)?);
             }
             if batch.len() >= UPLOAD_BATCH || (finished && !batch.is_empty()) {
                 let full = std::mem::replace(&mut batch, Vec::with_capacity(UPLOAD_BATCH));
@@ -196,7 +290,9 @@ async fn stream_jsonl(
                 break;
             }
         }
-        let summary = checker.finish()?;
+        let mut summary = checker.finish()?;
+        summary.content_hash = Some(hasher.finish());
+        record_upload(format, summary.items, summary.item_graders);
         let _ = batches.send(datasets::Upload::Done(summary)).await;
         Ok(())
     };
@@ -211,14 +307,55 @@ async fn stream_jsonl(
     })
 }
 
+fn record_upload(format: &'static str, items: usize, item_graders: usize) {
+    metrics::counter!("assay_dataset_uploads_total", "format" => format).increment(1);
+    metrics::counter!("assay_dataset_upload_items_total", "format" => format)
+        .increment(items as u64);
+    metrics::counter!("assay_dataset_item_graders_total").increment(item_graders as u64);
+}
+
+/// `?after=&limit=` and, to find a dataset by what it holds, `content_hash=`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    after: Option<String>,
+    limit: Option<i64>,
+    content_hash: Option<String>,
+}
+
 pub async fn list(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
-    query: web::Query<PageQuery>,
+    query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let limit = query.limit()?;
+    let ListQuery {
+        after,
+        limit,
+        content_hash,
+    } = query.into_inner();
+    let page_query = PageQuery { after, limit };
+    let limit = page_query.limit()?;
+    if let Some(hash) = &content_hash
+        && !(hash.len() == 64 && hash.bytes().all(|byte| byte.is_ascii_hexdigit()))
+    {
+        return Err(ApiError::InvalidQuery(
+            "content_hash must be 64 hexadecimal digits (a SHA-256)".to_owned(),
+        ));
+    }
+    let content_hash = content_hash.map(|hash| hash.to_ascii_lowercase());
     let mut conn = state.pool.get().await?;
-    let page = datasets::list(&mut conn, caller.tenant_id, query.after_id()?, limit).await?;
+    let page = datasets::list(
+        &mut conn,
+        caller.tenant_id,
+        page_query.after_id()?,
+        limit,
+        content_hash.as_deref(),
+    )
+    .await?;
+    if content_hash.is_some() {
+        let outcome = if page.data.is_empty() { "miss" } else { "hit" };
+        metrics::counter!("assay_dataset_hash_lookups_total", "outcome" => outcome).increment(1);
+    }
     Ok(HttpResponse::Ok().json(PageBody::new(page, |dataset| dataset.id.to_string())))
 }
 

@@ -9,6 +9,7 @@ mod health;
 mod history;
 mod labels;
 mod models;
+mod progress;
 mod prompts;
 
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -160,6 +161,11 @@ pub fn configure(config: &mut web::ServiceConfig) {
                 .service(
                     web::resource("/evaluations/{evaluation_id}/regrade")
                         .post(evaluations::regrade)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/evaluations/{evaluation_id}/progress")
+                        .get(progress::progress)
                         .default_service(web::to(method_not_allowed)),
                 )
                 .service(

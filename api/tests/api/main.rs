@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod compare;
+mod datasets_csv;
 mod history;
 mod hostile_input;
 mod queue_outage;

@@ -21,6 +21,7 @@ diesel::table! {
         vars -> Jsonb,
         expected -> Nullable<Jsonb>,
         threshold -> Nullable<Float8>,
+        graders -> Nullable<Jsonb>,
     }
 }
 
@@ -34,6 +35,8 @@ diesel::table! {
         variables -> Jsonb,
         all_expected -> Bool,
         created_at -> Timestamptz,
+        items_with_graders -> Int4,
+        content_hash -> Nullable<Text>,
     }
 }
 

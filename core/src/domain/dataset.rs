@@ -1,4 +1,10 @@
-//! Dataset items as users send them: inline JSON or JSON Lines.
+//! Dataset items as users send them: inline JSON, JSON Lines or CSV
+//! (see [`super::csv_items`]).
+//!
+//! An item may carry its own graders (`graders`, also spelled `assert` as
+//! spec files do): they are checked here like an evaluation's (type,
+//! options, regexes, templates, judge models and the variables they read,
+//! against this item) and stored normalized, so the worker only compiles them.
 
 use std::collections::{BTreeSet, HashSet};
 
@@ -6,9 +12,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::InvalidInput;
+use crate::graders::{Grader, GraderSpec};
+use crate::providers::ModelCatalog;
 
 /// Most items one dataset may hold.
 pub const MAX_ITEMS: usize = 1_000_000;
+
+/// Most graders one item may carry: the worker compiles and runs each of
+/// them on every output of the item, so the list is bounded like an
+/// evaluation's.
+pub const MAX_ITEM_GRADERS: usize = 20;
 
 /// One test case: the variables its templates read, and optionally the
 /// output a grader may compare with (`{{ expected }}`).
@@ -16,16 +29,20 @@ pub const MAX_ITEMS: usize = 1_000_000;
 #[serde(deny_unknown_fields)]
 pub struct DatasetItemInput {
     /// Stable id, unique in the dataset; defaults to the item's position.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
     pub vars: Map<String, Value>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected: Option<Value>,
     /// The item's pass mark on its weighted grader score (0 to 1); without
     /// one, the evaluation's `threshold` applies, and without that, every
     /// grader must pass.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threshold: Option<f64>,
+    /// The item's own graders (same JSON as an evaluation's), applied
+    /// together with the evaluation's.
+    #[serde(default, alias = "assert", skip_serializing_if = "Option::is_none")]
+    pub graders: Option<Vec<Value>>,
 }
 
 /// Items that passed validation, with what evaluations need to know about them.
@@ -37,6 +54,8 @@ pub struct ParsedDataset {
     pub variables: Vec<String>,
     /// Whether every item has an expected output.
     pub all_expected: bool,
+    /// Items that carry their own graders.
+    pub items_with_graders: usize,
 }
 
 /// One checked item.
@@ -46,6 +65,8 @@ pub struct ParsedItem {
     pub vars: Value,
     pub expected: Option<Value>,
     pub threshold: Option<f64>,
+    /// Normalized grader specs (None: the item has none).
+    pub graders: Option<Value>,
 }
 
 /// Checks items one at a time, in order, so that an upload of any size is
@@ -57,6 +78,11 @@ pub struct ItemChecker {
     common: Option<BTreeSet<String>>,
     all_expected: bool,
     count: usize,
+    /// Items that carry graders, and how many graders in all.
+    with_graders: usize,
+    graders: usize,
+    /// Where judge model names are checked; without it (unit tests) any name passes.
+    catalog: Option<ModelCatalog>,
 }
 
 /// What a whole dataset offers, known once every item is checked.
@@ -67,6 +93,13 @@ pub struct DatasetSummary {
     pub variables: Vec<String>,
     /// Whether every item has an expected output.
     pub all_expected: bool,
+    /// Items that carry their own graders.
+    pub items_with_graders: usize,
+    /// Graders over all items.
+    pub item_graders: usize,
+    /// What the upload's content hashes to (see the README's "Datasets"),
+    /// set by whoever saw the bytes.
+    pub content_hash: Option<String>,
 }
 
 impl ItemChecker {
@@ -74,6 +107,14 @@ impl ItemChecker {
         Self {
             all_expected: true,
             ..Self::default()
+        }
+    }
+
+    /// A checker that also checks item graders' judge models against `catalog`.
+    pub fn with_catalog(catalog: ModelCatalog) -> Self {
+        Self {
+            catalog: Some(catalog),
+            ..Self::new()
         }
     }
 
@@ -99,6 +140,9 @@ impl ItemChecker {
         if let Some(expected) = &item.expected {
             super::reject_nul(&format!("{field}.expected"), expected)?;
         }
+        for (index, grader) in item.graders.iter().flatten().enumerate() {
+            super::reject_nul(&format!("{field}.graders[{index}]"), grader)?;
+        }
         let key = item.id.unwrap_or_else(|| position.to_string());
         if key.is_empty() || key.chars().count() > 200 {
             return Err(InvalidInput::new(
@@ -120,6 +164,12 @@ impl ItemChecker {
                 "must be a number between 0 and 1",
             ));
         }
+        let graders = match &item.graders {
+            None => None,
+            Some(values) => {
+                Some(self.check_graders(position, values, &item.vars, &item.expected)?)
+            }
+        };
         self.common = Some(match self.common.take() {
             None => item.vars.keys().cloned().collect(),
             Some(mut common) => {
@@ -134,7 +184,53 @@ impl ItemChecker {
             vars: Value::Object(item.vars),
             expected: item.expected,
             threshold: item.threshold,
+            graders,
         })
+    }
+
+    /// Parses and compiles one item's graders (so a bad regex or template is
+    /// refused now, not at run time), checks judge models and the variables
+    /// they read against this item; returns them normalized.
+    fn check_graders(
+        &mut self,
+        position: usize,
+        values: &[Value],
+        vars: &Map<String, Value>,
+        expected: &Option<Value>,
+    ) -> Result<Value, InvalidInput> {
+        let field = format!("items[{position}].graders");
+        if values.len() > MAX_ITEM_GRADERS {
+            return Err(InvalidInput::new(
+                field,
+                format!("at most {MAX_ITEM_GRADERS} graders per item"),
+            ));
+        }
+        let mut specs = Vec::with_capacity(values.len());
+        for (index, value) in values.iter().enumerate() {
+            let field = format!("{field}[{index}]");
+            let spec = GraderSpec::parse(&field, value)?;
+            let grader = Grader::compile(&field, &spec)?;
+            if let (Some(catalog), Some(model)) = (&self.catalog, spec.kind.judge_model()) {
+                catalog.validate_judge(&format!("{field}.model"), model)?;
+            }
+            if let Some(missing) = grader.variables().into_iter().find(|name| {
+                !(vars.contains_key(name) || (name == "expected" && expected.is_some()))
+            }) {
+                return Err(InvalidInput::new(
+                    field,
+                    format!(
+                        "the {} grader uses variable `{missing}`, which this item does not define",
+                        grader.name()
+                    ),
+                ));
+            }
+            specs.push(spec);
+        }
+        if !specs.is_empty() {
+            self.with_graders += 1;
+            self.graders += specs.len();
+        }
+        Ok(serde_json::to_value(&specs).expect("grader specs serialize"))
     }
 
     /// The summary; a dataset needs at least one item.
@@ -149,19 +245,72 @@ impl ItemChecker {
             items: self.count,
             variables: self.common.unwrap_or_default().into_iter().collect(),
             all_expected: self.all_expected,
+            items_with_graders: self.with_graders,
+            item_graders: self.graders,
+            content_hash: None,
         })
+    }
+}
+
+/// The content hash of an upload: SHA-256 over a format tag, a newline and
+/// the body's bytes (`jsonl` for JSON Lines, and for JSON bodies, whose
+/// items are hashed as the JSON Lines of their compact serialization; `csv`
+/// for CSV). A client computes the same over what it would send, and looks
+/// for a dataset with that hash before uploading.
+#[derive(Clone)]
+pub struct ContentHasher(sha2::Sha256);
+
+impl ContentHasher {
+    pub fn new(format: &str) -> Self {
+        use sha2::Digest as _;
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(format.as_bytes());
+        hasher.update(b"\n");
+        Self(hasher)
+    }
+
+    pub fn update(&mut self, bytes: &[u8]) {
+        use sha2::Digest as _;
+        self.0.update(bytes);
+    }
+
+    /// Lowercase hex.
+    pub fn finish(self) -> String {
+        use sha2::Digest as _;
+        hex::encode(self.0.finalize())
+    }
+
+    /// The hash of a JSON body's items.
+    pub fn of_items(items: &[DatasetItemInput]) -> String {
+        let mut hasher = Self::new("jsonl");
+        for item in items {
+            hasher.update(
+                serde_json::to_string(item)
+                    .expect("items serialize")
+                    .as_bytes(),
+            );
+            hasher.update(b"\n");
+        }
+        hasher.finish()
     }
 }
 
 /// Checks items (at least one; unique ids) and derives the variables all of them define.
 pub fn validate_items(items: Vec<DatasetItemInput>) -> Result<ParsedDataset, InvalidInput> {
+    validate_items_with(ItemChecker::new(), items)
+}
+
+/// [`validate_items`] with a prepared checker (one that knows the model catalog).
+pub fn validate_items_with(
+    mut checker: ItemChecker,
+    items: Vec<DatasetItemInput>,
+) -> Result<ParsedDataset, InvalidInput> {
     if items.len() > MAX_ITEMS {
         return Err(InvalidInput::new(
             "items",
             format!("at most {MAX_ITEMS} items per dataset"),
         ));
     }
-    let mut checker = ItemChecker::new();
     let parsed = items
         .into_iter()
         .map(|item| checker.check(item))
@@ -171,6 +320,7 @@ pub fn validate_items(items: Vec<DatasetItemInput>) -> Result<ParsedDataset, Inv
         items: parsed,
         variables: summary.variables,
         all_expected: summary.all_expected,
+        items_with_graders: summary.items_with_graders,
     })
 }
 
@@ -228,6 +378,53 @@ mod tests {
         assert_eq!(error.field, "items[0].threshold");
         let parsed = validate_items(vec![item(json!({"vars": {}, "threshold": 0.5}))]).unwrap();
         assert_eq!(parsed.items[0].threshold, Some(0.5));
+    }
+
+    #[test]
+    fn item_graders_are_checked_against_the_item() {
+        let parsed = validate_items(vec![
+            item(json!({"vars": {"city": "Paris"}, "assert": [{"type": "contains", "value": "{{ city }}"}]})),
+            item(json!({"vars": {"city": "Rome"}})),
+        ])
+        .unwrap();
+        assert_eq!(parsed.items_with_graders, 1);
+        assert_eq!(
+            parsed.items[0].graders,
+            Some(json!([{"type": "contains", "value": "{{ city }}"}]))
+        );
+        assert_eq!(parsed.items[1].graders, None);
+        let error = validate_items(vec![item(
+            json!({"vars": {}, "graders": [{"type": "contains", "value": "{{ city }}"}]}),
+        )])
+        .unwrap_err();
+        assert_eq!(error.field, "items[0].graders[0]");
+        assert!(error.message.contains("`city`"), "{error}");
+        let error = validate_items(vec![item(
+            json!({"vars": {}, "graders": [{"type": "is-json"}, {"type": "regex", "pattern": "("}]}),
+        )])
+        .unwrap_err();
+        assert_eq!(error.field, "items[0].graders[1].pattern");
+        let error = validate_items(vec![item(
+            json!({"vars": {}, "graders": [{"type": "telepathy"}]}),
+        )])
+        .unwrap_err();
+        assert_eq!(error.field, "items[0].graders[0].type");
+        let many: Vec<Value> = (0..=MAX_ITEM_GRADERS)
+            .map(|_| json!({"type": "is-json"}))
+            .collect();
+        let error = validate_items(vec![item(json!({"vars": {}, "graders": many}))]).unwrap_err();
+        assert_eq!(error.field, "items[0].graders");
+    }
+
+    #[test]
+    fn json_items_hash_like_their_json_lines() {
+        let items = vec![
+            item(json!({"vars": {"q": 1}})),
+            item(json!({"vars": {"q": 2}})),
+        ];
+        let mut hasher = ContentHasher::new("jsonl");
+        hasher.update(b"{\"vars\":{\"q\":1}}\n{\"vars\":{\"q\":2}}\n");
+        assert_eq!(ContentHasher::of_items(&items), hasher.finish());
     }
 
     #[test]

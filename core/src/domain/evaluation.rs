@@ -111,6 +111,9 @@ pub fn validate_graders(
     values: &[Value],
     dataset: &DatasetShape,
 ) -> Result<Vec<GraderSpec>, InvalidInput> {
+    if values.is_empty() && dataset.every_item_graded {
+        return Ok(Vec::new());
+    }
     let specs = GraderSpec::parse_all(values)?;
     let compiled = graders::compile_all(&specs)?;
     for (index, spec) in specs.iter().enumerate() {
@@ -155,6 +158,8 @@ pub fn validate_threshold(threshold: Option<f64>) -> Result<(), InvalidInput> {
 pub struct DatasetShape {
     pub variables: Vec<String>,
     pub all_expected: bool,
+    /// Every item carries its own graders: the evaluation may then bring none.
+    pub every_item_graded: bool,
 }
 
 impl DatasetShape {
@@ -309,7 +314,25 @@ mod tests {
         DatasetShape {
             variables: variables.iter().map(|v| (*v).to_owned()).collect(),
             all_expected,
+            every_item_graded: false,
         }
+    }
+
+    #[test]
+    fn graders_may_be_left_to_the_items_only_when_every_item_has_some() {
+        let mut dataset = shape(&[], false);
+        assert_eq!(
+            validate_graders(&ModelCatalog::default(), &[], &dataset)
+                .unwrap_err()
+                .field,
+            "graders"
+        );
+        dataset.every_item_graded = true;
+        assert!(
+            validate_graders(&ModelCatalog::default(), &[], &dataset)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

@@ -1,14 +1,15 @@
 //! Validated inputs ("parse, don't validate"): a value of these types has
 //! passed every check that can be made without a database.
 
+pub mod csv_items;
 mod dataset;
 pub mod diff;
 mod evaluation;
 mod prompt;
 
 pub use dataset::{
-    DatasetItemInput, DatasetSummary, ItemChecker, ParsedDataset, ParsedItem, parse_jsonl_items,
-    parse_jsonl_line, validate_items,
+    ContentHasher, DatasetItemInput, DatasetSummary, ItemChecker, MAX_ITEM_GRADERS, ParsedDataset,
+    ParsedItem, parse_jsonl_items, parse_jsonl_line, validate_items, validate_items_with,
 };
 pub use evaluation::{
     DatasetShape, EvaluationRequest, MAX_REPEAT, Priority, PromptChoice, validate_graders,

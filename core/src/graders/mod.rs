@@ -387,11 +387,23 @@ impl<'de> Deserialize<'de> for GraderSpec {
     }
 }
 
+/// Where a grader came from: the evaluation's list, or the item's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GraderSource {
+    Evaluation,
+    Item,
+}
+
 /// The outcome of one grader on one output.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Grade {
     /// The grader's type as submitted (`not-contains`).
     pub grader: String,
+    /// Which list the grader came from (None in grades stored before items
+    /// could carry graders: those are the evaluation's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<GraderSource>,
     pub passed: bool,
     pub score: f64,
     pub reason: String,
@@ -785,6 +797,7 @@ impl Grader {
         let mut grade = match outcome {
             Err(error) => Grade {
                 grader: self.name.clone(),
+                source: None,
                 passed: false,
                 score: 0.0,
                 reason: format!("grader error: {error}"),
@@ -804,6 +817,7 @@ impl Grader {
                 }
                 Grade {
                     grader: self.name.clone(),
+                    source: None,
                     passed: outcome.passed,
                     score: outcome.score.clamp(0.0, 1.0),
                     reason: outcome.reason,
@@ -893,6 +907,19 @@ impl Grader {
     }
 }
 
+/// Compiles an item's stored graders (normalized at upload, so an error
+/// here means the row was written by something else than the API).
+pub fn compile_item(stored: &Value) -> Result<Vec<Grader>, String> {
+    let specs: Vec<GraderSpec> = serde_json::from_value(stored.clone())
+        .map_err(|error| format!("the item's graders do not parse: {error}"))?;
+    specs
+        .iter()
+        .enumerate()
+        .map(|(index, spec)| Grader::compile(&format!("item.graders[{index}]"), spec))
+        .collect::<Result<_, _>>()
+        .map_err(|error| error.to_string())
+}
+
 /// Compiles a parsed list of graders.
 pub fn compile_all(specs: &[GraderSpec]) -> Result<Vec<Grader>, InvalidInput> {
     specs
@@ -924,17 +951,36 @@ pub async fn grade_all(
     judge: &dyn Judge,
     threshold: Option<f64>,
 ) -> Verdict {
-    let mut grades = Vec::with_capacity(graders.len());
-    for grader in graders {
-        grades.push(grader.grade(input, judge).await);
+    grade_with_item(graders, &[], input, judge, threshold).await
+}
+
+/// Grades `input` with the evaluation's graders, then the item's own; each
+/// grade records its source. Both lists count alike in the score and the pass.
+pub async fn grade_with_item(
+    evaluation: &[Grader],
+    item: &[Grader],
+    input: &GradeInput<'_>,
+    judge: &dyn Judge,
+    threshold: Option<f64>,
+) -> Verdict {
+    let graders = || {
+        evaluation
+            .iter()
+            .map(|grader| (grader, GraderSource::Evaluation))
+            .chain(item.iter().map(|grader| (grader, GraderSource::Item)))
+    };
+    let mut grades = Vec::with_capacity(evaluation.len() + item.len());
+    for (grader, source) in graders() {
+        let mut grade = grader.grade(input, judge).await;
+        grade.source = Some(source);
+        grades.push(grade);
     }
     let errored = grades.iter().any(|grade| grade.error.is_some());
-    let total_weight: f64 = graders.iter().map(Grader::weight).sum();
+    let total_weight: f64 = graders().map(|(grader, _)| grader.weight()).sum();
     let score = if total_weight > 0.0 {
-        graders
-            .iter()
+        graders()
             .zip(&grades)
-            .map(|(grader, grade)| grader.weight() * grade.score)
+            .map(|((grader, _), grade)| grader.weight() * grade.score)
             .sum::<f64>()
             / total_weight
     } else {
@@ -977,6 +1023,40 @@ mod tests {
                 cost_usd: 0.001,
             })
         }
+    }
+
+    #[tokio::test]
+    async fn item_graders_follow_the_evaluations_and_count_alike() {
+        let compile = |specs: Value| {
+            let specs: Vec<GraderSpec> = serde_json::from_value(specs).unwrap();
+            compile_all(&specs).unwrap()
+        };
+        let evaluation = compile(json!([{"type": "contains", "value": "Paris"}]));
+        let item = compile(json!([{"type": "regex", "pattern": "^x", "weight": 3}]));
+        let context = json!({});
+        let input = GradeInput {
+            output: "Paris",
+            context: &context,
+            latency_ms: None,
+            cost_usd: 0.0,
+            finish_reason: None,
+        };
+        let verdict = grade_with_item(&evaluation, &item, &input, &NoJudge, None).await;
+        let sources: Vec<_> = verdict.grades.iter().map(|grade| grade.source).collect();
+        assert_eq!(
+            sources,
+            [Some(GraderSource::Evaluation), Some(GraderSource::Item)]
+        );
+        assert!(!verdict.passed, "the item's failing grader fails the item");
+        assert!((verdict.score - 0.25).abs() < 1e-9, "weights 1 and 3");
+        let serialized = serde_json::to_value(&verdict.grades[1]).unwrap();
+        assert_eq!(serialized["source"], "item");
+        // Grades stored before sources existed still read.
+        let old: Grade = serde_json::from_value(
+            json!({"grader": "contains", "passed": true, "score": 1.0, "reason": "ok"}),
+        )
+        .unwrap();
+        assert_eq!(old.source, None);
     }
 
     async fn run(spec: &Value, output: &str) -> Grade {

@@ -2,6 +2,7 @@
 //! processes, against real PostgreSQL and Redis, over real HTTP.
 
 mod budgets;
+mod cli;
 mod evaluation;
 mod graders;
 mod hostile_templates;

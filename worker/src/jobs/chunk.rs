@@ -498,7 +498,8 @@ async fn produce(
         };
         from = to + 1;
         // Off the async runtime: a tenant's template may spend its whole
-        // render budget on every item (templates::RENDER_FUEL).
+        // render budget on every item (templates::RENDER_FUEL), and its own
+        // graders compile regexes and templates.
         let rendering = plan.clone();
         let rendered_page = tokio::task::spawn_blocking(move || {
             items
@@ -506,7 +507,14 @@ async fn produce(
                 .map(|item| {
                     let context = item.template_context();
                     let rendered = rendering.template.render(&context);
-                    (Arc::new(item), Arc::new(context), Arc::new(rendered))
+                    // The item's own graders, compiled once for all its runs.
+                    let graders = item_graders(&item);
+                    (
+                        Arc::new(item),
+                        Arc::new(context),
+                        Arc::new(rendered),
+                        Arc::new(graders),
+                    )
                 })
                 .collect::<Vec<_>>()
         })
@@ -515,7 +523,7 @@ async fn produce(
             Ok(page) => page,
             Err(error) => break 'pages Err(JobError::transient(error)),
         };
-        for (item, context, rendered) in rendered_page {
+        for (item, context, rendered, item_graders) in rendered_page {
             for repeat in 0..repeats {
                 if env.shutting_down() || handle.stopped() || results.is_closed() {
                     break 'pages Ok(());
@@ -545,12 +553,13 @@ async fn produce(
                         }
                         Err(error) => break 'pages Err(error),
                     };
-                let (plan, item, context, rendered, results) = (
+                let (plan, item, context, rendered, results, item_graders) = (
                     plan.clone(),
                     item.clone(),
                     context.clone(),
                     rendered.clone(),
                     results.clone(),
+                    item_graders.clone(),
                 );
                 calls.spawn(async move {
                     let run = Run {
@@ -559,7 +568,8 @@ async fn produce(
                         source,
                     };
                     let called = run.source.is_none();
-                    let result = evaluate_one(&plan, run, &item, &context, &rendered).await;
+                    let result =
+                        evaluate_one(&plan, run, &item, &context, &rendered, &item_graders).await;
                     drop(permit);
                     counter!("assay_runs_finished_total", "model" => result.model.clone(), "status" => result.status)
                         .increment(1);
@@ -692,14 +702,29 @@ impl Generated {
     }
 }
 
+/// An item's own graders, compiled; an error (a row the API did not check)
+/// makes the item's results errored rather than failing the chunk.
+fn item_graders(item: &DatasetItem) -> Result<Vec<Grader>, String> {
+    match &item.graders {
+        None => Ok(Vec::new()),
+        Some(stored) => {
+            let graders = graders::compile_item(stored)?;
+            counter!("assay_item_graders_compiled_total").increment(graders.len() as u64);
+            Ok(graders)
+        }
+    }
+}
+
 /// Calls one model on one rendered item (with retries), or takes the stored
-/// output of a re-grading, and grades the answer.
+/// output of a re-grading, and grades the answer with the evaluation's
+/// graders and the item's own.
 async fn evaluate_one(
     plan: &Plan,
     run: Run,
     item: &DatasetItem,
     context: &Value,
     rendered: &Result<Vec<ChatMessage>, assay_core::templates::TemplateError>,
+    item_graders: &Result<Vec<Grader>, String>,
 ) -> NewResult {
     let model = &plan.models[run.model_index];
     let generated = match run.source {
@@ -743,6 +768,14 @@ async fn evaluate_one(
             return result;
         }
     };
+    let item_graders = match item_graders {
+        Ok(graders) => graders.as_slice(),
+        Err(error) => {
+            result.error = Some(error.clone());
+            result.output = Some(output);
+            return result;
+        }
+    };
     let input = GradeInput {
         output: &output,
         context,
@@ -752,7 +785,8 @@ async fn evaluate_one(
     };
     // The item's own pass mark wins over the evaluation's.
     let threshold = item.threshold.or(plan.evaluation.threshold);
-    let verdict = graders::grade_all(&plan.graders, &input, &plan.judge, threshold).await;
+    let verdict =
+        graders::grade_with_item(&plan.graders, item_graders, &input, &plan.judge, threshold).await;
     result.status = if verdict.errored {
         ResultStatus::Errored
     } else if verdict.passed {

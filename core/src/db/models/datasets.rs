@@ -12,7 +12,7 @@ use super::events::{self, NewEvent};
 use crate::db::schema::{dataset_items, datasets};
 use crate::domain::{DatasetShape, DatasetSummary, ParsedDataset, ParsedItem};
 
-/// Rows per INSERT: 7 columns each, well under PostgreSQL's 65,535 bind parameters.
+/// Rows per INSERT: 8 columns each, well under PostgreSQL's 65,535 bind parameters.
 const ITEM_BATCH: usize = 5_000;
 
 #[derive(Debug, Clone, Queryable, Selectable, serde::Serialize)]
@@ -29,6 +29,11 @@ pub struct Dataset {
     /// Whether every item has an expected output.
     pub all_expected: bool,
     pub created_at: DateTime<Utc>,
+    /// Items that carry their own graders.
+    pub items_with_graders: i32,
+    /// SHA-256 of the uploaded content (see `ContentHasher`); None for
+    /// datasets written before it existed.
+    pub content_hash: Option<String>,
 }
 
 impl Dataset {
@@ -37,6 +42,7 @@ impl Dataset {
         DatasetShape {
             variables: serde_json::from_value(self.variables.clone()).unwrap_or_default(),
             all_expected: self.all_expected,
+            every_item_graded: self.items_with_graders >= self.item_count,
         }
     }
 }
@@ -51,6 +57,9 @@ pub struct DatasetItem {
     pub expected: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub threshold: Option<f64>,
+    /// The item's own graders, normalized at upload.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub graders: Option<Value>,
 }
 
 impl DatasetItem {
@@ -77,6 +86,7 @@ struct NewItem<'a> {
     vars: &'a Value,
     expected: Option<&'a Value>,
     threshold: Option<f64>,
+    graders: Option<&'a Value>,
 }
 
 pub async fn create(
@@ -86,6 +96,7 @@ pub async fn create(
     name: &str,
     description: Option<&str>,
     parsed: &ParsedDataset,
+    content_hash: Option<&str>,
 ) -> QueryResult<Dataset> {
     let item_count = i32::try_from(parsed.items.len()).expect("item count is validated");
     conn.transaction(async |conn| {
@@ -98,6 +109,8 @@ pub async fn create(
                 datasets::item_count.eq(item_count),
                 datasets::variables.eq(serde_json::json!(parsed.variables)),
                 datasets::all_expected.eq(parsed.all_expected),
+                datasets::items_with_graders.eq(count(parsed.items_with_graders)),
+                datasets::content_hash.eq(content_hash),
             ))
             .returning(Dataset::as_returning())
             .get_result(conn)
@@ -182,6 +195,8 @@ pub async fn create_streamed(
                                 datasets::item_count.eq(item_count),
                                 datasets::variables.eq(serde_json::json!(summary.variables)),
                                 datasets::all_expected.eq(summary.all_expected),
+                                datasets::items_with_graders.eq(count(summary.items_with_graders)),
+                                datasets::content_hash.eq(&summary.content_hash),
                             ))
                             .returning(Dataset::as_returning())
                             .get_result(conn)
@@ -228,6 +243,7 @@ async fn insert_items(
                 vars: &item.vars,
                 expected: item.expected.as_ref(),
                 threshold: item.threshold,
+                graders: item.graders.as_ref(),
             })
             .collect();
         diesel::insert_into(dataset_items::table)
@@ -252,12 +268,18 @@ pub async fn get(
         .optional()
 }
 
-/// Newest first; `after` is the id of the last dataset of the previous page.
+fn count(items: usize) -> i32 {
+    i32::try_from(items).expect("item counts are validated")
+}
+
+/// Newest first; `after` is the id of the last dataset of the previous
+/// page; with `content_hash`, only datasets whose content hashes to it.
 pub async fn list(
     conn: &mut AsyncPgConnection,
     tenant_id: Uuid,
     after: Option<Uuid>,
     limit: i64,
+    content_hash: Option<&str>,
 ) -> QueryResult<Page<Dataset>> {
     let mut query = datasets::table
         .filter(datasets::tenant_id.eq(tenant_id))
@@ -267,6 +289,9 @@ pub async fn list(
         .into_boxed();
     if let Some(after) = after {
         query = query.filter(datasets::id.lt(after));
+    }
+    if let Some(content_hash) = content_hash {
+        query = query.filter(datasets::content_hash.eq(content_hash.to_owned()));
     }
     Ok(Page::from_overfetched(query.load(conn).await?, limit))
 }

@@ -458,13 +458,19 @@ pub async fn summarize(
     .await
 }
 
-/// Figures of one grader (by its index in the grader list) on one model.
+/// Figures of one grader on one model: an evaluation grader by its index in
+/// the evaluation's list; items' own graders grouped by type (their lists
+/// differ from item to item).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, QueryableByName)]
 pub struct GraderSummary {
-    #[diesel(sql_type = Int8)]
-    pub index: i64,
+    /// Index in the evaluation's graders; None for items' graders.
+    #[diesel(sql_type = Nullable<Int8>)]
+    pub index: Option<i64>,
     #[diesel(sql_type = Text)]
     pub grader: String,
+    /// `evaluation` or `item`: where the grader came from.
+    #[diesel(sql_type = Text)]
+    pub source: String,
     #[diesel(sql_type = Text)]
     pub model: String,
     /// Results this grader judged or failed to judge.
@@ -486,32 +492,82 @@ pub struct GraderSummary {
     pub mean_score: Option<f64>,
 }
 
-/// Per grader and model, from the grades stored with each result.
+/// Per grader and model, from the grades stored with each result. Grades
+/// without a `source` were written before items had graders: the
+/// evaluation's. Evaluation graders come first (by index), then items'
+/// graders by type.
 pub async fn summarize_graders(
     conn: &mut AsyncPgConnection,
     tenant_id: Uuid,
     evaluation_id: Uuid,
 ) -> QueryResult<Vec<GraderSummary>> {
     diesel::sql_query(
-        "SELECT (g.ordinality - 1)::int8 AS index,
-                min(g.grade->>'grader') AS grader,
-                r.model,
+        "WITH grades AS (
+             SELECT r.model, g.grade,
+                    coalesce(g.grade->>'source', 'evaluation') AS source,
+                    CASE WHEN coalesce(g.grade->>'source', 'evaluation') = 'evaluation'
+                         THEN (g.ordinality - 1)::int8 END AS index,
+                    CASE WHEN g.grade->>'source' = 'item' THEN g.grade->>'grader' END AS item_grader
+             FROM evaluation_results r,
+                  jsonb_array_elements(r.grades) WITH ORDINALITY AS g(grade, ordinality)
+             WHERE r.evaluation_id = $1 AND r.tenant_id = $2
+         )
+         SELECT index,
+                min(grade->>'grader') AS grader,
+                source,
+                model,
                 count(*) AS total,
-                count(*) FILTER (WHERE (g.grade->>'passed')::boolean AND NOT g.grade ? 'error') AS passed,
-                count(*) FILTER (WHERE NOT (g.grade->>'passed')::boolean AND NOT g.grade ? 'error') AS failed,
-                count(*) FILTER (WHERE g.grade ? 'error') AS errors,
-                (count(*) FILTER (WHERE (g.grade->>'passed')::boolean AND NOT g.grade ? 'error'))::float8
-                    / nullif(count(*) FILTER (WHERE NOT g.grade ? 'error'), 0) AS pass_rate,
-                avg((g.grade->>'score')::float8) FILTER (WHERE NOT g.grade ? 'error') AS mean_score
-         FROM evaluation_results r,
-              jsonb_array_elements(r.grades) WITH ORDINALITY AS g(grade, ordinality)
-         WHERE r.evaluation_id = $1 AND r.tenant_id = $2
-         GROUP BY g.ordinality, r.model
-         ORDER BY g.ordinality, r.model",
+                count(*) FILTER (WHERE (grade->>'passed')::boolean AND NOT grade ? 'error') AS passed,
+                count(*) FILTER (WHERE NOT (grade->>'passed')::boolean AND NOT grade ? 'error') AS failed,
+                count(*) FILTER (WHERE grade ? 'error') AS errors,
+                (count(*) FILTER (WHERE (grade->>'passed')::boolean AND NOT grade ? 'error'))::float8
+                    / nullif(count(*) FILTER (WHERE NOT grade ? 'error'), 0) AS pass_rate,
+                avg((grade->>'score')::float8) FILTER (WHERE NOT grade ? 'error') AS mean_score
+         FROM grades
+         GROUP BY source, index, item_grader, model
+         ORDER BY source, index, item_grader, model",
     )
     .bind::<SqlUuid, _>(evaluation_id)
     .bind::<SqlUuid, _>(tenant_id)
     .load(conn)
+    .await
+}
+
+/// What an evaluation's results add up to so far: what a client shows
+/// while it runs (the evaluation's row has the counts, not the cost).
+#[derive(Debug, Clone, PartialEq, Serialize, QueryableByName)]
+pub struct Progress {
+    #[diesel(sql_type = Int8)]
+    pub completed: i64,
+    #[diesel(sql_type = Int8)]
+    pub passed: i64,
+    #[diesel(sql_type = Int8)]
+    pub failed: i64,
+    #[diesel(sql_type = Int8)]
+    pub errored: i64,
+    /// Generation and judge calls.
+    #[diesel(sql_type = Double)]
+    pub cost_usd: f64,
+}
+
+/// One aggregate over the evaluation's results (by its primary key prefix).
+pub async fn progress(
+    conn: &mut AsyncPgConnection,
+    tenant_id: Uuid,
+    evaluation_id: Uuid,
+) -> QueryResult<Progress> {
+    diesel::sql_query(
+        "SELECT count(*) AS completed,
+                count(*) FILTER (WHERE status = 'passed') AS passed,
+                count(*) FILTER (WHERE status = 'failed') AS failed,
+                count(*) FILTER (WHERE status = 'errored') AS errored,
+                coalesce(sum(cost_usd + grading_cost_usd), 0)::float8 AS cost_usd
+         FROM evaluation_results
+         WHERE evaluation_id = $1 AND tenant_id = $2",
+    )
+    .bind::<SqlUuid, _>(evaluation_id)
+    .bind::<SqlUuid, _>(tenant_id)
+    .get_result(conn)
     .await
 }
 

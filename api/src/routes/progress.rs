@@ -1,0 +1,40 @@
+//! `GET /v1/evaluations/{id}/progress`: what a client following an
+//! evaluation shows (the `assay` progress bar): its status and total, and
+//! what its results add up to so far, cost included.
+
+use actix_web::{HttpResponse, web};
+use assay_core::db::models::{evaluations, results};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::auth::Authenticated;
+use crate::errors::ApiError;
+use crate::startup::AppState;
+
+#[derive(Debug, Serialize)]
+struct ProgressBody {
+    id: Uuid,
+    status: String,
+    /// Runs planned (items × models × repeats).
+    total: i32,
+    #[serde(flatten)]
+    progress: results::Progress,
+}
+
+pub async fn progress(
+    state: web::Data<AppState>,
+    Authenticated(caller): Authenticated,
+    path: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    let mut conn = state.pool.get().await?;
+    let evaluation = evaluations::get(&mut conn, caller.tenant_id, *path)
+        .await?
+        .ok_or(ApiError::NotFound("evaluation"))?;
+    let progress = results::progress(&mut conn, caller.tenant_id, evaluation.id).await?;
+    Ok(HttpResponse::Ok().json(ProgressBody {
+        id: evaluation.id,
+        status: evaluation.status,
+        total: evaluation.total,
+        progress,
+    }))
+}
