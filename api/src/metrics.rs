@@ -19,7 +19,15 @@ pub fn describe() {
     );
     describe_counter!(
         "assay_evaluations_submitted_total",
-        "Evaluations accepted by the API."
+        "Evaluations submitted (by the API, and by versioning jobs in the worker)."
+    );
+    describe_counter!(
+        "assay_promotions_submitted_total",
+        "Promotions accepted by the API."
+    );
+    describe_counter!(
+        "assay_optimizations_submitted_total",
+        "Optimizations accepted by the API."
     );
     describe_counter!(
         "assay_prompt_commits_total",

@@ -8,6 +8,7 @@
 
 mod api;
 mod render;
+mod versioning;
 
 use std::time::Duration;
 
@@ -54,6 +55,10 @@ enum Command {
     Resume { evaluation_id: String },
     /// Run a finished evaluation's errored results again, then follow it.
     RetryErrors { evaluation_id: String },
+    /// Promote a version to a label if an evaluation-backed policy holds.
+    Promote(versioning::PromoteArgs),
+    /// Ask a model for better prompts, evaluate them, keep the best.
+    Optimize(versioning::OptimizeArgs),
 }
 
 #[tokio::main]
@@ -94,6 +99,8 @@ async fn main() -> anyhow::Result<()> {
         Command::RetryErrors { evaluation_id } => {
             reopen(&api, &evaluation_id, "retry-errors").await
         }
+        Command::Promote(args) => versioning::promote(&api, args).await,
+        Command::Optimize(args) => versioning::optimize(&api, args).await,
     }
 }
 
