@@ -135,10 +135,10 @@ fn check(
 ) -> Result<PromptContent, String> {
     let messages: Vec<ChatMessage> = serde_json::from_value(proposal.messages.clone())
         .map_err(|error| format!("messages are not chat messages: {error}"))?;
+    let template = PromptTemplate::compile(&messages)
+        .map_err(|error| format!("the template does not compile: {error}"))?;
     let content = PromptContent::validate(messages, parent.params.clone())
         .map_err(|error| format!("{}: {}", error.field, error.message))?;
-    let template = PromptTemplate::compile(&content.messages)
-        .map_err(|error| format!("the template does not compile: {error}"))?;
     let defined = shape.defined();
     if let Some(missing) = template
         .variables()

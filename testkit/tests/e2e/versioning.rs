@@ -346,6 +346,9 @@ async fn a_worker_killed_mid_evaluation_still_finishes_the_promotion_and_moves_t
 
     let promotion = wait_promotion(&stack, &id).await;
     assert_eq!(promotion["status"], "promoted", "{promotion:#}");
+    let decided_by = stack.event_actors(&id, "promotion.promoted").await;
+    assert_eq!(decided_by.len(), 1);
+    assert_ne!(decided_by[0], actors[0], "another worker took the job over");
     assert_eq!(label_version(&stack, &prompt, "production").await, fixed);
     assert_eq!(
         label_moves(&stack, &prompt, "production").await.len(),
