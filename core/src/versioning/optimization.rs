@@ -770,6 +770,11 @@ async fn end(
         (_, Some(_)) => format!("{} rounds done; a proposal beat the parent", optimization.rounds),
         (_, None) => format!("{} rounds done; no proposal beat the parent", optimization.rounds),
     };
+    // Chained first, so that a finished optimization always shows its
+    // promotion; a re-run finds it and does not chain another.
+    if let (Some(winner), Some(label), "succeeded") = (winner, &optimization.promote_to, status) {
+        chain_promotion(ctx, conn, optimization, winner, label, &setup).await?;
+    }
     let ended = optimizations::finish(
         conn,
         tenant_id,
@@ -794,9 +799,6 @@ async fn end(
     {
         branches::set_head(conn, &branch, winner).await?;
     }
-    if let (Some(winner), Some(label), "succeeded") = (winner, &optimization.promote_to, status) {
-        chain_promotion(ctx, conn, optimization, winner, label, &setup).await?;
-    }
     Ok(Step::Done(status))
 }
 
@@ -810,9 +812,6 @@ async fn chain_promotion(
     setup: &StoredSetup,
 ) -> anyhow::Result<()> {
     let tenant_id = optimization.tenant_id;
-    if promotions::of_optimization(conn, tenant_id, optimization.id).await?.is_some() {
-        return Ok(());
-    }
     let Some(current) =
         crate::db::models::labels::get(conn, tenant_id, optimization.prompt_id, label).await?
     else {
@@ -820,34 +819,38 @@ async fn chain_promotion(
         return Ok(());
     };
     let job_id = Uuid::now_v7();
-    let promotion = promotions::create(
-        conn,
-        ctx.actor,
-        &promotions::NewPromotion {
-            id: Uuid::now_v7(),
-            tenant_id,
-            prompt_id: optimization.prompt_id,
-            label: label.to_owned(),
-            candidate_version_id: winner,
-            baseline_version_id: current.version_id,
-            setup: serde_json::to_value(&setup.evaluation)?,
-            policy: serde_json::to_value(setup.promote_policy.clone().unwrap_or_default())?,
-            optimization_id: Some(optimization.id),
-            job_id: Some(job_id),
-            request_id: optimization.request_id.clone(),
-        },
-    )
-    .await?;
-    optimizations::advance(
-        conn,
-        optimization.id,
-        optimization.round,
-        Advance {
-            promotion_id: Some(promotion.id),
-            ..Advance::default()
-        },
-    )
-    .await?;
+    let new = promotions::NewPromotion {
+        id: Uuid::now_v7(),
+        tenant_id,
+        prompt_id: optimization.prompt_id,
+        label: label.to_owned(),
+        candidate_version_id: winner,
+        baseline_version_id: current.version_id,
+        setup: serde_json::to_value(&setup.evaluation)?,
+        policy: serde_json::to_value(setup.promote_policy.clone().unwrap_or_default())?,
+        optimization_id: Some(optimization.id),
+        job_id: Some(job_id),
+        request_id: optimization.request_id.clone(),
+    };
+    let actor = ctx.actor;
+    // Under the optimization's row lock: one promotion per optimization.
+    let created = conn
+        .transaction(async |conn| {
+            optimizations::lock(conn, tenant_id, optimization.id).await?;
+            if promotions::of_optimization(conn, tenant_id, optimization.id)
+                .await?
+                .is_some()
+            {
+                return Ok::<_, diesel::result::Error>(None);
+            }
+            let promotion = promotions::create(conn, actor, &new).await?;
+            optimizations::set_promotion(conn, optimization.id, promotion.id).await?;
+            Ok(Some(promotion))
+        })
+        .await?;
+    let Some(promotion) = created else {
+        return Ok(());
+    };
     // Lost pushes are the sweeper's.
     if let Err(error) = ctx
         .queue

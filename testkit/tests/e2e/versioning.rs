@@ -151,7 +151,25 @@ async fn promotions_move_the_label_only_for_a_better_candidate_and_only_once() {
     let prompt = prompt(&stack).await;
     let fixed = commit(&stack, &prompt, FIXED).await;
     let dataset = stack.dataset(items(6)).await;
-    set_label(&stack, &prompt, "production", 1).await;
+    // Protected: a member key cannot move it; a promotion can.
+    let protect = stack
+        .client
+        .put(
+            &format!("/v1/prompts/{prompt}/labels/production"),
+            &json!({"version": 1, "protected": true}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(protect.status, 201, "{:?}", protect.body);
+    let by_hand = stack
+        .client
+        .put(
+            &format!("/v1/prompts/{prompt}/labels/production"),
+            &json!({"version": fixed}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(by_hand.status, 403, "{:?}", by_hand.body);
     let moves_before = label_moves(&stack, &prompt, "production").await.len();
 
     // Better: the fixed version passes every item, the baseline none.
@@ -169,6 +187,12 @@ async fn promotions_move_the_label_only_for_a_better_candidate_and_only_once() {
     assert_eq!(label_version(&stack, &prompt, "production").await, fixed);
     let moves = label_moves(&stack, &prompt, "production").await;
     assert_eq!(moves.len(), moves_before + 1, "exactly one move: {moves:#?}");
+    let by_promotion: Vec<&Value> = moves
+        .iter()
+        .filter(|event| event["data"]["authority"] == "promotion")
+        .collect();
+    assert_eq!(by_promotion.len(), 1, "{moves:#?}");
+    assert_eq!(by_promotion[0]["data"]["protected"], true);
     let evidence = &promotion["comparison"]["models"][0];
     assert_eq!(evidence["pass_rate"]["a"], 0.0);
     assert_eq!(evidence["pass_rate"]["b"], 1.0);
@@ -357,6 +381,96 @@ async fn a_worker_killed_mid_evaluation_still_finishes_the_promotion_and_moves_t
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_a_promotion_and_its_evaluations() {
+    let stack = Stack::start(1, &["--concurrency", "2"]).await;
+    let prompt = prompt(&stack).await;
+    let fixed = commit(&stack, &prompt, FIXED).await;
+    let dataset = stack.dataset(items(20)).await;
+    set_label(&stack, &prompt, "production", 1).await;
+    let id = promote(
+        &stack,
+        &prompt,
+        with(
+            setup(&dataset, "mock:strict=true,latency=1s"),
+            json!({"candidate": fixed, "label": "production", "policy": policy()}),
+        ),
+    )
+    .await;
+    let evaluating = wait_job(
+        &stack,
+        &format!("/v1/promotions/{id}"),
+        &["queued"],
+        Duration::from_secs(30),
+    )
+    .await;
+    let canceled = stack
+        .client
+        .post(&format!("/v1/promotions/{id}/cancel"), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(canceled.status, 200, "{:?}", canceled.body);
+    assert_eq!(canceled.body["status"], "canceled");
+    for role in ["baseline_evaluation_id", "candidate_evaluation_id"] {
+        let evaluation = stack
+            .evaluation(evaluating[role].as_str().unwrap())
+            .await;
+        assert_eq!(evaluation["status"], "canceled", "{evaluation:#}");
+    }
+    // The job notices and ends; the label never moves.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(label_version(&stack, &prompt, "production").await, 1);
+    let promotion = stack.client.get(&format!("/v1/promotions/{id}")).await.unwrap();
+    assert_eq!(promotion.body["status"], "canceled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promotion_handed_back_on_sigterm_is_pushed_again_by_the_sweeper() {
+    let mut stack = Stack::start(1, &["--concurrency", "4", "--sweep-interval", "1s"]).await;
+    let prompt = prompt(&stack).await;
+    let fixed = commit(&stack, &prompt, FIXED).await;
+    let dataset = stack.dataset(items(12)).await;
+    set_label(&stack, &prompt, "production", 1).await;
+    let id = promote(
+        &stack,
+        &prompt,
+        with(
+            setup(&dataset, "mock:strict=true,latency=500ms"),
+            json!({"candidate": fixed, "label": "production", "policy": policy()}),
+        ),
+    )
+    .await;
+    wait_job(
+        &stack,
+        &format!("/v1/promotions/{id}"),
+        &["queued"],
+        Duration::from_secs(30),
+    )
+    .await;
+    // The only worker stops: its promotion job ends "released" and is acked,
+    // so Redis holds nothing more of it; PostgreSQL still says `evaluating`.
+    stack.workers[0].0.signal("TERM").unwrap();
+    let code = stack.workers[0].0.wait(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(code, Some(0));
+    let promotion = stack.client.get(&format!("/v1/promotions/{id}")).await.unwrap();
+    assert_eq!(promotion.body["status"], "evaluating");
+    let fresh = stack
+        .start_worker(&["--concurrency", "4", "--sweep-interval", "1s"])
+        .await;
+    let promotion = wait_promotion(&stack, &id).await;
+    assert_eq!(promotion["status"], "promoted", "{promotion:#}");
+    let repaired: f64 = stack
+        .worker_metrics(fresh)
+        .await
+        .lines()
+        .filter(|line| line.starts_with("assay_sweeper_repairs_total{") && line.contains("kind=\"versioning\""))
+        .map(|line| line.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert!(repaired >= 1.0, "the sweeper pushed it again: {repaired}");
+    let decided_by = stack.event_actors(&id, "promotion.promoted").await;
+    assert_eq!(stack.worker_of(&decided_by[0]), fresh);
+}
+
 /// (passed, graded) over an evaluation's result rows, as the job counts them.
 fn pass_rate(results: &[Value]) -> f64 {
     let graded: Vec<&Value> = results
@@ -392,15 +506,18 @@ async fn the_mock_optimizer_s_fix_wins_and_only_valid_proposals_are_committed() 
     let stack = Stack::start(1, &[]).await;
     let prompt = prompt(&stack).await;
     let dataset = stack.dataset(items(12)).await;
+    set_label(&stack, &prompt, "production", 1).await;
     // K = 4, seed 5: the fix is proposal 5 mod 4 = 1; 2 does not compile; 3
-    // reads an unknown variable; 0 is a valid variant without the fix.
+    // reads an unknown variable; 0 is a valid variant without the fix. The
+    // winner is then promoted to `production` by a chained promotion.
     let optimization = optimize(
         &stack,
         &prompt,
         with(
             setup(&dataset, STRICT),
             json!({"from": 1, "optimizer_model": "mock", "candidates": 4, "rounds": 1,
-                   "validation_split": 0.5, "seed": 5, "max_cost_usd": 1.0}),
+                   "validation_split": 0.5, "seed": 5, "max_cost_usd": 1.0,
+                   "promote_to": "production", "promote_policy": policy()}),
         ),
     )
     .await;
@@ -489,6 +606,17 @@ async fn the_mock_optimizer_s_fix_wins_and_only_valid_proposals_are_committed() 
         .collect();
     valid.sort_by_key(|id| id.to_string());
     assert_eq!(committed, valid);
+
+    let promotion = wait_promotion(&stack, optimization["promotion_id"].as_str().unwrap()).await;
+    assert_eq!(promotion["status"], "promoted", "{promotion:#}");
+    assert_eq!(promotion["candidate_version_id"], winner["version_id"]);
+    assert_eq!(promotion["optimization_id"], optimization["id"]);
+    let label = stack
+        .client
+        .get(&format!("/v1/prompts/{prompt}/labels/production"))
+        .await
+        .unwrap();
+    assert_eq!(label.body["version_id"], winner["version_id"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -262,6 +262,19 @@ pub async fn add_optimizer_cost(
         .map(drop)
 }
 
+/// Records the promotion chained on the winner.
+pub async fn set_promotion(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    promotion_id: Uuid,
+) -> QueryResult<()> {
+    diesel::update(optimizations::table.filter(optimizations::id.eq(id)))
+        .set(optimizations::promotion_id.eq(promotion_id))
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
 /// Sets a candidate's evaluation (once).
 pub async fn set_candidate_evaluation(
     conn: &mut AsyncPgConnection,
