@@ -21,7 +21,10 @@ pub struct SetupArgs {
     #[arg(long = "model", required = true)]
     models: Vec<String>,
     /// Graders as a JSON array.
-    #[arg(long, default_value = r#"[{"type": "equals", "value": "{{ expected }}"}]"#)]
+    #[arg(
+        long,
+        default_value = r#"[{"type": "equals", "value": "{{ expected }}"}]"#
+    )]
     graders: String,
     /// Runs of each item x model.
     #[arg(long)]
@@ -32,7 +35,8 @@ impl SetupArgs {
     fn body(&self) -> anyhow::Result<Value> {
         let graders: Value = serde_json::from_str(&self.graders)
             .map_err(|error| anyhow::anyhow!("--graders is not JSON: {error}"))?;
-        let mut body = json!({"dataset_id": self.dataset, "models": self.models, "graders": graders});
+        let mut body =
+            json!({"dataset_id": self.dataset, "models": self.models, "graders": graders});
         if let Some(repeat) = self.repeat {
             body["repeat"] = json!(repeat);
         }
@@ -65,9 +69,18 @@ impl PolicyArgs {
         let mut policy = json!({"min_pass_rate": self.min_pass_rate});
         for (key, value) in [
             ("max_regressions", self.max_regressions.map(|v| json!(v))),
-            ("significance_level", self.significance_level.map(|v| json!(v))),
-            ("min_score_difference", self.min_score_difference.map(|v| json!(v))),
-            ("max_cost_increase", self.max_cost_increase.map(|v| json!(v))),
+            (
+                "significance_level",
+                self.significance_level.map(|v| json!(v)),
+            ),
+            (
+                "min_score_difference",
+                self.min_score_difference.map(|v| json!(v)),
+            ),
+            (
+                "max_cost_increase",
+                self.max_cost_increase.map(|v| json!(v)),
+            ),
         ] {
             if let Some(value) = value {
                 policy[key] = value;
@@ -140,7 +153,9 @@ async fn follow(
     line: impl Fn(&Value) -> String,
 ) -> anyhow::Result<Value> {
     let spinner = ProgressBar::new_spinner();
-    spinner.set_style(ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")?);
+    spinner.set_style(ProgressStyle::with_template(
+        "{spinner} {elapsed_precise} {msg}",
+    )?);
     spinner.enable_steady_tick(Duration::from_millis(120));
     loop {
         let job = api.get(path).await?;
@@ -174,8 +189,17 @@ fn print_comparison(comparison: &Value) {
     };
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
-        "model", "paired", "pass a", "pass b", "improved", "regressed", "p-value", "score Δ",
-        "score Δ 95% low", "cost a $", "cost b $",
+        "model",
+        "paired",
+        "pass a",
+        "pass b",
+        "improved",
+        "regressed",
+        "p-value",
+        "score Δ",
+        "score Δ 95% low",
+        "cost a $",
+        "cost b $",
     ]);
     for model in models {
         table.add_row(vec![
@@ -206,15 +230,24 @@ pub async fn promote(api: &Api, args: PromoteArgs) -> anyhow::Result<()> {
         .await?;
     let id = promotion["id"].as_str().unwrap_or_default().to_owned();
     println!("Promotion {id} queued: {} → {}", args.candidate, args.label);
-    let promotion = follow(api, &format!("/v1/promotions/{id}"), &["queued", "evaluating"], |job| {
-        format!(
-            "{} (baseline evaluation {}{}, candidate evaluation {})",
-            job["status"].as_str().unwrap_or("?"),
-            job["baseline_evaluation_id"].as_str().unwrap_or("-"),
-            if job["baseline_reused"] == true { ", reused" } else { "" },
-            job["candidate_evaluation_id"].as_str().unwrap_or("-"),
-        )
-    })
+    let promotion = follow(
+        api,
+        &format!("/v1/promotions/{id}"),
+        &["queued", "evaluating"],
+        |job| {
+            format!(
+                "{} (baseline evaluation {}{}, candidate evaluation {})",
+                job["status"].as_str().unwrap_or("?"),
+                job["baseline_evaluation_id"].as_str().unwrap_or("-"),
+                if job["baseline_reused"] == true {
+                    ", reused"
+                } else {
+                    ""
+                },
+                job["candidate_evaluation_id"].as_str().unwrap_or("-"),
+            )
+        },
+    )
     .await?;
     println!(
         "\nPromotion {id} {}: {}",
@@ -253,17 +286,22 @@ pub async fn optimize(api: &Api, args: OptimizeArgs) -> anyhow::Result<()> {
         .await?;
     let id = optimization["id"].as_str().unwrap_or_default().to_owned();
     println!("Optimization {id} queued");
-    let optimization = follow(api, &format!("/v1/optimizations/{id}"), &["queued", "running"], |job| {
-        format!(
-            "{} round {}/{}, proposals {} valid {} invalid, spent ${:.6}",
-            job["status"].as_str().unwrap_or("?"),
-            job["round"],
-            job["rounds"],
-            job["proposals_valid"],
-            job["proposals_invalid"],
-            job["spent_usd"].as_f64().unwrap_or(0.0)
-        )
-    })
+    let optimization = follow(
+        api,
+        &format!("/v1/optimizations/{id}"),
+        &["queued", "running"],
+        |job| {
+            format!(
+                "{} round {}/{}, proposals {} valid {} invalid, spent ${:.6}",
+                job["status"].as_str().unwrap_or("?"),
+                job["round"],
+                job["rounds"],
+                job["proposals_valid"],
+                job["proposals_invalid"],
+                job["spent_usd"].as_f64().unwrap_or(0.0)
+            )
+        },
+    )
     .await?;
     println!(
         "\nOptimization {id} {}: {} (spent ${:.6} of ${:.6}; branch {})",
@@ -275,15 +313,29 @@ pub async fn optimize(api: &Api, args: OptimizeArgs) -> anyhow::Result<()> {
     );
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
-        "round", "#", "version", "validation pass rate", "mean score", "cost $", "tokens", "note",
+        "round",
+        "#",
+        "version",
+        "validation pass rate",
+        "mean score",
+        "cost $",
+        "tokens",
+        "note",
     ]);
-    for candidate in optimization["candidate_list"].as_array().into_iter().flatten() {
+    for candidate in optimization["candidate_list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
         let winner = !candidate["version_id"].is_null()
             && candidate["version_id"] == optimization["winner_version_id"];
         table.add_row(vec![
             candidate["round"].to_string(),
             candidate["index"].to_string(),
-            candidate["version_id"].as_str().unwrap_or("(not committed)").to_owned(),
+            candidate["version_id"]
+                .as_str()
+                .unwrap_or("(not committed)")
+                .to_owned(),
             rate(&candidate["pass_rate"]),
             number(&candidate["mean_score"], 3),
             number(&candidate["cost_usd"], 6),
@@ -291,7 +343,10 @@ pub async fn optimize(api: &Api, args: OptimizeArgs) -> anyhow::Result<()> {
             if winner {
                 "winner".to_owned()
             } else {
-                candidate["invalid_reason"].as_str().unwrap_or("").to_owned()
+                candidate["invalid_reason"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned()
             },
         ]);
     }

@@ -4,7 +4,6 @@ use actix_web::{HttpResponse, web};
 use std::sync::Arc;
 
 use assay_core::budget;
-use assay_core::submit::{self, OnPushFailure, SubmitError};
 use assay_core::db::models::evaluations::{
     self, CancelReason, Evaluation, NewEvaluation, Planning, Reopen, ReopenRefused,
 };
@@ -13,6 +12,7 @@ use assay_core::db::models::results::{self, EvaluationResult, ResultCursor};
 use assay_core::db::models::{budgets, chunks};
 use assay_core::db::models::{datasets, prompts};
 use assay_core::domain::{EvaluationRequest, PromptChoice, validate_graders, validate_threshold};
+use assay_core::submit::{self, OnPushFailure, SubmitError};
 use assay_core::templates::PromptTemplate;
 use chrono::{DateTime, Utc};
 use serde::Serialize;

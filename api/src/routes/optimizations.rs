@@ -215,7 +215,8 @@ pub async fn get(
     let optimization = optimizations::get(&mut conn, caller.tenant_id, *path)
         .await?
         .ok_or(ApiError::NotFound("optimization"))?;
-    let candidates = optimizations::candidates(&mut conn, caller.tenant_id, optimization.id).await?;
+    let candidates =
+        optimizations::candidates(&mut conn, caller.tenant_id, optimization.id).await?;
     let spent = optimizations::spent(&mut conn, &optimization).await?;
     let events = events::for_resource(&mut conn, caller.tenant_id, optimization.id).await?;
     let mut body = serde_json::to_value(&optimization).expect("optimization serializes");

@@ -107,8 +107,14 @@ pub async fn create(
         repeat: request.repeat,
         threshold: request.threshold,
     };
-    let (setup, _) =
-        check_setup(&state, &mut conn, caller.tenant_id, &setup, &[&baseline, &candidate]).await?;
+    let (setup, _) = check_setup(
+        &state,
+        &mut conn,
+        caller.tenant_id,
+        &setup,
+        &[&baseline, &candidate],
+    )
+    .await?;
     let job_id = Uuid::now_v7();
     let promotion = promotions::create(
         &mut conn,
@@ -128,7 +134,14 @@ pub async fn create(
         },
     )
     .await?;
-    push(&state, VersioningKind::Promotion, caller.tenant_id, promotion.id, job_id).await;
+    push(
+        &state,
+        VersioningKind::Promotion,
+        caller.tenant_id,
+        promotion.id,
+        job_id,
+    )
+    .await;
     metrics::counter!("assay_promotions_submitted_total").increment(1);
     Ok(HttpResponse::Accepted()
         .insert_header(("Location", format!("/v1/promotions/{}", promotion.id)))

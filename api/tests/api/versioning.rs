@@ -6,7 +6,12 @@ use serde_json::{Value, json};
 
 use crate::{TestApp, id};
 
-fn assert_problem(response: &assay_testkit::client::Response, status: u16, code: &str, mentions: &str) {
+fn assert_problem(
+    response: &assay_testkit::client::Response,
+    status: u16,
+    code: &str,
+    mentions: &str,
+) {
     assert_eq!(response.status, status, "{:?}", response.body);
     assert_eq!(response.content_type, "application/problem+json");
     assert_eq!(response.body["code"], code, "{:?}", response.body);
@@ -35,7 +40,10 @@ async fn bad_promotion_and_optimization_requests_are_refused_with_the_field() {
         .unwrap();
     assert_eq!(commit.status, 201, "{:?}", commit.body);
     let label = client
-        .put(&format!("/v1/prompts/{prompt}/labels/production"), &json!({"version": 1}))
+        .put(
+            &format!("/v1/prompts/{prompt}/labels/production"),
+            &json!({"version": 1}),
+        )
         .await
         .unwrap();
     assert_eq!(label.status, 201, "{:?}", label.body);
@@ -52,16 +60,53 @@ async fn bad_promotion_and_optimization_requests_are_refused_with_the_field() {
         (with(&promotion, "label", json!("Bad Name!")), "label"),
         (with(&promotion, "models", json!(["nope"])), "models"),
         (with(&promotion, "repeat", json!(0)), "repeat"),
-        (with(&promotion, "graders", json!([{"type": "equals", "value": "{{ missing }}"}])), "missing"),
-        (with(&promotion, "policy", json!({"min_pass_rate": 1.5, "max_regressions": 0})), "min_pass_rate"),
-        (with(&promotion, "policy", json!({"min_pass_rate": 0.5})), "non-inferiority"),
-        (with(&promotion, "policy", json!({"min_pass_rate": 0.5, "max_regressions": 0, "max_cost_increase": -1})), "max_cost_increase"),
-        (with(&promotion, "dataset_id", json!(uuid::Uuid::nil())), "dataset_id"),
+        (
+            with(
+                &promotion,
+                "graders",
+                json!([{"type": "equals", "value": "{{ missing }}"}]),
+            ),
+            "missing",
+        ),
+        (
+            with(
+                &promotion,
+                "policy",
+                json!({"min_pass_rate": 1.5, "max_regressions": 0}),
+            ),
+            "min_pass_rate",
+        ),
+        (
+            with(&promotion, "policy", json!({"min_pass_rate": 0.5})),
+            "non-inferiority",
+        ),
+        (
+            with(
+                &promotion,
+                "policy",
+                json!({"min_pass_rate": 0.5, "max_regressions": 0, "max_cost_increase": -1}),
+            ),
+            "max_cost_increase",
+        ),
+        (
+            with(&promotion, "dataset_id", json!(uuid::Uuid::nil())),
+            "dataset_id",
+        ),
     ] {
-        assert_problem(&client.post(&path, &body).await.unwrap(), 422, "invalid_input", mentions);
+        assert_problem(
+            &client.post(&path, &body).await.unwrap(),
+            422,
+            "invalid_input",
+            mentions,
+        );
     }
     let same = with(&promotion, "candidate", json!(1));
-    assert_problem(&client.post(&path, &same).await.unwrap(), 409, "conflict", "already");
+    assert_problem(
+        &client.post(&path, &same).await.unwrap(),
+        409,
+        "conflict",
+        "already",
+    );
 
     let path = format!("/v1/prompts/{prompt}/optimizations");
     let optimization = json!({
@@ -73,22 +118,54 @@ async fn bad_promotion_and_optimization_requests_are_refused_with_the_field() {
         (with(&optimization, "candidates", json!(0)), "candidates"),
         (with(&optimization, "candidates", json!(9)), "candidates"),
         (with(&optimization, "rounds", json!(6)), "rounds"),
-        (with(&optimization, "validation_split", json!(1.0)), "validation_split"),
-        (with(&optimization, "max_cost_usd", json!(0)), "max_cost_usd"),
-        (with(&optimization, "max_cost_usd", json!(1e9)), "max_cost_usd"),
-        (with(&optimization, "optimizer_model", json!("nope")), "optimizer_model"),
+        (
+            with(&optimization, "validation_split", json!(1.0)),
+            "validation_split",
+        ),
+        (
+            with(&optimization, "max_cost_usd", json!(0)),
+            "max_cost_usd",
+        ),
+        (
+            with(&optimization, "max_cost_usd", json!(1e9)),
+            "max_cost_usd",
+        ),
+        (
+            with(&optimization, "optimizer_model", json!("nope")),
+            "optimizer_model",
+        ),
         (with(&optimization, "from", json!(42)), "from"),
-        (with(&optimization, "promote_to", json!("production")), "promote_policy"),
-        (with(&optimization, "promote_to", json!("staging")), "promote_policy"),
+        (
+            with(&optimization, "promote_to", json!("production")),
+            "promote_policy",
+        ),
+        (
+            with(&optimization, "promote_to", json!("staging")),
+            "promote_policy",
+        ),
     ] {
-        assert_problem(&client.post(&path, &body).await.unwrap(), 422, "invalid_input", mentions);
+        assert_problem(
+            &client.post(&path, &body).await.unwrap(),
+            422,
+            "invalid_input",
+            mentions,
+        );
     }
     let mut unknown_label = with(&optimization, "promote_to", json!("staging"));
     unknown_label["promote_policy"] = json!({"min_pass_rate": 0.5, "max_regressions": 0});
-    assert_problem(&client.post(&path, &unknown_label).await.unwrap(), 422, "invalid_input", "promote_to");
+    assert_problem(
+        &client.post(&path, &unknown_label).await.unwrap(),
+        422,
+        "invalid_input",
+        "promote_to",
+    );
     let unknown_field = with(&optimization, "temperature", json!(1));
     let response = client.post(&path, &unknown_field).await.unwrap();
-    assert!(response.status >= 400 && response.status < 500, "{:?}", response.body);
+    assert!(
+        response.status >= 400 && response.status < 500,
+        "{:?}",
+        response.body
+    );
     assert_eq!(
         app.count_rows("promotions").await + app.count_rows("optimizations").await,
         jobs_before,
@@ -96,23 +173,44 @@ async fn bad_promotion_and_optimization_requests_are_refused_with_the_field() {
     );
 
     // A good one is accepted; another tenant cannot see or cancel it.
-    let accepted = client.post(&format!("/v1/prompts/{prompt}/promotions"), &promotion).await.unwrap();
+    let accepted = client
+        .post(&format!("/v1/prompts/{prompt}/promotions"), &promotion)
+        .await
+        .unwrap();
     assert_eq!(accepted.status, 202, "{:?}", accepted.body);
     let promotion_id = id(&accepted.body["id"]);
     assert_eq!(accepted.body["status"], "queued");
     let intruder = app.client_for("tenant-b").await;
     for response in [
-        intruder.get(&format!("/v1/promotions/{promotion_id}")).await.unwrap(),
-        intruder.post(&format!("/v1/promotions/{promotion_id}/cancel"), &json!({})).await.unwrap(),
-        intruder.post(&format!("/v1/prompts/{prompt}/promotions"), &promotion).await.unwrap(),
-        intruder.get(&format!("/v1/optimizations/{promotion_id}")).await.unwrap(),
+        intruder
+            .get(&format!("/v1/promotions/{promotion_id}"))
+            .await
+            .unwrap(),
+        intruder
+            .post(&format!("/v1/promotions/{promotion_id}/cancel"), &json!({}))
+            .await
+            .unwrap(),
+        intruder
+            .post(&format!("/v1/prompts/{prompt}/promotions"), &promotion)
+            .await
+            .unwrap(),
+        intruder
+            .get(&format!("/v1/optimizations/{promotion_id}"))
+            .await
+            .unwrap(),
     ] {
         assert_problem(&response, 404, "not_found", "not found");
     }
     // No worker runs here: it is still queued, so it can be canceled, once.
-    let canceled = client.post(&format!("/v1/promotions/{promotion_id}/cancel"), &json!({})).await.unwrap();
+    let canceled = client
+        .post(&format!("/v1/promotions/{promotion_id}/cancel"), &json!({}))
+        .await
+        .unwrap();
     assert_eq!(canceled.status, 200, "{:?}", canceled.body);
     assert_eq!(canceled.body["status"], "canceled");
-    let again = client.post(&format!("/v1/promotions/{promotion_id}/cancel"), &json!({})).await.unwrap();
+    let again = client
+        .post(&format!("/v1/promotions/{promotion_id}/cancel"), &json!({}))
+        .await
+        .unwrap();
     assert_problem(&again, 409, "conflict", "canceled");
 }

@@ -55,8 +55,8 @@ use async_trait::async_trait;
 use super::{Completion, CompletionRequest, Price, Provider, ProviderError, Usage};
 use crate::domain::{ChatMessage, Role};
 pub use crate::graders::model_graded::JUDGE_MARKER;
-pub use crate::versioning::optimizer::OPTIMIZER_MARKER;
 use crate::graders::model_graded::{judge_kind, read_section};
+pub use crate::versioning::optimizer::OPTIMIZER_MARKER;
 
 /// Longest `latency`, and longest `jitter`, a mock model may have.
 pub const MAX_DELAY: Duration = Duration::from_secs(60);
@@ -282,9 +282,9 @@ impl MockOptions {
 }
 
 fn is_optimizer(messages: &[ChatMessage]) -> bool {
-    messages
-        .iter()
-        .any(|message| message.role == Role::System && message.content.starts_with(OPTIMIZER_MARKER))
+    messages.iter().any(|message| {
+        message.role == Role::System && message.content.starts_with(OPTIMIZER_MARKER)
+    })
 }
 
 /// The mock optimizer's answer, by the rules in the module docs.
@@ -316,10 +316,14 @@ fn optimize(messages: &[ChatMessage]) -> String {
         .map(|index| {
             let (messages, rationale) = if index == fix {
                 let mut messages = parent.clone();
-                if parent.iter().any(|message| message.content.contains(MOCK_FIX)) {
+                if parent
+                    .iter()
+                    .any(|message| message.content.contains(MOCK_FIX))
+                {
                     messages = appended(" Be concise.");
-                } else if let Some(system) =
-                    messages.iter_mut().find(|message| message.role == Role::System)
+                } else if let Some(system) = messages
+                    .iter_mut()
+                    .find(|message| message.role == Role::System)
                 {
                     system.content.push(' ');
                     system.content.push_str(MOCK_FIX);
@@ -334,11 +338,20 @@ fn optimize(messages: &[ChatMessage]) -> String {
                 }
                 (messages, "mock: ask for exact answers".to_owned())
             } else if count >= 2 && index == (fix + 1) % count {
-                (appended(" {{ broken"), "mock: a template that does not compile".to_owned())
+                (
+                    appended(" {{ broken"),
+                    "mock: a template that does not compile".to_owned(),
+                )
             } else if count >= 3 && index == (fix + 2) % count {
-                (appended(" {{ mock_unknown }}"), "mock: an unknown variable".to_owned())
+                (
+                    appended(" {{ mock_unknown }}"),
+                    "mock: an unknown variable".to_owned(),
+                )
             } else {
-                (appended(&format!(" Variant {index}.")), format!("mock: variant {index}"))
+                (
+                    appended(&format!(" Variant {index}.")),
+                    format!("mock: variant {index}"),
+                )
             };
             serde_json::json!({ "messages": messages, "rationale": rationale })
         })

@@ -165,7 +165,10 @@ pub async fn find_reusable(
 
 /// The evaluation of `version` on `dataset` under `setup`: a finished
 /// identical one (reused: true), or a new one submitted now.
-#[expect(clippy::too_many_arguments, reason = "one evaluation's whole definition")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one evaluation's whole definition"
+)]
 pub async fn evaluation_for(
     ctx: &Ctx<'_>,
     conn: &mut AsyncPgConnection,
@@ -181,7 +184,8 @@ pub async fn evaluation_for(
         metrics::counter!("assay_versioning_evaluations_total", "source" => "reused").increment(1);
         return Ok((found, true));
     }
-    let total = i64::from(dataset.item_count) * setup.models.len() as i64 * i64::from(setup.repeats());
+    let total =
+        i64::from(dataset.item_count) * setup.models.len() as i64 * i64::from(setup.repeats());
     let new = NewEvaluation {
         id: Uuid::now_v7(),
         tenant_id,

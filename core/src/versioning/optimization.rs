@@ -32,8 +32,8 @@ use crate::db::models::optimizations::{self, Advance, Candidate, Optimization};
 use crate::db::models::prompts::{self, Commit, PromptVersion, VersionRef};
 use crate::db::models::{branches, promotions};
 use crate::db::schema::{evaluation_results, prompt_versions};
-use crate::domain::{ParsedDataset, ParsedItem};
 use crate::domain::{ModelParams, PromptContent};
+use crate::domain::{ParsedDataset, ParsedItem};
 use crate::providers::call::CallOptions;
 use crate::queue::{VersioningJob, VersioningKind};
 
@@ -124,7 +124,13 @@ async fn split(
         train.push(validation.pop().expect("checked"));
     }
     if validation.is_empty() || train.is_empty() {
-        return fail(ctx, conn, optimization, "the dataset has too few items to split").await;
+        return fail(
+            ctx,
+            conn,
+            optimization,
+            "the dataset has too few items to split",
+        )
+        .await;
     }
     let parsed = |items: Vec<datasets::DatasetItem>| ParsedDataset {
         items: items
@@ -149,9 +155,15 @@ async fn split(
             return Ok(());
         }
         let description = Some("made by an optimization: its part of the dataset");
-        let train =
-            datasets::create(conn, tenant_id, actor, &format!("opt-{id}-train"), description, &train)
-                .await?;
+        let train = datasets::create(
+            conn,
+            tenant_id,
+            actor,
+            &format!("opt-{id}-train"),
+            description,
+            &train,
+        )
+        .await?;
         let validation = datasets::create(
             conn,
             tenant_id,
@@ -203,18 +215,22 @@ async fn fail(
 /// How an evaluation the job waits for stands.
 enum Waited {
     Running,
-    Succeeded(Evaluation),
+    Succeeded(Box<Evaluation>),
     /// Canceled because its budget (what the optimization had left) ran out.
     OutOfBudget,
     Ended(String),
 }
 
-async fn wait_for(conn: &mut AsyncPgConnection, tenant_id: Uuid, id: Uuid) -> anyhow::Result<Waited> {
+async fn wait_for(
+    conn: &mut AsyncPgConnection,
+    tenant_id: Uuid,
+    id: Uuid,
+) -> anyhow::Result<Waited> {
     let evaluation = evaluations::get(conn, tenant_id, id)
         .await?
         .with_context(|| format!("evaluation {id} is gone"))?;
     Ok(match evaluation.status() {
-        EvaluationStatus::Succeeded => Waited::Succeeded(evaluation),
+        EvaluationStatus::Succeeded => Waited::Succeeded(Box::new(evaluation)),
         status if !status.is_terminal() => Waited::Running,
         EvaluationStatus::Canceled
             if matches!(
@@ -266,7 +282,11 @@ pub async fn figures(
     .await
 }
 
-async fn dataset(conn: &mut AsyncPgConnection, tenant_id: Uuid, id: Option<Uuid>) -> anyhow::Result<Dataset> {
+async fn dataset(
+    conn: &mut AsyncPgConnection,
+    tenant_id: Uuid,
+    id: Option<Uuid>,
+) -> anyhow::Result<Dataset> {
     let id = id.context("a running optimization has its datasets")?;
     datasets::get(conn, tenant_id, id)
         .await?
@@ -294,10 +314,9 @@ async fn advance(
             return end(ctx, conn, optimization, "budget_exhausted").await;
         }
         let train = dataset(conn, tenant_id, optimization.train_dataset_id).await?;
-        let evaluation =
-            new_evaluation(optimization.current_version_id, "parent_train")
-                .submit(ctx, conn, &train)
-                .await?;
+        let evaluation = new_evaluation(optimization.current_version_id, "parent_train")
+            .submit(ctx, conn, &train)
+            .await?;
         let changes = Advance {
             parent_train_evaluation_id: Some(Some(evaluation.id)),
             ..Advance::default()
@@ -517,24 +536,23 @@ async fn failing_cases(
     conn: &mut AsyncPgConnection,
     evaluation: &Evaluation,
 ) -> anyhow::Result<Vec<FailingCase>> {
-    let rows: Vec<(i32, String, Option<String>, serde_json::Value)> =
-        evaluation_results::table
-            .filter(evaluation_results::tenant_id.eq(evaluation.tenant_id))
-            .filter(evaluation_results::evaluation_id.eq(evaluation.id))
-            .filter(evaluation_results::status.eq("failed"))
-            .order((
-                evaluation_results::item_position.asc(),
-                evaluation_results::model.asc(),
-            ))
-            .select((
-                evaluation_results::item_position,
-                evaluation_results::item_key,
-                evaluation_results::output,
-                evaluation_results::grades,
-            ))
-            .limit(MAX_FAILURES as i64)
-            .load(conn)
-            .await?;
+    let rows: Vec<(i32, String, Option<String>, serde_json::Value)> = evaluation_results::table
+        .filter(evaluation_results::tenant_id.eq(evaluation.tenant_id))
+        .filter(evaluation_results::evaluation_id.eq(evaluation.id))
+        .filter(evaluation_results::status.eq("failed"))
+        .order((
+            evaluation_results::item_position.asc(),
+            evaluation_results::model.asc(),
+        ))
+        .select((
+            evaluation_results::item_position,
+            evaluation_results::item_key,
+            evaluation_results::output,
+            evaluation_results::grades,
+        ))
+        .limit(MAX_FAILURES as i64)
+        .load(conn)
+        .await?;
     let mut cases = Vec::with_capacity(rows.len());
     for (position, key, output, grades) in rows {
         let item = datasets::items_between(
@@ -620,7 +638,11 @@ async fn propose(
     };
     let proposals = optimizer::parse(&answer, count as usize);
     let mut rows = Vec::new();
-    let row = |index: usize, version_id: Option<Uuid>, invalid: Option<String>, rationale: &str, tokens: i64| Candidate {
+    let row = |index: usize,
+               version_id: Option<Uuid>,
+               invalid: Option<String>,
+               rationale: &str,
+               tokens: i64| Candidate {
         optimization_id: id,
         round,
         index: index as i32,
@@ -644,12 +666,26 @@ async fn propose(
                         let message = if proposal.rationale.trim().is_empty() {
                             format!("optimization {id}, round {round}, proposal {index}")
                         } else {
-                            proposal.rationale.chars().take(MAX_RATIONALE_CHARS).collect()
+                            proposal
+                                .rationale
+                                .chars()
+                                .take(MAX_RATIONALE_CHARS)
+                                .collect()
                         };
-                        let version = commit_child(ctx, conn, optimization, &parent, &candidate, &message).await?;
-                        rows.push(row(index, Some(version), None, &proposal.rationale, optimizer::tokens(&candidate)));
+                        let version =
+                            commit_child(ctx, conn, optimization, &parent, &candidate, &message)
+                                .await?;
+                        rows.push(row(
+                            index,
+                            Some(version),
+                            None,
+                            &proposal.rationale,
+                            optimizer::tokens(&candidate),
+                        ));
                     }
-                    Err(reason) => rows.push(row(index, None, Some(reason), &proposal.rationale, 0)),
+                    Err(reason) => {
+                        rows.push(row(index, None, Some(reason), &proposal.rationale, 0))
+                    }
                 }
             }
         }
@@ -658,7 +694,8 @@ async fn propose(
     let invalid = rows.len() as u64 - valid;
     if optimizations::record_round(conn, tenant_id, id, round, &rows, report.cost_usd).await? {
         metrics::counter!("assay_optimizer_proposals_total", "result" => "valid").increment(valid);
-        metrics::counter!("assay_optimizer_proposals_total", "result" => "invalid").increment(invalid);
+        metrics::counter!("assay_optimizer_proposals_total", "result" => "invalid")
+            .increment(invalid);
     } else {
         // Another run recorded this round first; this call was paid for all the same.
         optimizations::add_optimizer_cost(conn, id, report.cost_usd).await?;
@@ -706,7 +743,10 @@ async fn commit_child(
             }
             let branch = match branches::get(conn, tenant_id, prompt_id, &branch_name).await? {
                 Some(branch) => branch,
-                None => branches::insert(conn, tenant_id, prompt_id, &branch_name, Some(parent.id)).await?,
+                None => {
+                    branches::insert(conn, tenant_id, prompt_id, &branch_name, Some(parent.id))
+                        .await?
+                }
             };
             // Each proposal is a child of the round's parent, not of the previous proposal.
             branches::set_head(conn, &branch, parent.id).await?;
@@ -752,7 +792,11 @@ async fn end(
         None => (optimization.current_version_id, None),
     };
     let winner = (winner != optimization.from_version_id).then_some(winner);
-    let comparison = match (winner, winner_evaluation, optimization.origin_validation_evaluation_id) {
+    let comparison = match (
+        winner,
+        winner_evaluation,
+        optimization.origin_validation_evaluation_id,
+    ) {
         (Some(winner), Some(b), Some(a)) => {
             let reports = compare(conn, tenant_id, a, b, &setup.evaluation.models).await?;
             Some(serde_json::json!({
@@ -767,8 +811,14 @@ async fn end(
     };
     let reason = match (status, winner) {
         ("budget_exhausted", _) => "max_cost_usd reached; the best so far is reported".to_owned(),
-        (_, Some(_)) => format!("{} rounds done; a proposal beat the parent", optimization.rounds),
-        (_, None) => format!("{} rounds done; no proposal beat the parent", optimization.rounds),
+        (_, Some(_)) => format!(
+            "{} rounds done; a proposal beat the parent",
+            optimization.rounds
+        ),
+        (_, None) => format!(
+            "{} rounds done; no proposal beat the parent",
+            optimization.rounds
+        ),
     };
     // Chained first, so that a finished optimization always shows its
     // promotion; a re-run finds it and does not chain another.
@@ -794,8 +844,13 @@ async fn end(
     metrics::counter!("assay_optimization_cost_microusd_total", "source" => "evaluations")
         .increment(((spent - optimization.optimizer_cost_usd).max(0.0) * 1e6).round() as u64);
     if let Some(winner) = winner
-        && let Some(branch) =
-            branches::get(conn, tenant_id, optimization.prompt_id, &optimization.branch()).await?
+        && let Some(branch) = branches::get(
+            conn,
+            tenant_id,
+            optimization.prompt_id,
+            &optimization.branch(),
+        )
+        .await?
     {
         branches::set_head(conn, &branch, winner).await?;
     }
@@ -861,7 +916,10 @@ async fn chain_promotion(
         )
         .await
     {
-        tracing::warn!(error = format!("{error:#}"), "could not push the chained promotion; the sweeper will");
+        tracing::warn!(
+            error = format!("{error:#}"),
+            "could not push the chained promotion; the sweeper will"
+        );
     }
     Ok(())
 }
@@ -876,7 +934,11 @@ pub async fn cancel(
     let Some(optimization) = optimizations::get(conn, tenant_id, id).await? else {
         return Ok(false);
     };
-    if !optimizations::finish(conn, tenant_id, id, actor, "canceled", None, None, "canceled").await? {
+    if !optimizations::finish(
+        conn, tenant_id, id, actor, "canceled", None, None, "canceled",
+    )
+    .await?
+    {
         return Ok(false);
     }
     metrics::counter!("assay_optimizations_total", "outcome" => "canceled").increment(1);

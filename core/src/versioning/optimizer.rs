@@ -221,15 +221,23 @@ mod tests {
             &shape(),
         );
         assert!(checked[0].is_ok());
-        assert!(checked[1].as_ref().unwrap_err().contains("does not compile"));
+        assert!(
+            checked[1]
+                .as_ref()
+                .unwrap_err()
+                .contains("does not compile")
+        );
         assert!(checked[2].as_ref().unwrap_err().contains("`nope`"));
         assert!(checked[3].as_ref().unwrap_err().contains("repeats"));
         assert!(checked[4].as_ref().unwrap_err().contains("repeats"));
         assert!(parse("no json", 3).is_err());
         assert_eq!(
-            parse(r#"x {"candidates": [{"messages": [], "rationale": "r"}]} y"#, 3)
-                .unwrap()
-                .len(),
+            parse(
+                r#"x {"candidates": [{"messages": [], "rationale": "r"}]} y"#,
+                3
+            )
+            .unwrap()
+            .len(),
             1
         );
     }

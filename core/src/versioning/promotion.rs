@@ -73,8 +73,20 @@ async fn start(
         return fail(ctx, conn, promotion, "the dataset is gone").await;
     };
     let mut made = Vec::new();
-    let baseline = pick(ctx, conn, promotion, &dataset, &setup, "baseline", &mut made).await?;
-    let candidate = pick(ctx, conn, promotion, &dataset, &setup, "candidate", &mut made).await?;
+    let baseline = pick(
+        ctx, conn, promotion, &dataset, &setup, "baseline", &mut made,
+    )
+    .await?;
+    let candidate = pick(
+        ctx,
+        conn,
+        promotion,
+        &dataset,
+        &setup,
+        "candidate",
+        &mut made,
+    )
+    .await?;
     if !promotions::start_evaluating(conn, promotion.id, baseline, candidate).await? {
         // Another run recorded its evaluations first (or the promotion was
         // canceled): the ones made here are nobody's.
@@ -140,7 +152,13 @@ async fn decide(
     for (role, id) in ["baseline", "candidate"].into_iter().zip(ids) {
         let id = id.context("an evaluating promotion has both evaluations")?;
         let Some(evaluation) = evaluations::get(conn, tenant_id, id).await? else {
-            return fail(ctx, conn, promotion, &format!("the {role} evaluation is gone")).await;
+            return fail(
+                ctx,
+                conn,
+                promotion,
+                &format!("the {role} evaluation is gone"),
+            )
+            .await;
         };
         finished.push((role, evaluation));
     }
@@ -180,8 +198,10 @@ async fn decide(
         "failed_rule": broken.as_ref().map(|(rule, _)| *rule),
     });
     let label = promotion.label.clone();
-    let (baseline_version, candidate_version) =
-        (promotion.baseline_version_id, promotion.candidate_version_id);
+    let (baseline_version, candidate_version) = (
+        promotion.baseline_version_id,
+        promotion.candidate_version_id,
+    );
     let (prompt_id, id, actor) = (promotion.prompt_id, promotion.id, ctx.actor);
     let outcome = conn
         .transaction(async |conn| {
@@ -285,7 +305,10 @@ pub async fn cancel(
     // Only evaluations it started: a reused one is finished anyway.
     for (evaluation, reused) in [
         (promotion.baseline_evaluation_id, promotion.baseline_reused),
-        (promotion.candidate_evaluation_id, promotion.candidate_reused),
+        (
+            promotion.candidate_evaluation_id,
+            promotion.candidate_reused,
+        ),
     ] {
         if let (Some(evaluation), false) = (evaluation, reused) {
             evaluations::cancel(conn, tenant_id, evaluation, actor, CancelReason::User).await?;

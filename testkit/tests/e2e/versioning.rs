@@ -71,11 +71,7 @@ async fn set_label(stack: &Stack, prompt: &str, label: &str, version: i64) {
         )
         .await
         .unwrap();
-    assert!(
-        [200, 201].contains(&response.status),
-        "{:?}",
-        response.body
-    );
+    assert!([200, 201].contains(&response.status), "{:?}", response.body);
 }
 
 async fn label_version(stack: &Stack, prompt: &str, label: &str) -> i64 {
@@ -186,7 +182,11 @@ async fn promotions_move_the_label_only_for_a_better_candidate_and_only_once() {
     assert_eq!(promotion["status"], "promoted", "{promotion:#}");
     assert_eq!(label_version(&stack, &prompt, "production").await, fixed);
     let moves = label_moves(&stack, &prompt, "production").await;
-    assert_eq!(moves.len(), moves_before + 1, "exactly one move: {moves:#?}");
+    assert_eq!(
+        moves.len(),
+        moves_before + 1,
+        "exactly one move: {moves:#?}"
+    );
     let by_promotion: Vec<&Value> = moves
         .iter()
         .filter(|event| event["data"]["authority"] == "promotion")
@@ -278,9 +278,17 @@ async fn a_label_moved_meanwhile_supersedes_the_promotion() {
     let moves = label_moves(&stack, &prompt, "production").await.len();
     let promotion = wait_promotion(&stack, &id).await;
     assert_eq!(promotion["status"], "superseded", "{promotion:#}");
-    assert!(promotion["reason"].as_str().unwrap().contains("no longer names the baseline"));
+    assert!(
+        promotion["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no longer names the baseline")
+    );
     assert_eq!(label_version(&stack, &prompt, "production").await, other);
-    assert_eq!(label_moves(&stack, &prompt, "production").await.len(), moves);
+    assert_eq!(
+        label_moves(&stack, &prompt, "production").await.len(),
+        moves
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,7 +363,10 @@ async fn a_worker_killed_mid_evaluation_still_finishes_the_promotion_and_moves_t
     .await;
     assert_eq!(evaluating["status"], "evaluating");
     // The worker that runs the promotion job is the one that created its evaluations.
-    let candidate = evaluating["candidate_evaluation_id"].as_str().unwrap().to_owned();
+    let candidate = evaluating["candidate_evaluation_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let actors = stack.event_actors(&candidate, "evaluation.created").await;
     let runner = stack.worker_of(&actors[0]);
     eventually(Duration::from_secs(30), "some results", || async {
@@ -412,15 +423,17 @@ async fn cancel_stops_a_promotion_and_its_evaluations() {
     assert_eq!(canceled.status, 200, "{:?}", canceled.body);
     assert_eq!(canceled.body["status"], "canceled");
     for role in ["baseline_evaluation_id", "candidate_evaluation_id"] {
-        let evaluation = stack
-            .evaluation(evaluating[role].as_str().unwrap())
-            .await;
+        let evaluation = stack.evaluation(evaluating[role].as_str().unwrap()).await;
         assert_eq!(evaluation["status"], "canceled", "{evaluation:#}");
     }
     // The job notices and ends; the label never moves.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(label_version(&stack, &prompt, "production").await, 1);
-    let promotion = stack.client.get(&format!("/v1/promotions/{id}")).await.unwrap();
+    let promotion = stack
+        .client
+        .get(&format!("/v1/promotions/{id}"))
+        .await
+        .unwrap();
     assert_eq!(promotion.body["status"], "canceled");
 }
 
@@ -450,9 +463,17 @@ async fn a_promotion_handed_back_on_sigterm_is_pushed_again_by_the_sweeper() {
     // The only worker stops: its promotion job ends "released" and is acked,
     // so Redis holds nothing more of it; PostgreSQL still says `evaluating`.
     stack.workers[0].0.signal("TERM").unwrap();
-    let code = stack.workers[0].0.wait(Duration::from_secs(30)).await.unwrap();
+    let code = stack.workers[0]
+        .0
+        .wait(Duration::from_secs(30))
+        .await
+        .unwrap();
     assert_eq!(code, Some(0));
-    let promotion = stack.client.get(&format!("/v1/promotions/{id}")).await.unwrap();
+    let promotion = stack
+        .client
+        .get(&format!("/v1/promotions/{id}"))
+        .await
+        .unwrap();
     assert_eq!(promotion.body["status"], "evaluating");
     let fresh = stack
         .start_worker(&["--concurrency", "4", "--sweep-interval", "1s"])
@@ -463,7 +484,9 @@ async fn a_promotion_handed_back_on_sigterm_is_pushed_again_by_the_sweeper() {
         .worker_metrics(fresh)
         .await
         .lines()
-        .filter(|line| line.starts_with("assay_sweeper_repairs_total{") && line.contains("kind=\"versioning\""))
+        .filter(|line| {
+            line.starts_with("assay_sweeper_repairs_total{") && line.contains("kind=\"versioning\"")
+        })
         .map(|line| line.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
         .sum();
     assert!(repaired >= 1.0, "the sweeper pushed it again: {repaired}");
@@ -526,14 +549,27 @@ async fn the_mock_optimizer_s_fix_wins_and_only_valid_proposals_are_committed() 
     assert_eq!(optimization["proposals_invalid"], 2);
     let candidates = optimization["candidate_list"].as_array().unwrap();
     assert_eq!(candidates.len(), 4);
-    assert!(candidates[2]["invalid_reason"].as_str().unwrap().contains("does not compile"));
-    assert!(candidates[3]["invalid_reason"].as_str().unwrap().contains("`mock_unknown`"));
+    assert!(
+        candidates[2]["invalid_reason"]
+            .as_str()
+            .unwrap()
+            .contains("does not compile")
+    );
+    assert!(
+        candidates[3]["invalid_reason"]
+            .as_str()
+            .unwrap()
+            .contains("`mock_unknown`")
+    );
     assert!(candidates[2]["version_id"].is_null() && candidates[3]["version_id"].is_null());
     let winner = &candidates[1];
     assert_eq!(optimization["winner_version_id"], winner["version_id"]);
     let winner_version = stack
         .client
-        .get(&format!("/v1/prompts/{prompt}/versions/{}", winner["version_id"].as_str().unwrap()))
+        .get(&format!(
+            "/v1/prompts/{prompt}/versions/{}",
+            winner["version_id"].as_str().unwrap()
+        ))
         .await
         .unwrap();
     assert!(
@@ -542,21 +578,40 @@ async fn the_mock_optimizer_s_fix_wins_and_only_valid_proposals_are_committed() 
             .unwrap()
             .ends_with(MOCK_FIX)
     );
-    assert_eq!(winner_version.body["commit_message"], "mock: ask for exact answers");
+    assert_eq!(
+        winner_version.body["commit_message"],
+        "mock: ask for exact answers"
+    );
 
     // The figures, recomputed from the result rows.
-    let winner_results = stack.results(winner["evaluation_id"].as_str().unwrap()).await;
-    assert_eq!(winner["pass_rate"].as_f64().unwrap(), pass_rate(&winner_results));
+    let winner_results = stack
+        .results(winner["evaluation_id"].as_str().unwrap())
+        .await;
+    assert_eq!(
+        winner["pass_rate"].as_f64().unwrap(),
+        pass_rate(&winner_results)
+    );
     assert_eq!(pass_rate(&winner_results), 1.0);
-    let variant_results = stack.results(candidates[0]["evaluation_id"].as_str().unwrap()).await;
-    assert_eq!(candidates[0]["pass_rate"].as_f64().unwrap(), pass_rate(&variant_results));
+    let variant_results = stack
+        .results(candidates[0]["evaluation_id"].as_str().unwrap())
+        .await;
+    assert_eq!(
+        candidates[0]["pass_rate"].as_f64().unwrap(),
+        pass_rate(&variant_results)
+    );
     let comparison = &optimization["comparison"];
     let parent_results = stack
         .results(comparison["parent_evaluation_id"].as_str().unwrap())
         .await;
     let report = &comparison["models"][0];
-    assert_eq!(report["pass_rate"]["a"].as_f64().unwrap(), pass_rate(&parent_results));
-    assert_eq!(report["pass_rate"]["b"].as_f64().unwrap(), pass_rate(&winner_results));
+    assert_eq!(
+        report["pass_rate"]["a"].as_f64().unwrap(),
+        pass_rate(&parent_results)
+    );
+    assert_eq!(
+        report["pass_rate"]["b"].as_f64().unwrap(),
+        pass_rate(&winner_results)
+    );
     let improved = parent_results
         .iter()
         .filter(|parent| {
@@ -578,7 +633,10 @@ async fn the_mock_optimizer_s_fix_wins_and_only_valid_proposals_are_committed() 
     let branch = optimization["branch"].as_str().unwrap();
     let resolved = stack
         .client
-        .get(&format!("/v1/prompts/{prompt}/resolve?branch={}", branch.replace('/', "%2F")))
+        .get(&format!(
+            "/v1/prompts/{prompt}/resolve?branch={}",
+            branch.replace('/', "%2F")
+        ))
         .await
         .unwrap();
     assert_eq!(resolved.status, 200, "{:?}", resolved.body);
@@ -638,7 +696,10 @@ async fn an_optimization_stops_at_its_budget_within_one_call() {
         ),
     )
     .await;
-    assert_eq!(optimization["status"], "budget_exhausted", "{optimization:#}");
+    assert_eq!(
+        optimization["status"], "budget_exhausted",
+        "{optimization:#}"
+    );
     let id: uuid::Uuid = optimization["id"].as_str().unwrap().parse().unwrap();
 
     // What the database says was spent: every result's generation and
@@ -654,14 +715,19 @@ async fn an_optimization_stops_at_its_budget_within_one_call() {
         .unwrap()
         .into_iter()
         .filter(|(_, reference)| {
-            reference.as_ref().is_some_and(|reference| reference["id"] == id.to_string())
+            reference
+                .as_ref()
+                .is_some_and(|reference| reference["id"] == id.to_string())
         })
         .map(|(evaluation, _)| evaluation)
         .collect();
     assert!(!evaluation_ids.is_empty());
     let costs: Vec<(f64, f64)> = evaluation_results::table
         .filter(evaluation_results::evaluation_id.eq_any(&evaluation_ids))
-        .select((evaluation_results::cost_usd, evaluation_results::grading_cost_usd))
+        .select((
+            evaluation_results::cost_usd,
+            evaluation_results::grading_cost_usd,
+        ))
         .load(&mut conn)
         .await
         .unwrap();
@@ -675,7 +741,11 @@ async fn an_optimization_stops_at_its_budget_within_one_call() {
         .iter()
         .map(|(generation, grading)| generation + grading)
         .fold(optimizer, f64::max);
-    let spent: f64 = costs.iter().map(|(generation, grading)| generation + grading).sum::<f64>() + optimizer;
+    let spent: f64 = costs
+        .iter()
+        .map(|(generation, grading)| generation + grading)
+        .sum::<f64>()
+        + optimizer;
     assert!(spent > budget * 0.5, "it spent most of its budget: {spent}");
     assert!(
         spent <= budget + max_call + 1e-9,

@@ -366,12 +366,7 @@ impl PlanCache {
         env: &Environment,
         evaluation: &Evaluation,
     ) -> Result<Arc<Plan>, PlanError> {
-        if let Some(plan) = self
-            .plans
-            .lock()
-            .expect("plans lock")
-            .get(&evaluation.id)
-        {
+        if let Some(plan) = self.plans.lock().expect("plans lock").get(&evaluation.id) {
             return Ok(plan.clone());
         }
         let mut conn = env

@@ -34,7 +34,13 @@ pub async fn run_promotion(
     env: Data<Arc<Environment>>,
     attempt: Attempt,
 ) -> Result<(), BoxDynError> {
-    boxed(run(VersioningKind::Promotion, job, Arc::clone(&env), attempt)).await
+    boxed(run(
+        VersioningKind::Promotion,
+        job,
+        Arc::clone(&env),
+        attempt,
+    ))
+    .await
 }
 
 pub async fn run_optimization(
@@ -42,7 +48,13 @@ pub async fn run_optimization(
     env: Data<Arc<Environment>>,
     attempt: Attempt,
 ) -> Result<(), BoxDynError> {
-    boxed(run(VersioningKind::Optimization, job, Arc::clone(&env), attempt)).await
+    boxed(run(
+        VersioningKind::Optimization,
+        job,
+        Arc::clone(&env),
+        attempt,
+    ))
+    .await
 }
 
 /// The steps' futures, boxed: without it, rustc 1.9x fails to normalize
@@ -159,7 +171,10 @@ async fn steps(
             }
             Err(error) => {
                 finished("retried");
-                tracing::warn!(error = format!("{error:#}"), "{label} step failed; retrying");
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "{label} step failed; retrying"
+                );
                 return Err(format!("{error:#}").into());
             }
         }

@@ -434,7 +434,11 @@ pub async fn stale(
     optimizations::table
         .filter(optimizations::status.eq_any(UNFINISHED))
         .filter(optimizations::updated_at.lt(cutoff))
-        .select((optimizations::tenant_id, optimizations::id, optimizations::job_id))
+        .select((
+            optimizations::tenant_id,
+            optimizations::id,
+            optimizations::job_id,
+        ))
         .order(optimizations::updated_at.asc())
         .limit(limit)
         .load(conn)
