@@ -29,6 +29,10 @@ pub fn describe() {
         "What optimizations spent, in millionths of a US dollar, by source (optimizer: its own calls; evaluations: the calls of the evaluations it ran)."
     );
     describe_counter!(
+        "assay_evaluations_submitted_total",
+        "Evaluations submitted by versioning jobs in this worker (the API counts its own)."
+    );
+    describe_counter!(
         "assay_versioning_evaluations_total",
         "Evaluations versioning jobs needed, by source (new: submitted; reused: a finished identical one)."
     );

@@ -18,6 +18,7 @@ use uuid::Uuid;
 use super::promotions::{check_setup, push};
 use crate::auth::Authenticated;
 use crate::errors::ApiError;
+use crate::json::Json;
 use crate::request_id::RequestId;
 use crate::startup::AppState;
 
@@ -75,7 +76,7 @@ pub async fn create(
     Authenticated(caller): Authenticated,
     request_id: RequestId,
     path: web::Path<Uuid>,
-    body: web::Json<OptimizationRequest>,
+    body: Json<OptimizationRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let request = body.into_inner();
     let prompt_id = *path;

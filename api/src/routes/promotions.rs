@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use crate::auth::Authenticated;
 use crate::errors::ApiError;
+use crate::json::Json;
 use crate::request_id::RequestId;
 use crate::startup::AppState;
 
@@ -69,7 +70,7 @@ pub async fn create(
     Authenticated(caller): Authenticated,
     request_id: RequestId,
     path: web::Path<Uuid>,
-    body: web::Json<PromotionRequest>,
+    body: Json<PromotionRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let request = body.into_inner();
     let prompt_id = *path;
