@@ -30,6 +30,14 @@ pub fn describe() {
         "Optimizations accepted by the API."
     );
     describe_counter!(
+        "assay_promotions_total",
+        "Promotions ended, by outcome (here: canceled by a request; the worker counts the rest)."
+    );
+    describe_counter!(
+        "assay_optimizations_total",
+        "Optimizations ended, by outcome (here: canceled by a request; the worker counts the rest)."
+    );
+    describe_counter!(
         "assay_prompt_commits_total",
         "Commits to a prompt branch, by outcome: created, unchanged (content equal to the head) or conflict (the head moved)."
     );

@@ -360,3 +360,40 @@ pub async fn optimize(api: &Api, args: OptimizeArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_and_policies_become_the_api_s_json() {
+        assert_eq!(version("3"), json!(3));
+        assert_eq!(version("0191-abc"), json!("0191-abc"));
+        let policy = PolicyArgs {
+            min_pass_rate: 0.8,
+            max_regressions: Some(0),
+            significance_level: None,
+            min_score_difference: Some(-0.05),
+            max_cost_increase: None,
+        };
+        assert_eq!(
+            policy.body(),
+            json!({"min_pass_rate": 0.8, "max_regressions": 0, "min_score_difference": -0.05})
+        );
+        let setup = SetupArgs {
+            dataset: "d".to_owned(),
+            models: vec!["mock".to_owned()],
+            graders: "[]".to_owned(),
+            repeat: Some(2),
+        };
+        assert_eq!(
+            setup.body().unwrap(),
+            json!({"dataset_id": "d", "models": ["mock"], "graders": [], "repeat": 2})
+        );
+        let bad = SetupArgs {
+            graders: "{".to_owned(),
+            ..setup
+        };
+        assert!(bad.body().unwrap_err().to_string().contains("--graders"));
+    }
+}

@@ -753,3 +753,58 @@ async fn an_optimization_stops_at_its_budget_within_one_call() {
     );
     assert!((optimization["spent_usd"].as_f64().unwrap() - spent).abs() < 1e-9);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_round_starts_from_the_winner_and_ties_go_to_fewer_words() {
+    let stack = Stack::start(1, &[]).await;
+    let prompt = prompt(&stack).await;
+    let dataset = stack.dataset(items(8)).await;
+    // K = 3, seed 0. Round 0 (seed 0): proposal 0 is the fix, 1 and 2 are
+    // invalid. Round 1 (seed 1) starts from the fix: proposal 1 appends
+    // " Be concise." (valid, passes like its parent, but longer), 0 and 2
+    // are invalid. The tie goes to the shorter parent: the round-0 fix wins.
+    let optimization = optimize(
+        &stack,
+        &prompt,
+        with(
+            setup(&dataset, STRICT),
+            json!({"from": 1, "optimizer_model": "mock", "candidates": 3, "rounds": 2,
+                   "seed": 0, "max_cost_usd": 1.0}),
+        ),
+    )
+    .await;
+    assert_eq!(optimization["status"], "succeeded", "{optimization:#}");
+    assert_eq!(optimization["round"], 2);
+    assert_eq!(optimization["proposals_valid"], 2);
+    assert_eq!(optimization["proposals_invalid"], 4);
+    let candidates = optimization["candidate_list"].as_array().unwrap();
+    let valid: Vec<&Value> = candidates
+        .iter()
+        .filter(|candidate| !candidate["version_id"].is_null())
+        .collect();
+    assert_eq!(
+        valid
+            .iter()
+            .map(|candidate| (
+                candidate["round"].as_i64().unwrap(),
+                candidate["index"].as_i64().unwrap()
+            ))
+            .collect::<Vec<_>>(),
+        [(0, 0), (1, 1)]
+    );
+    let (fix, concise) = (valid[0], valid[1]);
+    assert_eq!(fix["pass_rate"], 1.0);
+    assert_eq!(concise["pass_rate"], 1.0);
+    assert!(concise["tokens"].as_i64() > fix["tokens"].as_i64());
+    assert_eq!(optimization["winner_version_id"], fix["version_id"]);
+    // Round 1's proposal is a child of round 0's winner.
+    let concise_version = stack
+        .client
+        .get(&format!(
+            "/v1/prompts/{prompt}/versions/{}",
+            concise["version_id"].as_str().unwrap()
+        ))
+        .await
+        .unwrap();
+    assert_eq!(concise_version.body["parent_id"], fix["version_id"]);
+}
