@@ -808,3 +808,56 @@ async fn a_second_round_starts_from_the_winner_and_ties_go_to_fewer_words() {
         .unwrap();
     assert_eq!(concise_version.body["parent_id"], fix["version_id"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_an_optimization_and_its_evaluations() {
+    let stack = Stack::start(1, &["--concurrency", "2"]).await;
+    let prompt = prompt(&stack).await;
+    let dataset = stack.dataset(items(12)).await;
+    let response = stack
+        .client
+        .post(
+            &format!("/v1/prompts/{prompt}/optimizations"),
+            &with(
+                setup(&dataset, "mock:strict=true,latency=1s"),
+                json!({"from": 1, "optimizer_model": "mock", "candidates": 2, "max_cost_usd": 1.0}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status, 202, "{:?}", response.body);
+    let id = response.body["id"].as_str().unwrap().to_owned();
+    let running = eventually(
+        Duration::from_secs(30),
+        "the parent's evaluation",
+        || async {
+            let response = stack.client.get(&format!("/v1/optimizations/{id}")).await?;
+            Ok(response.body["parent_train_evaluation_id"]
+                .is_string()
+                .then_some(response.body))
+        },
+    )
+    .await
+    .unwrap();
+    let canceled = stack
+        .client
+        .post(&format!("/v1/optimizations/{id}/cancel"), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(canceled.status, 200, "{:?}", canceled.body);
+    assert_eq!(canceled.body["status"], "canceled");
+    let evaluation = stack
+        .evaluation(running["parent_train_evaluation_id"].as_str().unwrap())
+        .await;
+    assert_eq!(evaluation["status"], "canceled", "{evaluation:#}");
+    // The job notices and proposes nothing.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let optimization = stack
+        .client
+        .get(&format!("/v1/optimizations/{id}"))
+        .await
+        .unwrap();
+    assert_eq!(optimization.body["status"], "canceled");
+    assert_eq!(optimization.body["candidate_list"], json!([]));
+    assert_eq!(optimization.body["optimizer_cost_usd"], 0.0);
+}
