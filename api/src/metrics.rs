@@ -35,7 +35,23 @@ pub fn describe() {
     );
     describe_counter!(
         "assay_evaluations_submitted_total",
-        "Evaluations accepted by the API."
+        "Evaluations submitted (by the API, and by versioning jobs in the worker)."
+    );
+    describe_counter!(
+        "assay_promotions_submitted_total",
+        "Promotions accepted by the API."
+    );
+    describe_counter!(
+        "assay_optimizations_submitted_total",
+        "Optimizations accepted by the API."
+    );
+    describe_counter!(
+        "assay_promotions_total",
+        "Promotions ended, by outcome (here: canceled by a request; the worker counts the rest)."
+    );
+    describe_counter!(
+        "assay_optimizations_total",
+        "Optimizations ended, by outcome (here: canceled by a request; the worker counts the rest)."
     );
     describe_counter!(
         "assay_prompt_commits_total",

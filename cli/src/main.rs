@@ -16,6 +16,7 @@ mod export;
 mod promptfoo;
 mod render;
 mod spec;
+mod versioning;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -168,6 +169,10 @@ enum Command {
     Resume { evaluation_id: String },
     /// Run a finished evaluation's errored results again, then follow it.
     RetryErrors { evaluation_id: String },
+    /// Promote a version to a label if an evaluation-backed policy holds.
+    Promote(versioning::PromoteArgs),
+    /// Ask a model for better prompts, evaluate them, keep the best.
+    Optimize(versioning::OptimizeArgs),
 }
 
 #[derive(Subcommand)]
@@ -446,6 +451,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 .await
                 .map(|()| EXIT_PASSED)
         }
+        Command::Promote(args) => versioning::promote(&api(&cli)?, args).await,
+        Command::Optimize(args) => versioning::optimize(&api(&cli)?, args).await,
     }
 }
 

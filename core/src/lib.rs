@@ -15,6 +15,9 @@
 //! - [`queue`]: job payloads and the Redis queue they travel on.
 //! - [`redis_pool`]: the pool for Assay's own Redis commands (limits, cache).
 //! - [`stats`]: paired statistics (exact McNemar, seeded bootstrap) for comparisons.
+//! - [`submit`]: writing and queueing an evaluation (the API and versioning jobs).
+//! - [`versioning`]: promotion and optimization jobs' domain: setups, policies,
+//!   the optimizer's meta-prompt and how its proposals are checked.
 //! - [`telemetry`]: logging and the Prometheus recorder.
 //!
 //! `core` knows nothing about HTTP routing or how workers run jobs.
@@ -29,5 +32,7 @@ pub mod providers;
 pub mod queue;
 pub mod redis_pool;
 pub mod stats;
+pub mod submit;
 pub mod telemetry;
 pub mod templates;
+pub mod versioning;

@@ -65,6 +65,77 @@ impl ChunkJob {
     }
 }
 
+/// The kinds of versioning job. Each has its own queue
+/// (`<prefix>:promotions`, `<prefix>:optimizations`) with its own consumers,
+/// so a long promotion never takes a chunk's place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VersioningKind {
+    Promotion,
+    Optimization,
+}
+
+impl VersioningKind {
+    pub const ALL: [VersioningKind; 2] = [VersioningKind::Promotion, VersioningKind::Optimization];
+
+    /// The `kind` label of job metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VersioningKind::Promotion => "promotion",
+            VersioningKind::Optimization => "optimization",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Advances one promotion or optimization by a step (its kind is its
+/// queue). The row in PostgreSQL is the job's state; this only names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersioningJob {
+    /// Payload format, so that workers can refuse what they do not understand.
+    pub v: u32,
+    pub tenant_id: Uuid,
+    pub id: Uuid,
+}
+
+impl VersioningJob {
+    pub const VERSION: u32 = 1;
+
+    pub fn new(tenant_id: Uuid, id: Uuid) -> Self {
+        Self {
+            v: Self::VERSION,
+            tenant_id,
+            id,
+        }
+    }
+}
+
+/// The queue of versioning jobs of `kind` under `prefix`.
+pub fn versioning_queue(prefix: &str, kind: VersioningKind) -> String {
+    format!("{prefix}:{}s", kind.as_str())
+}
+
+/// The apalis storage of versioning jobs of `kind`: configured like the
+/// chunks' (same heartbeats, so a killed worker's job is handed over after
+/// the same 10 s).
+pub fn versioning_storage(
+    conn: ConnectionManager,
+    prefix: &str,
+    kind: VersioningKind,
+) -> RedisStorage<VersioningJob> {
+    let config = Config::default()
+        .queue(versioning_queue(prefix, kind))
+        .heartbeat_interval(HEARTBEAT_INTERVAL)
+        .missed_heartbeats(MISSED_HEARTBEATS)
+        .batch_size(1)
+        .persist_results(true)
+        .emit_events(false);
+    RedisStorage::new(conn).with_config(config)
+}
+
 /// A chunk to push, under the task id its row records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Push {
@@ -184,6 +255,7 @@ pub struct Depth {
 pub struct JobQueue {
     prefix: String,
     storages: [RedisStorage<ChunkJob>; 3],
+    versioning: [RedisStorage<VersioningJob>; 2],
     /// For the announcement, and for the scripts above.
     redis: deadpool_redis::Pool,
     alive: Script,
@@ -197,6 +269,8 @@ impl JobQueue {
         Ok(Self {
             prefix: prefix.to_owned(),
             storages: Priority::ALL.map(|priority| chunk_storage(conn.clone(), prefix, priority)),
+            versioning: VersioningKind::ALL
+                .map(|kind| versioning_storage(conn.clone(), prefix, kind)),
             redis: crate::redis_pool::build(redis_url, 8)?,
             alive: Script::new(ALIVE),
             forget: Script::new(FORGET),
@@ -257,13 +331,52 @@ impl JobQueue {
         Ok(())
     }
 
+    /// Pushes one versioning job under `job_id` (which its row records),
+    /// retrying once like [`JobQueue::push`].
+    pub async fn push_versioning(
+        &self,
+        kind: VersioningKind,
+        job: &VersioningJob,
+        job_id: Uuid,
+    ) -> anyhow::Result<()> {
+        let task = || {
+            TaskBuilder::new(job.clone())
+                .task_id(TaskId::from_uuid(job_id))
+                .build()
+        };
+        let mut storage = self.versioning[kind.index()].clone();
+        if let Err(first) = storage.push_all(futures::stream::iter([task()])).await {
+            tracing::warn!(error = %first, "push failed; retrying once");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            storage
+                .push_all(futures::stream::iter([task()]))
+                .await
+                .map_err(|error| anyhow::anyhow!("pushing a {} job: {error}", kind.as_str()))?;
+        }
+        Ok(())
+    }
+
     /// Which of `job_ids` are still waiting, running or due for a retry in
     /// the queue of `priority`.
     pub async fn alive(&self, priority: Priority, job_ids: &[Uuid]) -> anyhow::Result<Vec<bool>> {
+        self.alive_in(&chunk_queue(&self.prefix, priority), job_ids)
+            .await
+    }
+
+    /// Which of `job_ids` are still alive in the versioning queue of `kind`.
+    pub async fn versioning_alive(
+        &self,
+        kind: VersioningKind,
+        job_ids: &[Uuid],
+    ) -> anyhow::Result<Vec<bool>> {
+        self.alive_in(&versioning_queue(&self.prefix, kind), job_ids)
+            .await
+    }
+
+    async fn alive_in(&self, queue: &str, job_ids: &[Uuid]) -> anyhow::Result<Vec<bool>> {
         if job_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let queue = chunk_queue(&self.prefix, priority);
         let mut conn = self.redis.get().await?;
         let mut invocation = self.alive.prepare_invoke();
         invocation
@@ -282,7 +395,21 @@ impl JobQueue {
     /// many. apalis never trims them (and its `vacuum` deletes jobs that
     /// wait for a retry), so without this Redis grows with every chunk run.
     pub async fn forget_finished(&self, priority: Priority, age: Duration) -> anyhow::Result<u64> {
-        let queue = chunk_queue(&self.prefix, priority);
+        self.forget_finished_in(&chunk_queue(&self.prefix, priority), age)
+            .await
+    }
+
+    /// [`JobQueue::forget_finished`] for the versioning queue of `kind`.
+    pub async fn forget_finished_versioning(
+        &self,
+        kind: VersioningKind,
+        age: Duration,
+    ) -> anyhow::Result<u64> {
+        self.forget_finished_in(&versioning_queue(&self.prefix, kind), age)
+            .await
+    }
+
+    async fn forget_finished_in(&self, queue: &str, age: Duration) -> anyhow::Result<u64> {
         let cutoff = chrono::Utc::now().timestamp() - i64::try_from(age.as_secs()).unwrap_or(0);
         let mut removed = 0;
         for set in ["done", "dead"] {

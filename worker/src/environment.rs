@@ -1,4 +1,6 @@
-//! The context every job runs in, built once in `main` (and by tests).
+//! The context every job kind shares, built once in `main` (and by tests).
+//! What belongs to one kind (the chunk plan cache) lives in that kind's
+//! module instead.
 
 use std::sync::Arc;
 
@@ -8,7 +10,6 @@ use assay_core::queue::JobQueue;
 use tokio::sync::watch;
 
 use crate::capacity::{Backlog, LlmSlots};
-use crate::jobs::chunk::PlanCache;
 use crate::leases::ActiveChunks;
 
 pub struct Environment {
@@ -24,7 +25,8 @@ pub struct Environment {
     pub backlog: Arc<Backlog>,
     /// The chunks running here, whose leases are renewed.
     pub active: Arc<ActiveChunks>,
-    pub(crate) plans: PlanCache,
+    /// Runs (items x repeats) per chunk, for the evaluations versioning jobs plan.
+    pub runs_per_chunk: i32,
     /// This process's unique name: chunk leases and events name it.
     pub worker_name: String,
     /// Becomes true on SIGTERM: chunks stop starting calls, write what they

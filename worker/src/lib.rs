@@ -1,4 +1,5 @@
-//! Assay's worker: takes chunk jobs from Redis (apalis) and runs them.
+//! Assay's worker: takes chunk, promotion and optimization jobs from Redis
+//! (apalis) and runs them.
 //!
 //! Layout: [`jobs`] holds one module per job type and registers them;
 //! [`environment`] is the context jobs share (pools, the LLM client, the
@@ -33,7 +34,7 @@ use assay_core::providers::ModelCatalog;
 use assay_core::providers::cache::ResponseCache;
 use assay_core::providers::call::LlmClient;
 use assay_core::providers::limits::Limiter;
-use assay_core::queue::JobQueue;
+use assay_core::queue::{JobQueue, VersioningKind};
 use tokio::sync::watch;
 
 use crate::capacity::{Backlog, GateLayer, LlmSlots};
@@ -110,7 +111,7 @@ pub async fn run(config: WorkerConfig) -> anyhow::Result<()> {
         slots: LlmSlots::new(config.concurrency),
         backlog: backlog.clone(),
         active: active.clone(),
-        plans: Default::default(),
+        runs_per_chunk: settings.runs_per_chunk,
         worker_name: process_name.clone(),
         shutdown: shutdown_rx,
     });
@@ -148,6 +149,8 @@ pub async fn run(config: WorkerConfig) -> anyhow::Result<()> {
     let restarts = Arc::new(AtomicUsize::new(0));
     let chunk_runs = usize::try_from(settings.runs_per_chunk).unwrap_or(1);
     let mut monitor = Monitor::new();
+    // The chunk kind's own state, shared by its three priority consumers.
+    let chunk_kind = Arc::new(jobs::chunk::ChunkKind::default());
     for priority in Priority::ALL {
         let storage =
             assay_core::queue::chunk_storage(conn.clone(), &settings.queue_prefix, priority);
@@ -155,6 +158,7 @@ pub async fn run(config: WorkerConfig) -> anyhow::Result<()> {
         let gate =
             GateLayer::for_priority(backlog.clone(), priority, config.concurrency, chunk_runs);
         let (env, wakers, process_name) = (env.clone(), wakers.clone(), process_name.clone());
+        let chunk_kind = chunk_kind.clone();
         let (jobs, poll_interval) = (config.jobs, config.poll_interval);
         monitor = monitor.register(move |restart| {
             let strategy = Strategy::new()
@@ -165,12 +169,42 @@ pub async fn run(config: WorkerConfig) -> anyhow::Result<()> {
             WorkerBuilder::new(format!("{queue}-{process_name}-{restart}"))
                 .backend(storage.clone().poll_with_strategy(strategy))
                 .data(env.clone())
+                .data(chunk_kind.clone())
                 .layer(gate.clone())
                 .concurrency(jobs)
                 .parallelize(tokio::spawn)
                 .build(jobs::run_chunk)
         });
     }
+    // Versioning kinds: one consumer each, on its own queue, with a few
+    // slots of its own (their jobs mostly wait for evaluations).
+    macro_rules! register_versioning {
+        ($kind:expr, $handler:path) => {{
+            let kind = $kind;
+            let storage =
+                assay_core::queue::versioning_storage(conn.clone(), &settings.queue_prefix, kind);
+            let queue = assay_core::queue::versioning_queue(&settings.queue_prefix, kind);
+            let (env, process_name, poll_interval) =
+                (env.clone(), process_name.clone(), config.poll_interval);
+            monitor = monitor.register(move |restart| {
+                WorkerBuilder::new(format!("{queue}-{process_name}-{restart}"))
+                    .backend(
+                        storage
+                            .clone()
+                            .poll_with_strategy(Strategy::new().interval(poll_interval)),
+                    )
+                    .data(env.clone())
+                    .concurrency(jobs::versioning::JOBS_PER_KIND)
+                    .parallelize(tokio::spawn)
+                    .build($handler)
+            });
+        }};
+    }
+    register_versioning!(VersioningKind::Promotion, jobs::versioning::run_promotion);
+    register_versioning!(
+        VersioningKind::Optimization,
+        jobs::versioning::run_optimization
+    );
     let max_restarts = config.max_restarts;
     let monitor = monitor
         .should_restart({

@@ -10,11 +10,35 @@ pub static RESULTS_WRITTEN: AtomicU64 = AtomicU64::new(0);
 pub fn describe() {
     describe_counter!(
         "assay_jobs_started_total",
-        "Jobs a worker started, by kind."
+        "Jobs a worker started, by kind (chunk, promotion, optimization)."
+    );
+    describe_counter!(
+        "assay_promotions_total",
+        "Promotions ended, by outcome (promoted, rejected, superseded, failed, canceled)."
+    );
+    describe_counter!(
+        "assay_optimizations_total",
+        "Optimizations ended, by outcome (succeeded, budget_exhausted, failed, canceled)."
+    );
+    describe_counter!(
+        "assay_optimizer_proposals_total",
+        "Prompts the optimizer proposed, by result (valid: committed; invalid: discarded)."
+    );
+    describe_counter!(
+        "assay_optimization_cost_microusd_total",
+        "What optimizations spent, in millionths of a US dollar, by source (optimizer: its own calls; evaluations: the calls of the evaluations it ran)."
+    );
+    describe_counter!(
+        "assay_evaluations_submitted_total",
+        "Evaluations submitted by versioning jobs in this worker (the API counts its own)."
+    );
+    describe_counter!(
+        "assay_versioning_evaluations_total",
+        "Evaluations versioning jobs needed, by source (new: submitted; reused: a finished identical one)."
     );
     describe_counter!(
         "assay_jobs_finished_total",
-        "Jobs a worker finished, by kind and outcome (succeeded, failed, retried, released, stopped, skipped)."
+        "Jobs a worker finished, by kind and outcome (chunks: succeeded, failed, retried, released, stopped, skipped; versioning jobs: their final status, retried or released)."
     );
     describe_gauge!("assay_chunks_in_flight", "Chunks this worker runs now.");
     describe_counter!(

@@ -11,6 +11,8 @@
 //! - tops up evaluations whose next chunk was never queued;
 //! - finalizes evaluations whose chunks are all done (the worker that
 //!   finished the last one died first);
+//! - pushes again promotions and optimizations that are unfinished and
+//!   whose push is gone (Redis lost it, or a worker stopped on SIGTERM);
 //! - once a minute, deletes finished jobs from Redis after a retention
 //!   time, since apalis keeps them for ever.
 //!
@@ -19,9 +21,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use assay_core::db::models::{chunks, evaluations};
+use assay_core::db::models::{chunks, evaluations, optimizations, promotions};
 use assay_core::domain::Priority;
-use assay_core::queue::{JobQueue, Push};
+use assay_core::queue::{JobQueue, Push, VersioningJob, VersioningKind};
 use diesel::sql_types::{BigInt, Bool};
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use metrics::{counter, gauge};
@@ -45,6 +47,8 @@ pub struct Sweep {
     pub requeued: usize,
     pub refilled: usize,
     pub finalized: usize,
+    /// Promotions and optimizations pushed again.
+    pub versioning: usize,
 }
 
 #[derive(diesel::QueryableByName)]
@@ -92,12 +96,16 @@ pub async fn sweep_once(env: &Environment, runs_per_chunk: i32) -> anyhow::Resul
             let requeued = chunks::requeue_lost(conn, &lost).await?;
             let refilled = chunks::refill_starved(conn, BATCH).await?;
             let unfinalized = chunks::unfinalized(conn, BATCH).await?;
-            Ok(Some((planned, requeued, refilled, unfinalized)))
+            let versioning = lost_versioning_jobs(conn, queue).await?;
+            Ok(Some((planned, requeued, refilled, unfinalized, versioning)))
         })
         .await?;
-    let Some((planned, requeued, refilled, unfinalized)) = found else {
+    let Some((planned, requeued, refilled, unfinalized, versioning)) = found else {
         return Ok(Sweep::default());
     };
+    for (kind, job, job_id) in &versioning {
+        queue.push_versioning(*kind, job, *job_id).await?;
+    }
     let pushes: Vec<Push> = planned
         .iter()
         .chain(&requeued)
@@ -117,8 +125,10 @@ pub async fn sweep_once(env: &Environment, runs_per_chunk: i32) -> anyhow::Resul
         requeued: requeued.len(),
         refilled: refilled.len(),
         finalized,
+        versioning: versioning.len(),
     };
     for (kind, count) in [
+        ("versioning", sweep.versioning),
         ("planned", sweep.planned),
         ("requeued", sweep.requeued),
         ("refilled", sweep.refilled),
@@ -128,10 +138,41 @@ pub async fn sweep_once(env: &Environment, runs_per_chunk: i32) -> anyhow::Resul
             counter!("assay_sweeper_repairs_total", "kind" => kind).increment(count as u64);
         }
     }
-    if sweep.requeued + sweep.planned + sweep.refilled + sweep.finalized > 0 {
+    if sweep.requeued + sweep.planned + sweep.refilled + sweep.finalized + sweep.versioning > 0 {
         tracing::info!(?sweep, "sweeper recovered work");
     }
     Ok(sweep)
+}
+
+/// Unfinished promotions and optimizations whose push is gone (none, done
+/// or dead in Redis): each gets a fresh task id, recorded now, to push once
+/// the transaction commits.
+async fn lost_versioning_jobs(
+    conn: &mut diesel_async::AsyncPgConnection,
+    queue: &JobQueue,
+) -> anyhow::Result<Vec<(VersioningKind, VersioningJob, uuid::Uuid)>> {
+    let mut lost = Vec::new();
+    for kind in VersioningKind::ALL {
+        let stale = match kind {
+            VersioningKind::Promotion => promotions::stale(conn, PUSH_GRACE, BATCH).await?,
+            VersioningKind::Optimization => optimizations::stale(conn, PUSH_GRACE, BATCH).await?,
+        };
+        let ids: Vec<uuid::Uuid> = stale.iter().filter_map(|(_, _, job)| *job).collect();
+        let mut alive = queue.versioning_alive(kind, &ids).await?.into_iter();
+        for (tenant_id, id, job_id) in stale {
+            let is_alive = job_id.is_some() && alive.next() == Some(true);
+            if is_alive {
+                continue;
+            }
+            let fresh = uuid::Uuid::now_v7();
+            match kind {
+                VersioningKind::Promotion => promotions::set_job(conn, id, fresh).await?,
+                VersioningKind::Optimization => optimizations::set_job(conn, id, fresh).await?,
+            }
+            lost.push((kind, VersioningJob::new(tenant_id, id), fresh));
+        }
+    }
+    Ok(lost)
 }
 
 /// How the sweeper runs.
@@ -170,6 +211,18 @@ pub async fn run_forever(env: Arc<Environment>, config: SweeperConfig) {
 }
 
 async fn forget_finished(queue: &JobQueue, retention: Duration) {
+    for kind in VersioningKind::ALL {
+        match queue.forget_finished_versioning(kind, retention).await {
+            Ok(removed) if removed > 0 => {
+                counter!("assay_queue_jobs_forgotten_total", "queue" => kind.as_str())
+                    .increment(removed);
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(error = format!("{error:#}"), "could not trim finished jobs")
+            }
+        }
+    }
     for priority in Priority::ALL {
         match queue.forget_finished(priority, retention).await {
             Ok(removed) if removed > 0 => {

@@ -12,6 +12,7 @@ use assay_core::db::models::results::{self, EvaluationResult, ResultCursor};
 use assay_core::db::models::{budgets, chunks};
 use assay_core::db::models::{datasets, prompts};
 use assay_core::domain::{EvaluationRequest, PromptChoice, validate_graders, validate_threshold};
+use assay_core::submit::{self, OnPushFailure, SubmitError};
 use assay_core::templates::PromptTemplate;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -353,31 +354,28 @@ async fn enqueue(
     items: i32,
 ) -> Result<HttpResponse, ApiError> {
     let mut conn = state.pool.get().await?;
-    let total = new.total;
     let planning = Planning {
         items,
         runs_per_chunk: state.runs_per_chunk,
     };
-    let (evaluation, pushes) =
-        evaluations::create(&mut conn, &caller.actor(), &new, planning).await?;
-    if let Err(error) = state.queue.push(&pushes).await {
-        metrics::counter!("assay_queue_push_failures_total").increment(1);
-        tracing::error!(evaluation.id = %evaluation.id, error = format!("{error:#}"), "could not enqueue evaluation");
-        evaluations::fail(
-            &mut conn,
-            caller.tenant_id,
-            evaluation.id,
-            "system",
-            "could not enqueue the job",
-        )
-        .await?;
-        return Err(ApiError::Unavailable(format!(
-            "the job queue is unavailable; evaluation {} was recorded as failed: resume it (POST /v1/evaluations/{}/resume) once the queue is back",
-            evaluation.id, evaluation.id
-        )));
-    }
-    metrics::counter!("assay_evaluations_submitted_total").increment(1);
-    tracing::info!(evaluation.id = %evaluation.id, total, chunks = pushes.len(), "evaluation queued");
+    let evaluation = match submit::submit(
+        &mut conn,
+        &state.queue,
+        &caller.actor(),
+        &new,
+        planning,
+        OnPushFailure::Fail,
+    )
+    .await
+    {
+        Ok(evaluation) => evaluation,
+        Err(SubmitError::Database(error)) => return Err(error.into()),
+        Err(SubmitError::QueueUnavailable(id)) => {
+            return Err(ApiError::Unavailable(format!(
+                "the job queue is unavailable; evaluation {id} was recorded as failed: resume it (POST /v1/evaluations/{id}/resume) once the queue is back"
+            )));
+        }
+    };
     Ok(HttpResponse::Accepted()
         .insert_header(("Location", format!("/v1/evaluations/{}", evaluation.id)))
         .json(EvaluationBody::from(evaluation)))

@@ -9,7 +9,9 @@ mod health;
 mod history;
 mod labels;
 mod models;
+mod optimizations;
 mod progress;
+mod promotions;
 mod prompts;
 
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -103,6 +105,36 @@ pub fn configure(config: &mut web::ServiceConfig) {
                 .service(
                     web::resource("/prompts/{prompt_id}/labels/{name}/history")
                         .get(labels::history)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/prompts/{prompt_id}/promotions")
+                        .post(promotions::create)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/promotions/{promotion_id}")
+                        .get(promotions::get)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/promotions/{promotion_id}/cancel")
+                        .post(promotions::cancel)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/prompts/{prompt_id}/optimizations")
+                        .post(optimizations::create)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/optimizations/{optimization_id}")
+                        .get(optimizations::get)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/optimizations/{optimization_id}/cancel")
+                        .post(optimizations::cancel)
                         .default_service(web::to(method_not_allowed)),
                 )
                 .service(

@@ -10,6 +10,7 @@ mod hostile_input;
 mod queue_outage;
 mod resources;
 mod tenancy;
+mod versioning;
 
 use assay_api::startup::{ApiConfig, Application};
 use assay_core::config::Settings;

@@ -136,6 +136,86 @@ diesel::table! {
 }
 
 diesel::table! {
+    optimization_candidates (optimization_id, round, index) {
+        optimization_id -> Uuid,
+        round -> Int4,
+        index -> Int4,
+        tenant_id -> Uuid,
+        version_id -> Nullable<Uuid>,
+        invalid_reason -> Nullable<Text>,
+        rationale -> Text,
+        evaluation_id -> Nullable<Uuid>,
+        pass_rate -> Nullable<Float8>,
+        mean_score -> Nullable<Float8>,
+        cost_usd -> Nullable<Float8>,
+        tokens -> Int8,
+    }
+}
+
+diesel::table! {
+    optimizations (id) {
+        id -> Uuid,
+        tenant_id -> Uuid,
+        prompt_id -> Uuid,
+        from_version_id -> Uuid,
+        setup -> Jsonb,
+        optimizer_model -> Text,
+        candidates -> Int4,
+        rounds -> Int4,
+        validation_split -> Float8,
+        seed -> Int8,
+        max_cost_usd -> Float8,
+        promote_to -> Nullable<Text>,
+        status -> Text,
+        train_dataset_id -> Nullable<Uuid>,
+        validation_dataset_id -> Nullable<Uuid>,
+        round -> Int4,
+        current_version_id -> Uuid,
+        parent_train_evaluation_id -> Nullable<Uuid>,
+        parent_validation_evaluation_id -> Nullable<Uuid>,
+        origin_validation_evaluation_id -> Nullable<Uuid>,
+        optimizer_cost_usd -> Float8,
+        proposals_valid -> Int4,
+        proposals_invalid -> Int4,
+        winner_version_id -> Nullable<Uuid>,
+        comparison -> Nullable<Jsonb>,
+        reason -> Nullable<Text>,
+        promotion_id -> Nullable<Uuid>,
+        job_id -> Nullable<Uuid>,
+        request_id -> Nullable<Text>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        finished_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    promotions (id) {
+        id -> Uuid,
+        tenant_id -> Uuid,
+        prompt_id -> Uuid,
+        label -> Text,
+        candidate_version_id -> Uuid,
+        baseline_version_id -> Uuid,
+        setup -> Jsonb,
+        policy -> Jsonb,
+        status -> Text,
+        baseline_evaluation_id -> Nullable<Uuid>,
+        candidate_evaluation_id -> Nullable<Uuid>,
+        baseline_reused -> Bool,
+        candidate_reused -> Bool,
+        comparison -> Nullable<Jsonb>,
+        reason -> Nullable<Text>,
+        optimization_id -> Nullable<Uuid>,
+        job_id -> Nullable<Uuid>,
+        request_id -> Nullable<Text>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        finished_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
     prompt_branches (prompt_id, name) {
         id -> Uuid,
         tenant_id -> Uuid,
@@ -234,6 +314,7 @@ diesel::joinable!(datasets -> tenants (tenant_id));
 diesel::joinable!(evaluation_chunks -> evaluations (evaluation_id));
 diesel::joinable!(evaluation_results -> evaluations (evaluation_id));
 diesel::joinable!(events -> tenants (tenant_id));
+diesel::joinable!(optimization_candidates -> optimizations (optimization_id));
 diesel::joinable!(prompts -> tenants (tenant_id));
 diesel::joinable!(superseded_results -> evaluations (evaluation_id));
 diesel::joinable!(tenant_budgets -> tenants (tenant_id));
@@ -247,6 +328,9 @@ diesel::allow_tables_to_appear_in_same_query!(
     evaluation_results,
     evaluations,
     events,
+    optimization_candidates,
+    optimizations,
+    promotions,
     prompt_branches,
     prompt_labels,
     prompt_versions,

@@ -163,7 +163,8 @@ pub struct DatasetShape {
 }
 
 impl DatasetShape {
-    fn defined(&self) -> BTreeSet<&str> {
+    /// Variables a template may read on this dataset.
+    pub fn defined(&self) -> BTreeSet<&str> {
         let mut defined: BTreeSet<&str> = self.variables.iter().map(String::as_str).collect();
         if self.all_expected {
             defined.insert("expected");

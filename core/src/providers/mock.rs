@@ -10,6 +10,8 @@
 //! - `wrong` (0..=1): share of inputs answered with [`WRONG_ANSWER`] instead of the echo;
 //! - `seed`: changes which inputs are wrong or fail;
 //! - `judge=garbage`: as a judge, answer text no grader can parse;
+//! - `strict=true`: answer [`WRONG_ANSWER`] unless some message contains
+//!   [`MOCK_FIX`] (what the mock optimizer proposes, see below);
 //! - `price_in`, `price_out`: dollars per million tokens (defaults 1 and 2).
 //!
 //! The answer is the content of the last user message, echoed ("wrong" inputs
@@ -26,6 +28,25 @@
 //! - `factuality`: C when output and reference are equal (case and outer
 //!   white space aside), B when the output contains the reference, A when the
 //!   reference contains the output, D otherwise.
+//!
+//! Asked by an optimization round (its system message starts with
+//! [`OPTIMIZER_MARKER`]), the mock plays the optimizer. It reads the parent
+//! prompt (`<prompt>`, a JSON list of messages), the number of proposals K
+//! (`<count>`) and the seed s (`<seed>`) from the meta-prompt, and answers
+//! `{"candidates": [...]}` with K proposals; with w = s mod K, proposal
+//! - w is the fix: the parent with `" " + MOCK_FIX` appended to its first
+//!   system message (a system message `MOCK_FIX` is put first when it has
+//!   none); when the parent has the fix already, `" Be concise."` is
+//!   appended instead;
+//! - (w + 1) mod K, when K >= 2, does not compile: `" {{ broken"` appended
+//!   to the first message;
+//! - (w + 2) mod K, when K >= 3, reads an unknown variable: `" {{
+//!   mock_unknown }}"` appended to the first message;
+//! - every other index i is valid without the fix: `" Variant i."` appended
+//!   to the first message.
+//!
+//! So with `strict=true` generators, the fix passes every item the echo
+//! passes, and every other valid proposal fails like its parent.
 
 use std::time::Duration;
 
@@ -35,12 +56,17 @@ use super::{Completion, CompletionRequest, Price, Provider, ProviderError, Usage
 use crate::domain::{ChatMessage, Role};
 pub use crate::graders::model_graded::JUDGE_MARKER;
 use crate::graders::model_graded::{judge_kind, read_section};
+pub use crate::versioning::optimizer::OPTIMIZER_MARKER;
 
 /// Longest `latency`, and longest `jitter`, a mock model may have.
 pub const MAX_DELAY: Duration = Duration::from_secs(60);
 
 /// What a "wrong" input is answered with.
 pub const WRONG_ANSWER: &str = "I don't know.";
+
+/// What a `strict=true` mock needs to see in a prompt to answer right, and
+/// what the mock optimizer's fix proposal adds.
+pub const MOCK_FIX: &str = "Answer exactly.";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct MockOptions {
@@ -52,6 +78,8 @@ pub struct MockOptions {
     pub price: Price,
     /// As a judge, answer unparseable text.
     pub judge_garbage: bool,
+    /// Answer wrong unless a message contains [`MOCK_FIX`].
+    pub strict: bool,
 }
 
 impl Default for MockOptions {
@@ -63,6 +91,7 @@ impl Default for MockOptions {
             wrong_rate: 0.0,
             seed: 0,
             judge_garbage: false,
+            strict: false,
             price: Price {
                 input_per_million: 1.0,
                 output_per_million: 2.0,
@@ -128,6 +157,11 @@ impl MockOptions {
                         _ => return Err("judge must be `rules` or `garbage`".to_owned()),
                     }
                 }
+                "strict" => {
+                    parsed.strict = value
+                        .parse()
+                        .map_err(|_| "strict must be `true` or `false`".to_owned())?;
+                }
                 "price_in" => parsed.price.input_per_million = price()?,
                 "price_out" => parsed.price.output_per_million = price()?,
                 _ => return Err(format!("unknown option {key:?}")),
@@ -144,7 +178,14 @@ impl MockOptions {
         let wrong_purpose = 1 + 7919 * u64::from(repeat);
         let text = if let Some(kind) = judge_kind(messages) {
             self.judge(kind, messages)
-        } else if unit_interval(fingerprint, wrong_purpose) < self.wrong_rate {
+        } else if is_optimizer(messages) {
+            optimize(messages)
+        } else if unit_interval(fingerprint, wrong_purpose) < self.wrong_rate
+            || (self.strict
+                && !messages
+                    .iter()
+                    .any(|message| message.content.contains(MOCK_FIX)))
+        {
             WRONG_ANSWER.to_owned()
         } else {
             messages
@@ -238,6 +279,84 @@ impl MockOptions {
             _ => "unknown judge".to_owned(),
         }
     }
+}
+
+fn is_optimizer(messages: &[ChatMessage]) -> bool {
+    messages.iter().any(|message| {
+        message.role == Role::System && message.content.starts_with(OPTIMIZER_MARKER)
+    })
+}
+
+/// The mock optimizer's answer, by the rules in the module docs.
+fn optimize(messages: &[ChatMessage]) -> String {
+    let request = messages
+        .iter()
+        .rev()
+        .find(|message| message.role == Role::User)
+        .map(|message| message.content.as_str())
+        .unwrap_or_default();
+    let number = |tag: &str| -> u64 {
+        read_section(request, tag)
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let (count, seed) = (number("count").clamp(1, 64), number("seed"));
+    let parent: Vec<ChatMessage> = read_section(request, "prompt")
+        .and_then(|text| serde_json::from_str(text).ok())
+        .unwrap_or_default();
+    let fix = seed % count;
+    let appended = |suffix: &str| -> Vec<ChatMessage> {
+        let mut messages = parent.clone();
+        if let Some(first) = messages.first_mut() {
+            first.content.push_str(suffix);
+        }
+        messages
+    };
+    let candidates: Vec<serde_json::Value> = (0..count)
+        .map(|index| {
+            let (messages, rationale) = if index == fix {
+                let mut messages = parent.clone();
+                if parent
+                    .iter()
+                    .any(|message| message.content.contains(MOCK_FIX))
+                {
+                    messages = appended(" Be concise.");
+                } else if let Some(system) = messages
+                    .iter_mut()
+                    .find(|message| message.role == Role::System)
+                {
+                    system.content.push(' ');
+                    system.content.push_str(MOCK_FIX);
+                } else {
+                    messages.insert(
+                        0,
+                        ChatMessage {
+                            role: Role::System,
+                            content: MOCK_FIX.to_owned(),
+                        },
+                    );
+                }
+                (messages, "mock: ask for exact answers".to_owned())
+            } else if count >= 2 && index == (fix + 1) % count {
+                (
+                    appended(" {{ broken"),
+                    "mock: a template that does not compile".to_owned(),
+                )
+            } else if count >= 3 && index == (fix + 2) % count {
+                (
+                    appended(" {{ mock_unknown }}"),
+                    "mock: an unknown variable".to_owned(),
+                )
+            } else {
+                (
+                    appended(&format!(" Variant {index}.")),
+                    format!("mock: variant {index}"),
+                )
+            };
+            serde_json::json!({ "messages": messages, "rationale": rationale })
+        })
+        .collect();
+    serde_json::json!({ "candidates": candidates }).to_string()
 }
 
 /// The mock judge's `llm-rubric` score: the share of the rubric's words found in the output.
@@ -479,6 +598,32 @@ mod tests {
             content: format!("{JUDGE_MARKER}llm-rubric] x"),
         }];
         assert_eq!(garbage.answer(&messages, 0).text, "Hmm, hard to say.");
+    }
+
+    #[test]
+    fn plays_the_optimizer_by_its_rules() {
+        use crate::versioning::optimizer;
+        let parent = crate::domain::PromptContent {
+            messages: user("{{ q }}"),
+            params: crate::domain::ModelParams::default(),
+        };
+        let shape = crate::domain::DatasetShape {
+            variables: vec!["q".to_owned()],
+            all_expected: true,
+            every_item_graded: false,
+        };
+        let messages = optimizer::messages(&parent, &shape, &[], 4, 5).unwrap();
+        let answer = MockOptions::default().answer(&messages, 0).text;
+        let proposals = optimizer::parse(&answer, 4).unwrap();
+        let checked = optimizer::check_all(&proposals, &parent, &shape);
+        // w = 5 mod 4 = 1: 1 is the fix, 2 does not compile, 3 reads an unknown variable.
+        assert!(checked[0].is_ok());
+        let fix = checked[1].as_ref().unwrap();
+        assert_eq!(fix.messages[0].content, format!("Be brief. {MOCK_FIX}"));
+        assert!(checked[2].is_err() && checked[3].is_err());
+        let strict = MockOptions::parse("mock:strict=true").unwrap();
+        assert_eq!(strict.answer(&user("hi"), 0).text, WRONG_ANSWER);
+        assert_eq!(strict.answer(&fix.messages, 0).text, "{{ q }}");
     }
 
     #[tokio::test]

@@ -9,6 +9,7 @@ mod hostile_templates;
 mod observability;
 mod providers;
 mod recovery;
+mod versioning;
 mod worker_failures;
 
 use std::path::PathBuf;

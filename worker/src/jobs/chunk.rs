@@ -159,7 +159,18 @@ impl Judge for ProviderJudge {
     }
 }
 
-pub async fn run(job: ChunkJob, env: Arc<Environment>) -> Result<Outcome, JobError> {
+/// What the chunk kind keeps for itself across jobs (registered as the
+/// chunk consumers' own data, next to the shared [`Environment`]).
+#[derive(Default)]
+pub struct ChunkKind {
+    pub(crate) plans: PlanCache,
+}
+
+pub async fn run(
+    job: ChunkJob,
+    env: Arc<Environment>,
+    kind: Arc<ChunkKind>,
+) -> Result<Outcome, JobError> {
     if job.v != ChunkJob::VERSION {
         return Err(JobError::Permanent(anyhow::anyhow!(
             "unknown job payload version {}",
@@ -201,7 +212,7 @@ pub async fn run(job: ChunkJob, env: Arc<Environment>) -> Result<Outcome, JobErr
         );
     }
     let registration = env.active.register(chunk.evaluation_id, chunk.chunk_index);
-    let plan = match env.plan_for(&evaluation).await {
+    let plan = match kind.plans.plan_for(&env, &evaluation).await {
         Ok(plan) => plan,
         Err(PlanError::Database(error)) => {
             give_back(&env, &chunk).await;
@@ -349,24 +360,22 @@ pub struct PlanCache {
 /// plan is cheap to rebuild, and finished evaluations leave theirs behind).
 const PLANS_KEPT: usize = 256;
 
-impl Environment {
-    async fn plan_for(&self, evaluation: &Evaluation) -> Result<Arc<Plan>, PlanError> {
-        if let Some(plan) = self
-            .plans
-            .plans
-            .lock()
-            .expect("plans lock")
-            .get(&evaluation.id)
-        {
+impl PlanCache {
+    async fn plan_for(
+        &self,
+        env: &Environment,
+        evaluation: &Evaluation,
+    ) -> Result<Arc<Plan>, PlanError> {
+        if let Some(plan) = self.plans.lock().expect("plans lock").get(&evaluation.id) {
             return Ok(plan.clone());
         }
-        let mut conn = self
+        let mut conn = env
             .pool
             .get()
             .await
             .map_err(|error| PlanError::Database(error.into()))?;
-        let plan = Arc::new(plan(&mut conn, self, evaluation.clone()).await?);
-        let mut plans = self.plans.plans.lock().expect("plans lock");
+        let plan = Arc::new(plan(&mut conn, env, evaluation.clone()).await?);
+        let mut plans = self.plans.lock().expect("plans lock");
         if plans.len() >= PLANS_KEPT {
             plans.clear();
         }

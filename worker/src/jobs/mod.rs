@@ -1,4 +1,6 @@
-//! Every job type a worker runs, registered in one place.
+//! Every job kind a worker runs: one module per kind ([`chunk`],
+//! [`versioning`] for promotions and optimizations), each on its own
+//! queue(s), registered in [`crate::run`]; metrics carry the `kind` label.
 //!
 //! Retry policy: the apalis Redis backend re-schedules every failed job by
 //! itself (`attempt` seconds later, up to 25 times), so there is no tower
@@ -7,6 +9,7 @@
 //! lets the backend try again.
 
 pub mod chunk;
+pub mod versioning;
 
 use std::sync::Arc;
 
@@ -30,9 +33,11 @@ pub const MAX_ATTEMPTS: usize = 20;
 pub async fn run_chunk(
     job: ChunkJob,
     env: Data<Arc<Environment>>,
+    kind: Data<Arc<chunk::ChunkKind>>,
     attempt: Attempt,
 ) -> Result<(), BoxDynError> {
     let env = Arc::clone(&env);
+    let kind = Arc::clone(&kind);
     let span = tracing::info_span!(
         "job",
         job_kind = "chunk",
@@ -43,16 +48,19 @@ pub async fn run_chunk(
         attempt = attempt.current(),
         worker = %env.worker_name,
     );
-    run_chunk_in_span(job, env, attempt).instrument(span).await
+    run_chunk_in_span(job, env, kind, attempt)
+        .instrument(span)
+        .await
 }
 
 async fn run_chunk_in_span(
     job: ChunkJob,
     env: Arc<Environment>,
+    kind: Arc<chunk::ChunkKind>,
     attempt: Attempt,
 ) -> Result<(), BoxDynError> {
     counter!("assay_jobs_started_total", "kind" => "chunk").increment(1);
-    let outcome = chunk::run(job.clone(), env.clone()).await;
+    let outcome = chunk::run(job.clone(), env.clone(), kind).await;
     let finished = |outcome: &'static str| {
         counter!("assay_jobs_finished_total", "kind" => "chunk", "outcome" => outcome).increment(1);
         tracing::info!(outcome, "chunk job finished");

@@ -10,6 +10,8 @@ pub mod datasets;
 pub mod evaluations;
 pub mod events;
 pub mod labels;
+pub mod optimizations;
+pub mod promotions;
 pub mod prompts;
 pub mod results;
 

@@ -1,0 +1,60 @@
+//! Submitting an evaluation: its rows (evaluation, plan of chunks, event)
+//! first, then the push of its first chunks. The API calls this for
+//! `POST /v1/evaluations`; versioning jobs call it for the evaluations they
+//! need, so both go through the same code path.
+
+use diesel_async::AsyncPgConnection;
+
+use crate::db::models::evaluations::{self, Evaluation, NewEvaluation, Planning};
+use crate::queue::JobQueue;
+
+/// What to do when the push fails twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnPushFailure {
+    /// Mark the evaluation failed (the caller is a person waiting for an
+    /// answer: a 503 says the queue is down, and resume redoes it).
+    Fail,
+    /// Leave it queued: the sweeper pushes queued chunks whose push is gone
+    /// (a job that waits for the evaluation anyway).
+    Leave,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error(transparent)]
+    Database(#[from] diesel::result::Error),
+    /// The push failed twice and the evaluation was marked failed.
+    #[error("the job queue is unavailable; evaluation {0} was recorded as failed")]
+    QueueUnavailable(uuid::Uuid),
+}
+
+/// Writes the evaluation and its plan, then pushes its first chunks.
+/// The rows are written first so that a job never runs ahead of its record.
+pub async fn submit(
+    conn: &mut AsyncPgConnection,
+    queue: &JobQueue,
+    actor: &str,
+    new: &NewEvaluation,
+    planning: Planning,
+    on_push_failure: OnPushFailure,
+) -> Result<Evaluation, SubmitError> {
+    let (evaluation, pushes) = evaluations::create(conn, actor, new, planning).await?;
+    if let Err(error) = queue.push(&pushes).await {
+        metrics::counter!("assay_queue_push_failures_total").increment(1);
+        tracing::error!(evaluation.id = %evaluation.id, error = format!("{error:#}"), "could not enqueue evaluation");
+        if on_push_failure == OnPushFailure::Fail {
+            evaluations::fail(
+                conn,
+                new.tenant_id,
+                evaluation.id,
+                "system",
+                "could not enqueue the job",
+            )
+            .await?;
+            return Err(SubmitError::QueueUnavailable(evaluation.id));
+        }
+    }
+    metrics::counter!("assay_evaluations_submitted_total").increment(1);
+    tracing::info!(evaluation.id = %evaluation.id, total = new.total, chunks = pushes.len(), "evaluation queued");
+    Ok(evaluation)
+}
