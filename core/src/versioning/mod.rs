@@ -131,6 +131,27 @@ pub fn job_ref(kind: &str, id: Uuid, role: &str) -> Value {
     serde_json::json!({ "job": kind, "id": id, "role": role })
 }
 
+/// The evaluation this job step submitted already, if any: the newest of
+/// `version` on `dataset_id` whose `prompt_ref` is the step's job reference.
+async fn made_before(
+    conn: &mut AsyncPgConnection,
+    tenant_id: Uuid,
+    version_id: Uuid,
+    dataset_id: Uuid,
+    job_ref: &Value,
+) -> QueryResult<Option<Evaluation>> {
+    evaluations::table
+        .filter(evaluations::tenant_id.eq(tenant_id))
+        .filter(evaluations::prompt_version_id.eq(version_id))
+        .filter(evaluations::dataset_id.eq(dataset_id))
+        .filter(evaluations::prompt_ref.eq(job_ref))
+        .order(evaluations::id.desc())
+        .select(Evaluation::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
 /// A succeeded evaluation of `version` on `dataset_id` identical to what
 /// `setup` asks for, newest first.
 pub async fn find_reusable(
@@ -180,6 +201,14 @@ pub async fn evaluation_for(
     prompt_ref: Value,
     request_id: Option<&str>,
 ) -> anyhow::Result<(Evaluation, bool)> {
+    // A step run again after a crash (between submitting the evaluation and
+    // recording it on the job) finds the evaluation it made, by the job
+    // reference every evaluation of a job carries, instead of making, and
+    // paying for, another.
+    if let Some(made) = made_before(conn, tenant_id, version_id, dataset.id, &prompt_ref).await? {
+        metrics::counter!("assay_versioning_evaluations_total", "source" => "resumed").increment(1);
+        return Ok((made, false));
+    }
     if let Some(found) = find_reusable(conn, tenant_id, version_id, dataset.id, setup).await? {
         metrics::counter!("assay_versioning_evaluations_total", "source" => "reused").increment(1);
         return Ok((found, true));
