@@ -15,10 +15,10 @@ use serde_json::Value;
 use crate::Stack;
 
 /// A scratch directory, removed on drop.
-struct Scratch(PathBuf);
+pub(crate) struct Scratch(pub(crate) PathBuf);
 
 impl Scratch {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let dir = std::env::temp_dir().join(format!("assay-cli-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
         Scratch(dir)
@@ -55,7 +55,7 @@ fn command(stack: &Stack, dir: &Path, args: &[&str]) -> tokio::process::Command 
 }
 
 /// Runs `assay args...` in `dir` to its end.
-async fn assay(stack: &Stack, dir: &Path, args: &[&str]) -> Output {
+pub(crate) async fn assay(stack: &Stack, dir: &Path, args: &[&str]) -> Output {
     let output = tokio::time::timeout(Duration::from_secs(120), command(stack, dir, args).output())
         .await
         .expect("assay finishes within 2 minutes")
@@ -70,11 +70,11 @@ async fn assay(stack: &Stack, dir: &Path, args: &[&str]) -> Output {
     output
 }
 
-fn code(output: &Output) -> i32 {
+pub(crate) fn code(output: &Output) -> i32 {
     output.status.code().expect("exited")
 }
 
-fn stdout(output: &Output) -> String {
+pub(crate) fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 

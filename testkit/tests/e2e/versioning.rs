@@ -861,3 +861,81 @@ async fn cancel_stops_an_optimization_and_its_evaluations() {
     assert_eq!(optimization.body["candidate_list"], json!([]));
     assert_eq!(optimization.body["optimizer_cost_usd"], 0.0);
 }
+
+/// `assay promote` and `assay optimize` follow their job to the end, print
+/// the evidence, and exit 0 when the label moved (or the optimization ran)
+/// and 1 when the promotion was refused.
+#[tokio::test]
+async fn the_cli_promotes_optimizes_and_says_so_with_its_exit_code() {
+    use crate::cli::{Scratch, assay, code, stdout};
+    let stack = Stack::start(1, &[]).await;
+    let prompt = prompt(&stack).await;
+    let fixed = commit(&stack, &prompt, FIXED).await;
+    set_label(&stack, &prompt, "production", 1).await;
+    let dataset = stack.dataset(items(8)).await;
+    let dataset = dataset.as_str().unwrap();
+    let dir = Scratch::new();
+    let promote = |candidate: String| {
+        vec![
+            "promote".to_owned(),
+            prompt.clone(),
+            "--candidate".to_owned(),
+            candidate,
+            "--label".to_owned(),
+            "production".to_owned(),
+            "--dataset".to_owned(),
+            dataset.to_owned(),
+            "--model".to_owned(),
+            STRICT.to_owned(),
+            "--min-pass-rate".to_owned(),
+            "0.8".to_owned(),
+            "--max-regressions".to_owned(),
+            "0".to_owned(),
+        ]
+    };
+    let args = promote(fixed.to_string());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let better = assay(&stack, &dir.0, &args).await;
+    assert_eq!(code(&better), 0, "{}", stdout(&better));
+    assert!(stdout(&better).contains("promoted"), "{}", stdout(&better));
+    assert_eq!(label_version(&stack, &prompt, "production").await, fixed);
+
+    // Back to version 1 is worse now: refused, exit code 1, label kept.
+    let args = promote("1".to_owned());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let worse = assay(&stack, &dir.0, &args).await;
+    assert_eq!(code(&worse), 1, "{}", stdout(&worse));
+    assert!(stdout(&worse).contains("rejected"), "{}", stdout(&worse));
+    assert!(
+        stdout(&worse).contains("min_pass_rate"),
+        "{}",
+        stdout(&worse)
+    );
+    assert_eq!(label_version(&stack, &prompt, "production").await, fixed);
+
+    // An optimization from version 1 with the mock optimizer: its table
+    // names the winner, committed on the optimization's branch.
+    let optimized = assay(
+        &stack,
+        &dir.0,
+        &[
+            "optimize",
+            &prompt,
+            "--from",
+            "1",
+            "--dataset",
+            dataset,
+            "--model",
+            STRICT,
+            "--candidates",
+            "3",
+            "--max-cost-usd",
+            "1",
+        ],
+    )
+    .await;
+    assert_eq!(code(&optimized), 0, "{}", stdout(&optimized));
+    let text = stdout(&optimized);
+    assert!(text.contains("winner"), "{text}");
+    assert!(text.contains("branch opt/"), "{text}");
+}
