@@ -11,7 +11,7 @@
 
 use super::Outcome;
 use super::text_metrics::{
-    bleu, levenshtein_distance, normalized_similarity, rouge_l, rouge_n, tokens,
+    bleu, levenshtein_distance, normalized_similarity, rouge_l, rouge_n, token_count,
 };
 
 /// Characters per side that edit-distance graders compare.
@@ -29,6 +29,10 @@ fn within(
     count: impl Fn(&str) -> usize,
 ) -> Result<(), String> {
     for (name, text) in texts {
+        // Every unit (a char, a word) takes at least one byte.
+        if text.len() <= cap {
+            continue;
+        }
         let units = count(text);
         if units > cap {
             return Err(format!(
@@ -107,9 +111,7 @@ pub(super) fn grade_rouge_l(
     threshold: f64,
 ) -> Result<Outcome, String> {
     let texts = [("output", output), ("reference", reference)];
-    within("ROUGE-L, in words", texts, MAX_LCS_WORDS, |text| {
-        tokens(text).len()
-    })?;
+    within("ROUGE-L, in words", texts, MAX_LCS_WORDS, token_count)?;
     let score = rouge_l(output, reference);
     Ok(Outcome::scored(
         score,

@@ -73,6 +73,13 @@ pub(crate) fn tokens(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// How many words [`tokens`] finds in `text`, without building them.
+pub(crate) fn token_count(text: &str) -> usize {
+    text.split(|ch: char| !ch.is_alphanumeric())
+        .filter(|token| !token.is_empty())
+        .count()
+}
+
 /// ROUGE-N recall: the number of reference n-grams found in the candidate
 /// (each n-gram counted at most as often as it occurs in the candidate)
 /// divided by the number of reference n-grams.
