@@ -619,6 +619,12 @@ async fn propose(
         .catalog
         .resolve(&optimization.optimizer_model)
         .map_err(|error| anyhow::anyhow!("optimizer_model: {}", error.message))?;
+    // Reserved before the call, as generation calls reserve against budgets:
+    // a worker that dies between the answer and its recording leaves the
+    // reservation counted, never a paid call uncounted.
+    let reserved =
+        crate::budget::call_cost(&model, &messages, &ModelParams::default()).expected_usd;
+    optimizations::add_optimizer_cost(conn, id, reserved).await?;
     let report = ctx
         .llm
         .complete(
@@ -633,12 +639,12 @@ async fn propose(
         )
         .await;
     record_cost_metric(report.cost_usd);
+    // What it cost in place of what it reserved; counted whatever comes next
+    // (a re-run of this step pays, and counts, its own call).
+    optimizations::add_optimizer_cost(conn, id, report.cost_usd - reserved).await?;
     let answer = match report.outcome {
         Ok(completion) => completion.text,
-        Err(error) => {
-            optimizations::add_optimizer_cost(conn, id, report.cost_usd).await?;
-            anyhow::bail!("the optimizer call failed: {error}");
-        }
+        Err(error) => anyhow::bail!("the optimizer call failed: {error}"),
     };
     let proposals = optimizer::parse(&answer, count as usize);
     let mut rows = Vec::new();
@@ -696,13 +702,10 @@ async fn propose(
     }
     let valid = rows.iter().filter(|row| row.version_id.is_some()).count() as u64;
     let invalid = rows.len() as u64 - valid;
-    if optimizations::record_round(conn, tenant_id, id, round, &rows, report.cost_usd).await? {
+    if optimizations::record_round(conn, tenant_id, id, round, &rows).await? {
         metrics::counter!("assay_optimizer_proposals_total", "result" => "valid").increment(valid);
         metrics::counter!("assay_optimizer_proposals_total", "result" => "invalid")
             .increment(invalid);
-    } else {
-        // Another run recorded this round first; this call was paid for all the same.
-        optimizations::add_optimizer_cost(conn, id, report.cost_usd).await?;
     }
     Ok(())
 }

@@ -175,8 +175,10 @@ async fn three_workers_one_killed_one_stopped_finish_exactly_once() {
     let id = submit(&stack, ITEMS, &["slow"], json!({}), json!({})).await;
 
     wait_until_completed(&stack, &id, 1000).await;
+    let killed = chunks_held_by(&stack, &id, stack.workers[0].0.pid()).await;
     stack.workers[0].0.signal("KILL").unwrap();
     wait_until_completed(&stack, &id, 2000).await;
+    let stopped = chunks_held_by(&stack, &id, stack.workers[1].0.pid()).await;
     stack.workers[1].0.signal("TERM").unwrap();
     let code = stack.workers[1]
         .0
@@ -199,12 +201,29 @@ async fn three_workers_one_killed_one_stopped_finish_exactly_once() {
     assert_exactly_once(&stack, &server, "mock", &id, ITEMS).await;
     let stats = server.stats().await;
     assert!(stats["requests"].as_u64().unwrap() >= ITEMS as u64);
-    // The killed and the stopped worker's chunks were started again elsewhere.
-    assert!(restarted_chunks(&stack, &id).await >= 2);
+    // The chunks the killed worker held (read at the moment it went) were
+    // started again elsewhere; so were the stopped worker's, but for one whose
+    // calls had all started, which it finishes on its way out.
+    assert!(
+        !killed.is_empty() || !stopped.is_empty(),
+        "the two workers held chunks when they went"
+    );
+    let starts = chunk_starts(&stack, &id).await;
+    for chunk in &killed {
+        assert!(
+            starts[chunk] > 1,
+            "chunk {chunk} of the killed worker was started again: {starts:?}"
+        );
+    }
+    let stopped_restarted = stopped.iter().filter(|chunk| starts[*chunk] > 1).count();
+    assert!(
+        stopped.is_empty() || stopped_restarted >= 1,
+        "a chunk the stopped worker handed back was started again: {stopped:?} in {starts:?}"
+    );
 }
 
-/// Chunks of the evaluation that more than one worker run started.
-async fn restarted_chunks(stack: &Stack, id: &str) -> i64 {
+/// Chunks of the evaluation running under the lease of the worker process `pid`.
+async fn chunks_held_by(stack: &Stack, id: &str, pid: u32) -> Vec<i32> {
     use assay_core::db::schema::evaluation_chunks::dsl;
     use diesel::prelude::*;
     use diesel_async::RunQueryDsl;
@@ -212,11 +231,29 @@ async fn restarted_chunks(stack: &Stack, id: &str) -> i64 {
     let mut conn = pool.get().await.unwrap();
     dsl::evaluation_chunks
         .filter(dsl::evaluation_id.eq(id.parse::<uuid::Uuid>().unwrap()))
-        .filter(dsl::starts.gt(1))
-        .count()
-        .get_result(&mut conn)
+        .filter(dsl::status.eq("running"))
+        .filter(dsl::lease_owner.like(format!("%-{pid}")))
+        .select(dsl::chunk_index)
+        .load(&mut conn)
         .await
         .unwrap()
+}
+
+/// Each chunk's number of starts.
+async fn chunk_starts(stack: &Stack, id: &str) -> HashMap<i32, i32> {
+    use assay_core::db::schema::evaluation_chunks::dsl;
+    use diesel::prelude::*;
+    use diesel_async::RunQueryDsl;
+    let pool = stack.database.pool(1);
+    let mut conn = pool.get().await.unwrap();
+    dsl::evaluation_chunks
+        .filter(dsl::evaluation_id.eq(id.parse::<uuid::Uuid>().unwrap()))
+        .select((dsl::chunk_index, dsl::starts))
+        .load::<(i32, i32)>(&mut conn)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

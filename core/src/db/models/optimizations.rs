@@ -204,16 +204,15 @@ pub async fn candidates(
         .await
 }
 
-/// Records a round's proposals and what asking for them cost, once: false
-/// when that round's proposals were recorded already (a re-run's call then
-/// counts nothing, and its proposals are dropped).
+/// Records a round's proposals, once: false when that round's proposals were
+/// recorded already (a re-run's proposals are dropped). What asking for them
+/// cost is counted apart, around the call ([`add_optimizer_cost`]).
 pub async fn record_round(
     conn: &mut AsyncPgConnection,
     tenant_id: Uuid,
     id: Uuid,
     round: i32,
     rows: &[Candidate],
-    cost_usd: f64,
 ) -> QueryResult<bool> {
     conn.transaction(async |conn| {
         let Some(optimization) = lock(conn, tenant_id, id).await? else {
@@ -236,7 +235,6 @@ pub async fn record_round(
         let invalid = rows.len() as i32 - valid;
         diesel::update(optimizations::table.filter(optimizations::id.eq(id)))
             .set((
-                optimizations::optimizer_cost_usd.eq(optimizations::optimizer_cost_usd + cost_usd),
                 optimizations::proposals_valid.eq(optimizations::proposals_valid + valid),
                 optimizations::proposals_invalid.eq(optimizations::proposals_invalid + invalid),
                 optimizations::updated_at.eq(diesel::dsl::now),
@@ -248,8 +246,8 @@ pub async fn record_round(
     .await
 }
 
-/// Adds the cost of an optimizer call whose proposals were not recorded
-/// (the budget ran out, or the answer was unusable): spent is spent.
+/// Adds to what the optimizer's calls cost: a call's reservation before it
+/// is made, then the difference between what it cost and what it reserved.
 pub async fn add_optimizer_cost(
     conn: &mut AsyncPgConnection,
     id: Uuid,
