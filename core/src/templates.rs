@@ -144,14 +144,19 @@ fn strict_environment() -> Environment<'static> {
     environment
 }
 
-/// The template's globals (`range`, `dict`, …), which are not item variables.
-fn globals(environment: &Environment<'_>) -> HashSet<String> {
-    environment
-        .globals()
-        .map(|(name, _)| name.to_owned())
+/// The variables `template` reads from an item: what it does not declare
+/// itself, globals (`range`, `dict`, …) excepted.
+fn item_variables(
+    environment: &Environment<'_>,
+    template: &minijinja::Template<'_, '_>,
+) -> HashSet<String> {
+    let globals: HashSet<&str> = environment.globals().map(|(name, _)| name).collect();
+    template
+        .undeclared_variables(false)
+        .into_iter()
+        .filter(|name| !globals.contains(name.as_str()))
         .collect()
 }
-
 impl PromptTemplate {
     pub fn compile(messages: &[ChatMessage]) -> Result<Self, TemplateError> {
         let mut environment = strict_environment();
@@ -172,15 +177,13 @@ impl PromptTemplate {
     /// The variables the messages read from an item (loop variables and
     /// built-in functions excluded).
     pub fn variables(&self) -> BTreeSet<String> {
-        let globals: BTreeSet<&str> = self.environment.globals().map(|(name, _)| name).collect();
         (0..self.roles.len())
             .flat_map(|index| {
                 self.environment
                     .get_template(&index.to_string())
-                    .map(|template| template.undeclared_variables(false))
+                    .map(|template| item_variables(&self.environment, &template))
                     .unwrap_or_default()
             })
-            .filter(|name| !globals.contains(name.as_str()))
             .collect()
     }
 
@@ -202,10 +205,20 @@ impl PromptTemplate {
                     render_bounded(&template, context, &mut left).map_err(
                         |failure| match failure {
                             RenderFailure::Limit(limit) => TemplateError::Limit { index, limit },
-                            RenderFailure::Error(error) => TemplateError::Render {
-                                index,
-                                detail: explain(&self.environment, &template, context, &error),
-                            },
+                            RenderFailure::Error(error) => {
+                                let lacking =
+                                    lacking(&self.environment, &template, context, &error);
+                                let detail = if lacking.is_empty() {
+                                    describe(&error)
+                                } else {
+                                    format!(
+                                        "the item lacks variable(s) {}: {}",
+                                        lacking.join(", "),
+                                        describe(&error)
+                                    )
+                                };
+                                TemplateError::Render { index, detail }
+                            }
                         },
                     )?;
                 Ok(ChatMessage {
@@ -217,31 +230,18 @@ impl PromptTemplate {
     }
 }
 
-/// A render error in words: the variables the item lacks when that is the
-/// cause (globals such as `range` are not variables: a failing `range()` call
-/// is reported as minijinja explains it).
-fn explain(
+/// The variables the item lacks, when that is why rendering failed (a
+/// failing `range()` call is not a missing variable).
+fn lacking(
     environment: &Environment<'_>,
     template: &minijinja::Template<'_, '_>,
     context: &Value,
     error: &minijinja::Error,
-) -> String {
-    let globals = globals(environment);
-    let names = template
-        .undeclared_variables(false)
-        .into_iter()
-        .filter(|name| !globals.contains(name))
-        .collect();
-    let missing = missing_variables(names, context);
-    if missing.is_empty() || error.kind() != minijinja::ErrorKind::UndefinedError {
-        describe(error)
-    } else {
-        format!(
-            "the item lacks variable(s) {}: {}",
-            missing.join(", "),
-            describe(error)
-        )
+) -> Vec<String> {
+    if error.kind() != minijinja::ErrorKind::UndefinedError {
+        return Vec::new();
     }
+    missing_variables(item_variables(environment, template), context)
 }
 
 /// A single Jinja string, e.g. a grader's expected value `{{ expected }}`.
@@ -263,13 +263,11 @@ impl ValueTemplate {
     }
 
     pub fn variables(&self) -> BTreeSet<String> {
-        let globals: BTreeSet<&str> = self.environment.globals().map(|(name, _)| name).collect();
         self.environment
             .get_template("value")
-            .map(|template| template.undeclared_variables(false))
+            .map(|template| item_variables(&self.environment, &template))
             .unwrap_or_default()
             .into_iter()
-            .filter(|name| !globals.contains(name.as_str()))
             .collect()
     }
 
@@ -283,11 +281,11 @@ impl ValueTemplate {
         render_bounded(&template, context, &mut left).map_err(|failure| match failure {
             RenderFailure::Limit(limit) => limit.to_string(),
             RenderFailure::Error(error) => {
-                let detail = explain(&self.environment, &template, context, &error);
-                // Graders say "the item lacks …" without minijinja's words.
-                match detail.split_once(": ") {
-                    Some((lacks, _)) if lacks.starts_with("the item lacks") => lacks.to_owned(),
-                    _ => detail,
+                let lacking = lacking(&self.environment, &template, context, &error);
+                if lacking.is_empty() {
+                    describe(&error)
+                } else {
+                    format!("the item lacks variable(s) {}", lacking.join(", "))
                 }
             }
         })

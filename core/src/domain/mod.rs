@@ -72,15 +72,9 @@ pub fn validate_description(field: &str, description: Option<&str>) -> Result<()
 /// fail the write. The error names the field, `base` prefixed
 /// (`messages[0].content`, `items[3].vars.question`).
 pub fn reject_nul(base: &str, value: &serde_json::Value) -> Result<(), InvalidInput> {
-    use serde_json::Value;
-    match value {
-        Value::String(text) if text.contains('\0') => Err(nul_in(base.to_owned())),
-        Value::Array(values) => values
-            .iter()
-            .enumerate()
-            .try_for_each(|(index, value)| reject_nul(&format!("{base}[{index}]"), value)),
-        Value::Object(map) => reject_nul_in_object(base, map),
-        _ => Ok(()),
+    match find_nul(value) {
+        None => Ok(()),
+        Some(path) => Err(nul_in(field_path(base, path))),
     }
 }
 
@@ -89,19 +83,67 @@ pub fn reject_nul_in_object(
     base: &str,
     map: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<(), InvalidInput> {
-    map.iter().try_for_each(|(key, value)| {
-        let field = |key: &str| {
-            if base.is_empty() {
-                key.to_owned()
-            } else {
-                format!("{base}.{key}")
-            }
+    match find_nul_in_object(map) {
+        None => Ok(()),
+        Some(path) => Err(nul_in(field_path(base, path))),
+    }
+}
+
+/// Whether any string or key of `value` holds a NUL character.
+pub fn holds_nul(value: &serde_json::Value) -> bool {
+    find_nul(value).is_some()
+}
+
+/// One step of the way to a value inside JSON.
+enum Step<'v> {
+    Index(usize),
+    Key(&'v str),
+}
+
+/// The way to the first NUL character in `value`, innermost step first;
+/// built only when one is found, so a clean value costs no allocation.
+fn find_nul(value: &serde_json::Value) -> Option<Vec<Step<'_>>> {
+    use serde_json::Value;
+    match value {
+        Value::String(text) => text.contains('\0').then(Vec::new),
+        Value::Array(values) => values.iter().enumerate().find_map(|(index, value)| {
+            let mut path = find_nul(value)?;
+            path.push(Step::Index(index));
+            Some(path)
+        }),
+        Value::Object(map) => find_nul_in_object(map),
+        _ => None,
+    }
+}
+
+fn find_nul_in_object(map: &serde_json::Map<String, serde_json::Value>) -> Option<Vec<Step<'_>>> {
+    map.iter().find_map(|(key, value)| {
+        let mut path = if key.contains('\0') {
+            Vec::new()
+        } else {
+            find_nul(value)?
         };
-        if key.contains('\0') {
-            return Err(nul_in(field(&key.replace('\0', "\\u0000"))));
-        }
-        reject_nul(&field(key), value)
+        path.push(Step::Key(key));
+        Some(path)
     })
+}
+
+/// `base` and the steps of `path` (innermost first) as a field name; a NUL
+/// in a key is written `\u0000`.
+fn field_path(base: &str, path: Vec<Step<'_>>) -> String {
+    let mut field = base.to_owned();
+    for step in path.into_iter().rev() {
+        match step {
+            Step::Index(index) => field.push_str(&format!("[{index}]")),
+            Step::Key(key) => {
+                if !field.is_empty() {
+                    field.push('.');
+                }
+                field.push_str(&key.replace('\0', "\\u0000"));
+            }
+        }
+    }
+    field
 }
 
 pub(crate) fn nul_in(field: String) -> InvalidInput {

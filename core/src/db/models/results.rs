@@ -116,7 +116,7 @@ impl NewResult {
         text(&self.output)
             || text(&self.error)
             || text(&self.finish_reason)
-            || json_holds_nul(&self.grades)
+            || crate::domain::holds_nul(&self.grades)
     }
 
     /// The row with U+FFFD for every NUL character.
@@ -131,17 +131,6 @@ impl NewResult {
             grades,
             ..self.clone()
         }
-    }
-}
-
-fn json_holds_nul(value: &Value) -> bool {
-    match value {
-        Value::String(text) => text.contains(NUL),
-        Value::Array(values) => values.iter().any(json_holds_nul),
-        Value::Object(map) => map
-            .iter()
-            .any(|(key, value)| key.contains(NUL) || json_holds_nul(value)),
-        _ => false,
     }
 }
 
