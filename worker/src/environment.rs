@@ -32,6 +32,8 @@ pub struct Environment {
     /// Becomes true on SIGTERM: chunks stop starting calls, write what they
     /// have and are handed back to the queue.
     pub shutdown: watch::Receiver<bool>,
+    /// Crashes of a chunk before its remaining runs are given up (a poison chunk).
+    pub max_chunk_crashes: i32,
 }
 
 impl Environment {

@@ -66,6 +66,9 @@ pub struct WorkerConfig {
     pub sweep_every: Duration,
     /// How long finished jobs stay in Redis.
     pub job_retention: Duration,
+    /// Workers a chunk may take down (crash, or stall past its lease) before
+    /// its remaining runs end `errored` instead of moving to the next one.
+    pub max_chunk_crashes: i32,
 }
 
 /// Runs the worker until SIGTERM or SIGINT (Ok) or until its queue consumers
@@ -114,6 +117,7 @@ pub async fn run(config: WorkerConfig) -> anyhow::Result<()> {
         runs_per_chunk: settings.runs_per_chunk,
         worker_name: process_name.clone(),
         shutdown: shutdown_rx,
+        max_chunk_crashes: config.max_chunk_crashes,
     });
 
     let consuming = Arc::new(AtomicBool::new(true));

@@ -37,6 +37,10 @@ struct Cli {
     /// How long finished jobs stay in Redis before they are deleted.
     #[arg(long, env = "ASSAY_QUEUE_RETENTION", default_value = "1h", value_parser = humantime::parse_duration)]
     job_retention: Duration,
+    /// Workers one chunk may take down (a crash, or a stall that loses its
+    /// lease) before its remaining runs end `errored`: a poison chunk.
+    #[arg(long, env = "ASSAY_MAX_CHUNK_CRASHES", default_value_t = assay_core::db::models::chunks::DEFAULT_MAX_CRASHES, value_parser = clap::value_parser!(i32).range(1..))]
+    max_chunk_crashes: i32,
 }
 
 #[tokio::main]
@@ -60,6 +64,7 @@ async fn main() -> anyhow::Result<()> {
         cache_ttl: cli.cache_ttl,
         sweep_every: cli.sweep_interval,
         job_retention: cli.job_retention,
+        max_chunk_crashes: cli.max_chunk_crashes,
     })
     .await;
     assay_core::telemetry::shutdown_tracing();

@@ -89,6 +89,10 @@ pub fn describe() {
         "assay_runs_finished_total",
         "Runs (item x repeat) a worker finished, by model and status (passed, failed, errored): items per second per model."
     );
+    describe_counter!(
+        "assay_chunks_given_up_total",
+        "Poison chunks: chunks that stopped --max-chunk-crashes workers, whose remaining runs were written errored without running."
+    );
     describe_gauge!(
         "assay_spend_usd",
         "Dollars spent on answered calls since the process started, by model (the one that answered) and purpose (generate, judge). A gauge because it counts fractions of a dollar: use rate() on it like a counter."

@@ -56,6 +56,7 @@ diesel::table! {
         starts -> Int4,
         priority -> Text,
         finished_at -> Nullable<Timestamptz>,
+        crashes -> Int4,
     }
 }
 

@@ -212,6 +212,9 @@ pub async fn run(
         );
     }
     let registration = env.active.register(chunk.evaluation_id, chunk.chunk_index);
+    if chunk.crashes >= env.max_chunk_crashes {
+        return super::poison::give_up(&env, &chunk, &evaluation).await;
+    }
     let plan = match kind.plans.plan_for(&env, &evaluation).await {
         Ok(plan) => plan,
         Err(PlanError::Database(error)) => {
@@ -280,25 +283,40 @@ pub async fn run(
         hand_back(&env, &chunk).await?;
         return Ok(Outcome::Released);
     }
+    complete(&env, &chunk, &evaluation).await
+}
+
+/// Marks the chunk done once every run of it has a result, and finalizes
+/// the evaluation when it was the last; hands the chunk back otherwise.
+pub(super) async fn complete(
+    env: &Environment,
+    chunk: &Chunk,
+    evaluation: &Evaluation,
+) -> Result<Outcome, JobError> {
     let mut conn = env.pool.get().await.map_err(JobError::transient)?;
-    let finished = chunks::finish(&mut conn, &chunk, evaluation.repeats, &env.worker_name)
+    let finished = chunks::finish(&mut conn, chunk, evaluation.repeats, &env.worker_name)
         .await
         .map_err(JobError::transient)?;
     match finished {
         Finish::Done { last } => {
             if last
-                && evaluations::finish(&mut conn, job.tenant_id, job.evaluation_id, &env.actor())
-                    .await
-                    .map_err(JobError::transient)?
+                && evaluations::finish(
+                    &mut conn,
+                    chunk.tenant_id,
+                    chunk.evaluation_id,
+                    &env.actor(),
+                )
+                .await
+                .map_err(JobError::transient)?
             {
-                tracing::info!(evaluation.id = %job.evaluation_id, total = evaluation.total, "evaluation finished");
+                tracing::info!(evaluation.id = %chunk.evaluation_id, total = evaluation.total, "evaluation finished");
             }
             Ok(Outcome::Done { last })
         }
         Finish::NotHeld => Ok(Outcome::Stopped),
         Finish::Incomplete { missing } => {
             drop(conn);
-            give_back(&env, &chunk).await;
+            give_back(env, chunk).await;
             Err(JobError::Transient(anyhow::anyhow!(
                 "{missing} runs of the chunk have no result; retrying them"
             )))

@@ -9,6 +9,7 @@
 //! lets the backend try again.
 
 pub mod chunk;
+mod poison;
 pub mod versioning;
 
 use std::sync::Arc;

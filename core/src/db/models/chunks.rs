@@ -60,6 +60,8 @@ pub struct Chunk {
     pub starts: i32,
     pub priority: String,
     pub finished_at: Option<DateTime<Utc>>,
+    /// Times a run of it ended with its worker gone (see [`Start::Poisoned`]).
+    pub crashes: i32,
 }
 
 impl Chunk {
@@ -281,6 +283,10 @@ pub async fn start(
             }
             _ => {}
         }
+        // Running under another owner's expired lease: that worker died (or
+        // stalled) while running it. Counted, so a chunk that takes down
+        // every worker it reaches is stopped (see `crashes`).
+        let crashed = chunk.status == "running" && chunk.lease_owner.as_deref() != Some(owner);
         let evaluation = match evaluation.status() {
             EvaluationStatus::Queued => evaluations::mark_running(conn, &evaluation, owner).await?,
             EvaluationStatus::Running => evaluation,
@@ -296,6 +302,7 @@ pub async fn start(
             evaluation_chunks::lease_owner.eq(owner),
             evaluation_chunks::lease_expires_at.eq(lease_until(lease)),
             evaluation_chunks::starts.eq(evaluation_chunks::starts + 1),
+            evaluation_chunks::crashes.eq(evaluation_chunks::crashes + i32::from(crashed)),
         ))
         .returning(Chunk::as_returning())
         .get_result(conn)
@@ -439,6 +446,74 @@ pub async fn finish(
         Ok(Finish::Done { last: left == 0 })
     })
     .await
+}
+
+/// Crashes of one chunk before its remaining runs are given up when not
+/// configured (`ASSAY_MAX_CHUNK_CRASHES`): a crash or two is an operator
+/// killing workers; a third in a row is the chunk.
+pub const DEFAULT_MAX_CRASHES: i32 = 3;
+
+/// Items read per page when giving a chunk up.
+const GIVE_UP_PAGE: i32 = 500;
+
+/// Writes an `errored` row with `reason` for every run of the chunk that has
+/// no result yet, without rendering or calling anything: for a chunk that
+/// took down `crashes` workers (a poison chunk), so that its evaluation
+/// finishes instead of moving from worker to worker. The caller holds the
+/// lease and then [`finish`]es the chunk. Returns the rows written.
+pub async fn give_up_remaining(
+    conn: &mut AsyncPgConnection,
+    chunk: &Chunk,
+    evaluation: &Evaluation,
+    reason: &str,
+) -> QueryResult<i64> {
+    let mut written = 0;
+    let mut from = chunk.first_position;
+    while from <= chunk.last_position {
+        let to = from
+            .saturating_add(GIVE_UP_PAGE - 1)
+            .min(chunk.last_position);
+        let items = super::datasets::items_between(
+            conn,
+            evaluation.tenant_id,
+            evaluation.dataset_id,
+            from,
+            to,
+        )
+        .await?;
+        let done = super::results::existing_keys(
+            conn,
+            evaluation.tenant_id,
+            evaluation.id,
+            &chunk.model,
+            from,
+            to,
+        )
+        .await?;
+        let rows: Vec<super::results::NewResult> = items
+            .iter()
+            .flat_map(|item| (0..evaluation.repeats).map(move |repeat| (item, repeat)))
+            .filter(|(item, repeat)| !done.contains(&(item.position, *repeat)))
+            .map(|(item, repeat)| {
+                super::results::NewResult::errored(
+                    evaluation,
+                    &chunk.model,
+                    item.position,
+                    repeat,
+                    &item.item_key,
+                    reason,
+                )
+            })
+            .collect();
+        if !rows.is_empty() {
+            let inserted =
+                super::results::insert_batch(conn, evaluation.tenant_id, evaluation.id, &rows)
+                    .await?;
+            written += i64::from(inserted.total());
+        }
+        from = to + 1;
+    }
+    Ok(written)
 }
 
 /// Which job delivers a chunk that [`release`] hands back.
@@ -709,6 +784,9 @@ pub async fn requeue_lost(
             evaluation_chunks::queued_at.eq(diesel::dsl::now),
             evaluation_chunks::lease_owner.eq(None::<String>),
             evaluation_chunks::lease_expires_at.eq(None::<DateTime<Utc>>),
+            // A running chunk whose lease expired lost its worker.
+            evaluation_chunks::crashes
+                .eq(evaluation_chunks::crashes + i32::from(chunk.status == "running")),
         ))
         .execute(conn)
         .await?;

@@ -110,6 +110,40 @@ const NUL: char = '\0';
 const REPLACEMENT: &str = "\u{FFFD}";
 
 impl NewResult {
+    /// A run that ended without an answer, for `reason`, with nothing spent.
+    pub fn errored(
+        evaluation: &super::evaluations::Evaluation,
+        model: &str,
+        item_position: i32,
+        repeat_index: i32,
+        item_key: &str,
+        reason: &str,
+    ) -> Self {
+        Self {
+            evaluation_id: evaluation.id,
+            model: model.to_owned(),
+            item_position,
+            repeat_index,
+            tenant_id: evaluation.tenant_id,
+            item_key: item_key.to_owned(),
+            status: ResultStatus::Errored.as_str(),
+            output: None,
+            score: None,
+            grades: Value::Array(Vec::new()),
+            latency_ms: None,
+            input_tokens: 0,
+            output_tokens: 0,
+            cost_usd: 0.0,
+            grading_cost_usd: 0.0,
+            attempts: 0,
+            finish_reason: None,
+            error: Some(reason.to_owned()),
+            answered_by: None,
+            cached: false,
+            cached_tokens: 0,
+        }
+    }
+
     /// Whether any text of the row holds a NUL character.
     fn holds_nul(&self) -> bool {
         let text = |text: &Option<String>| text.as_deref().is_some_and(|text| text.contains(NUL));

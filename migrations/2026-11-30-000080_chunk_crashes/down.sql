@@ -1,0 +1,1 @@
+ALTER TABLE evaluation_chunks DROP COLUMN crashes;
