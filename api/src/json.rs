@@ -2,7 +2,8 @@
 //! content type and error mapping from the app's `JsonConfig`), plus a
 //! refusal of NUL characters anywhere in the body with a 422 naming the
 //! field. PostgreSQL stores NUL in neither `text` nor `jsonb`, so such a
-//! body would otherwise fail its write with a 500.
+//! body would otherwise fail its write with a 500. A body still arriving
+//! after the total body time (`ASSAY_BODY_TIMEOUT`) is a 408.
 
 use std::ops::Deref;
 
@@ -38,8 +39,18 @@ impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
 
     fn from_request(request: &HttpRequest, payload: &mut Payload) -> Self::Future {
         let body = web::Json::<Value>::from_request(request, payload);
+        // A body that trickles in is cut off after the total body time.
+        let limit = request
+            .app_data::<web::Data<crate::startup::AppState>>()
+            .map(|state| state.body_timeouts.total);
         Box::pin(async move {
-            let web::Json(value) = body.await?;
+            let web::Json(value) = match limit {
+                None => body.await?,
+                Some(limit) => tokio::time::timeout(limit, body).await.map_err(|_| {
+                    ::metrics::counter!("assay_request_body_timeouts_total").increment(1);
+                    ApiError::BodyTimeout(format!("the request body took more than {limit:?}"))
+                })??,
+            };
             assay_core::domain::reject_nul("", &value).map_err(ApiError::from)?;
             let typed = serde_json::from_value(value).map_err(|error| json_error(&error))?;
             Ok(Json(typed))

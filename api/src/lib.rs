@@ -1,13 +1,14 @@
 //! Assay's HTTP API: JSON over actix-web, bearer API keys, RFC 9457 errors.
 //!
 //! Layout: [`startup`] builds the app (tests start it on port 0),
-//! [`routes`] holds one module per resource, [`auth`] the key extractor,
+//! [`routes`] holds one module per resource, [`auth`] the key extractor, [`body`] slow-body limits,
 //! [`errors`] the one error type, [`json`] the body extractor, [`metrics`] the HTTP metrics middleware,
 //! [`request_id`] request ids and the span over each request.
 //! Handlers validate with `assay_core::domain` and query with
 //! `assay_core::db`; nothing here knows how jobs run.
 
 pub mod auth;
+pub mod body;
 pub mod errors;
 pub mod json;
 pub mod metrics;

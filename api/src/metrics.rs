@@ -9,6 +9,10 @@ use metrics::{counter, describe_counter, describe_histogram, histogram};
 
 pub fn describe() {
     describe_counter!(
+        "assay_request_body_timeouts_total",
+        "Request bodies cut off with 408 for pausing longer than ASSAY_BODY_IDLE_TIMEOUT or taking longer than ASSAY_BODY_TIMEOUT."
+    );
+    describe_counter!(
         "assay_http_requests_total",
         "HTTP requests answered, by route, method and status."
     );

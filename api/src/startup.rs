@@ -2,6 +2,7 @@
 //! wires state and routes, and runs until stopped.
 
 use std::net::TcpListener;
+use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
@@ -28,6 +29,8 @@ pub struct AppState {
     pub estimate_max_items: i32,
     /// Largest request body accepted (dataset uploads are the big ones).
     pub max_body_bytes: usize,
+    /// How slowly a request body may arrive.
+    pub body_timeouts: crate::body::BodyTimeouts,
 }
 
 #[derive(Debug, Clone)]
@@ -39,6 +42,9 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// HTTP worker threads (default: one per core).
     pub http_workers: Option<usize>,
+    /// `ASSAY_BODY_IDLE_TIMEOUT` (default 30s) and `ASSAY_BODY_TIMEOUT`
+    /// (default 10m): the longest pause in a request body, and its longest time.
+    pub body_timeouts: crate::body::BodyTimeouts,
 }
 
 impl ApiConfig {
@@ -53,7 +59,23 @@ impl ApiConfig {
             http_workers: std::env::var("ASSAY_HTTP_WORKERS")
                 .ok()
                 .and_then(|value| value.parse().ok()),
+            body_timeouts: crate::body::BodyTimeouts {
+                idle: duration_from_env("ASSAY_BODY_IDLE_TIMEOUT", Duration::from_secs(30)),
+                total: duration_from_env("ASSAY_BODY_TIMEOUT", Duration::from_secs(600)),
+            },
         }
+    }
+}
+
+/// A duration setting such as `30s`; a malformed one stops the process
+/// naming the variable rather than falling back silently.
+fn duration_from_env(name: &str, default: Duration) -> Duration {
+    match std::env::var(name) {
+        Err(_) => default,
+        Ok(value) => humantime::parse_duration(&value).unwrap_or_else(|error| {
+            eprintln!("error: {name}={value:?} is not a duration such as 30s or 10m: {error}");
+            std::process::exit(2)
+        }),
     }
 }
 
@@ -78,7 +100,7 @@ impl Application {
         tokio::spawn({
             let (pool, queue) = (pool.clone(), queue.clone());
             async move {
-                let mut ticks = tokio::time::interval(std::time::Duration::from_secs(5));
+                let mut ticks = tokio::time::interval(Duration::from_secs(5));
                 loop {
                     ticks.tick().await;
                     assay_core::gauges::report(&pool, &queue).await;
@@ -94,6 +116,7 @@ impl Application {
             runs_per_chunk: settings.runs_per_chunk,
             estimate_max_items: settings.estimate_max_items,
             max_body_bytes: config.max_body_bytes,
+            body_timeouts: config.body_timeouts,
         });
         let listener = TcpListener::bind(&config.bind)
             .map_err(|error| anyhow::anyhow!("binding {}: {error}", config.bind))?;

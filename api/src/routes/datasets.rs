@@ -8,15 +8,15 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use assay_core::db::models::datasets;
 use assay_core::domain::csv_items::CsvItems;
 use assay_core::domain::{
-    ContentHasher, DatasetItemInput, ItemChecker, parse_jsonl_line, validate_description,
-    validate_items_with, validate_name,
+    ContentHasher, DatasetItemInput, ItemChecker, MAX_ITEM_BYTES, parse_jsonl_line,
+    validate_description, validate_items_with, validate_name,
 };
-use futures::StreamExt;
 use serde::Deserialize;
 use uuid::Uuid;
 
 use super::{PageBody, PageQuery};
 use crate::auth::Authenticated;
+use crate::body::{BodyReader, read_whole};
 use crate::errors::{ApiError, parse_json};
 use crate::startup::AppState;
 
@@ -67,7 +67,7 @@ pub async fn create(
                     "name and description go in the JSON body".to_owned(),
                 ));
             }
-            let body = read_whole(payload, state.max_body_bytes).await?;
+            let body = read_whole(payload, state.body_timeouts, state.max_body_bytes).await?;
             let body: CreateDataset = parse_json(&body)?;
             validate_name("name", &body.name)?;
             validate_description("description", body.description.as_deref())?;
@@ -99,10 +99,7 @@ pub async fn create(
             })?;
             validate_description("description", query.description.as_deref())?;
             validate_name("name", &name)?;
-            let parser = StreamParser::Jsonl {
-                pending: web::BytesMut::new(),
-                line_number: 0,
-            };
+            let parser = StreamParser::jsonl();
             stream_items(
                 &state,
                 &caller,
@@ -142,20 +139,6 @@ pub async fn create(
         .json(dataset))
 }
 
-/// The whole body, at most `limit` bytes.
-async fn read_whole(mut payload: web::Payload, limit: usize) -> Result<web::BytesMut, ApiError> {
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk =
-            chunk.map_err(|error| ApiError::MalformedJson(format!("reading the body: {error}")))?;
-        if body.len() + chunk.len() > limit {
-            return Err(ApiError::PayloadTooLarge(limit));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
 /// Items sent to the database per batch (and at most two batches in memory).
 const UPLOAD_BATCH: usize = 1_000;
 
@@ -164,6 +147,9 @@ enum StreamParser {
     Jsonl {
         /// The bytes of a line not yet ended.
         pending: web::BytesMut,
+        /// How much of `pending` is known to hold no newline: each byte is
+        /// searched once, however the line arrives.
+        scanned: usize,
         line_number: usize,
     },
     /// Boxed: the CSV reader's state machine is large, and there is one per upload.
@@ -171,6 +157,14 @@ enum StreamParser {
 }
 
 impl StreamParser {
+    fn jsonl() -> Self {
+        StreamParser::Jsonl {
+            pending: web::BytesMut::new(),
+            scanned: 0,
+            line_number: 0,
+        }
+    }
+
     fn format(&self) -> &'static str {
         match self {
             StreamParser::Jsonl { .. } => "jsonl",
@@ -182,13 +176,24 @@ impl StreamParser {
         match self {
             StreamParser::Jsonl {
                 pending,
+                scanned,
                 line_number,
             } => {
                 pending.extend_from_slice(chunk);
-                while let Some(newline) = pending.iter().position(|byte| *byte == b'\n') {
+                while let Some(offset) = pending[*scanned..].iter().position(|byte| *byte == b'\n')
+                {
+                    let newline = *scanned + offset;
                     let line = pending.split_to(newline + 1);
+                    *scanned = 0;
                     *line_number += 1;
                     jsonl_line(&line[..newline], *line_number, items)?;
+                }
+                *scanned = pending.len();
+                if pending.len() > MAX_ITEM_BYTES {
+                    return Err(ApiError::invalid(
+                        format!("line {}", *line_number + 1),
+                        format!("an item is at most {MAX_ITEM_BYTES} bytes"),
+                    ));
                 }
                 Ok(())
             }
@@ -201,6 +206,7 @@ impl StreamParser {
             StreamParser::Jsonl {
                 pending,
                 line_number,
+                ..
             } => {
                 if !pending.is_empty() {
                     *line_number += 1;
@@ -227,17 +233,121 @@ fn jsonl_line(
     Ok(())
 }
 
-/// Reads JSON Lines or CSV as they arrive, checks each item, and hands them
-/// in batches to one transaction that writes them; an error anywhere rolls
-/// it all back. The content hash is taken over the bytes as they pass.
+/// Checked items of an upload, on disk until the body has ended: the
+/// database sees the upload only once it has arrived whole, so a client
+/// that sends slowly holds no pooled connection or transaction.
+struct Spool {
+    file: tokio::io::BufWriter<tokio::fs::File>,
+}
+
+impl Spool {
+    /// An unnamed temporary file (unlinked at once: nothing is left behind,
+    /// whatever happens to the process).
+    async fn create() -> Result<Self, ApiError> {
+        let path = std::env::temp_dir().join(format!("assay-upload-{}", Uuid::new_v4()));
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .await
+            .map_err(spool_error)?;
+        tokio::fs::remove_file(&path).await.map_err(spool_error)?;
+        Ok(Self {
+            file: tokio::io::BufWriter::new(file),
+        })
+    }
+
+    async fn write(&mut self, items: &[assay_core::domain::ParsedItem]) -> Result<(), ApiError> {
+        use tokio::io::AsyncWriteExt;
+        let mut lines = Vec::new();
+        for item in items {
+            serde_json::to_writer(&mut lines, item)
+                .map_err(|error| ApiError::Internal(error.into()))?;
+            lines.push(b'\n');
+        }
+        self.file.write_all(&lines).await.map_err(spool_error)
+    }
+
+    /// The items back, in order, a batch at a time.
+    async fn replay(
+        mut self,
+        batches: tokio::sync::mpsc::Sender<datasets::Upload>,
+        summary: assay_core::domain::DatasetSummary,
+    ) -> Result<(), ApiError> {
+        use tokio::io::{AsyncBufReadExt, AsyncSeekExt, AsyncWriteExt};
+        self.file.flush().await.map_err(spool_error)?;
+        let mut file = self.file.into_inner();
+        file.rewind().await.map_err(spool_error)?;
+        let mut lines = tokio::io::BufReader::new(file).lines();
+        let mut batch = Vec::with_capacity(UPLOAD_BATCH);
+        while let Some(line) = lines.next_line().await.map_err(spool_error)? {
+            batch.push(
+                serde_json::from_str(&line).map_err(|error| ApiError::Internal(error.into()))?,
+            );
+            if batch.len() == UPLOAD_BATCH {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(UPLOAD_BATCH));
+                if batches.send(datasets::Upload::Items(full)).await.is_err() {
+                    // The writer failed; its error is the answer.
+                    return Ok(());
+                }
+            }
+        }
+        if !batch.is_empty() && batches.send(datasets::Upload::Items(batch)).await.is_err() {
+            return Ok(());
+        }
+        let _ = batches.send(datasets::Upload::Done(summary)).await;
+        Ok(())
+    }
+}
+
+fn spool_error(error: std::io::Error) -> ApiError {
+    ApiError::Internal(anyhow::Error::from(error).context("spooling an upload"))
+}
+
+/// Reads JSON Lines or CSV as they arrive and checks each item, spooling
+/// them to disk; once the body has ended, writes them in batches in one
+/// transaction (an error anywhere writes nothing). The content hash is taken
+/// over the bytes as they pass.
 async fn stream_items(
     state: &AppState,
     caller: &assay_core::db::models::api_keys::Caller,
     name: &str,
     description: Option<&str>,
-    mut payload: web::Payload,
+    payload: web::Payload,
     mut parser: StreamParser,
 ) -> Result<datasets::Dataset, ApiError> {
+    let format = parser.format();
+    let mut body = BodyReader::new(payload, state.body_timeouts, state.max_body_bytes);
+    let mut checker = ItemChecker::with_catalog(state.catalog.clone());
+    let mut hasher = ContentHasher::new(format);
+    let mut spool = Spool::create().await?;
+    let mut inputs = Vec::new();
+    let mut checked = Vec::with_capacity(UPLOAD_BATCH);
+    loop {
+        let piece = body.next().await?;
+        match &piece {
+            Some(piece) => {
+                hasher.update(piece);
+                parser.feed(piece, &mut inputs)?;
+            }
+            None => parser.finish(&mut inputs)?,
+        }
+        for input in inputs.drain(..) {
+            checked.push(checker.check(input)?);
+        }
+        if checked.len() >= UPLOAD_BATCH || piece.is_none() {
+            spool.write(&checked).await?;
+            checked.clear();
+        }
+        if piece.is_none() {
+            break;
+        }
+    }
+    let mut summary = checker.finish()?;
+    summary.content_hash = Some(hasher.finish());
+    let (items, item_graders) = (summary.items, summary.item_graders);
+
     let (batches, received) = tokio::sync::mpsc::channel(1);
     let mut conn = state.pool.get().await?;
     let actor = caller.actor();
@@ -249,62 +359,16 @@ async fn stream_items(
         description,
         received,
     );
-    let limit = state.max_body_bytes;
-    let format = parser.format();
-    let catalog = state.catalog.clone();
-    // Runs beside the writer in this request's task: the payload stays here.
-    let reader = async move {
-        let mut checker = ItemChecker::with_catalog(catalog);
-        let mut hasher = ContentHasher::new(format);
-        let mut batch = Vec::with_capacity(UPLOAD_BATCH);
-        let mut inputs = Vec::new();
-        let mut read = 0usize;
-        loop {
-            let chunk = payload.next().await;
-            let finished = chunk.is_none();
-            match chunk {
-                Some(chunk) => {
-                    let chunk = chunk.map_err(|error| {
-                        ApiError::MalformedJson(format!("reading the body: {error}"))
-                    })?;
-                    read += chunk.len();
-                    if read > limit {
-                        return Err(ApiError::PayloadTooLarge(limit));
-                    }
-                    hasher.update(&chunk);
-                    parser.feed(&chunk, &mut inputs)?;
-                }
-                None => parser.finish(&mut inputs)?,
-            }
-            for input in inputs.drain(..) {
-                batch.push(checker.check(input)?);
-            }
-            if batch.len() >= UPLOAD_BATCH || (finished && !batch.is_empty()) {
-                let full = std::mem::replace(&mut batch, Vec::with_capacity(UPLOAD_BATCH));
-                if batches.send(datasets::Upload::Items(full)).await.is_err() {
-                    // The writer failed; its error is the answer.
-                    return Ok(());
-                }
-            }
-            if finished {
-                break;
-            }
-        }
-        let mut summary = checker.finish()?;
-        summary.content_hash = Some(hasher.finish());
-        record_upload(format, summary.items, summary.item_graders);
-        let _ = batches.send(datasets::Upload::Done(summary)).await;
-        Ok(())
-    };
-    let (read, written) = futures::join!(reader, writer);
-    // A reader's error (bad input) comes first: it is why the writer stopped.
-    read?;
-    written.map_err(|error| match error {
+    let (replayed, written) = futures::join!(spool.replay(batches, summary), writer);
+    replayed?;
+    let dataset = written.map_err(|error| match error {
         datasets::UploadError::Database(error) => ApiError::from(error),
         datasets::UploadError::Abandoned => {
             ApiError::Internal(anyhow::anyhow!("the upload ended without its last batch"))
         }
-    })
+    })?;
+    record_upload(format, items, item_graders);
+    Ok(dataset)
 }
 
 fn record_upload(format: &'static str, items: usize, item_graders: usize) {

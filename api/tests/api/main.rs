@@ -9,6 +9,7 @@ mod history;
 mod hostile_input;
 mod queue_outage;
 mod resources;
+mod slow_uploads;
 mod tenancy;
 mod versioning;
 
@@ -49,6 +50,10 @@ impl TestApp {
             bind: "127.0.0.1:0".to_owned(),
             max_body_bytes: 1 << 20,
             http_workers: Some(2),
+            body_timeouts: assay_api::body::BodyTimeouts {
+                idle: std::time::Duration::from_secs(5),
+                total: std::time::Duration::from_secs(60),
+            },
         };
         let application = Application::build(config).await.expect("app builds");
         let base_url = format!("http://127.0.0.1:{}", application.port());
