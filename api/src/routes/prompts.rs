@@ -50,10 +50,11 @@ fn is_unique_violation(error: &diesel::result::Error) -> bool {
 }
 
 pub(super) fn validate_commit_message(message: &str) -> Result<(), ApiError> {
-    if message.trim().is_empty() || message.chars().count() > 10_000 {
+    use assay_core::domain::limits::MAX_COMMIT_MESSAGE_CHARS;
+    if message.trim().is_empty() || message.chars().count() > MAX_COMMIT_MESSAGE_CHARS {
         return Err(ApiError::invalid(
             "commit_message",
-            "must be 1 to 10,000 characters",
+            format!("must be 1 to {MAX_COMMIT_MESSAGE_CHARS} characters"),
         ));
     }
     Ok(())

@@ -19,7 +19,7 @@ use super::{DatasetItemInput, InvalidInput};
 
 /// Largest record (all its cells), so a missing closing quote cannot make
 /// the reader buffer the rest of the upload.
-pub const MAX_RECORD_BYTES: usize = 1 << 20;
+pub const MAX_RECORD_BYTES: usize = super::limits::MAX_ITEM_BYTES;
 /// Most columns a CSV upload may have.
 pub const MAX_COLUMNS: usize = 1_000;
 

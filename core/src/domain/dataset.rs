@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::InvalidInput;
+use super::limits::{MAX_ITEM_BYTES, MAX_ITEM_ID_CHARS};
 use crate::graders::{Grader, GraderSpec};
 use crate::providers::ModelCatalog;
 
@@ -58,8 +59,9 @@ pub struct ParsedDataset {
     pub items_with_graders: usize,
 }
 
-/// One checked item.
-#[derive(Debug, Clone, PartialEq)]
+/// One checked item. Serializable: an upload spools its checked items
+/// before it writes them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ParsedItem {
     pub key: String,
     pub vars: Value,
@@ -143,11 +145,19 @@ impl ItemChecker {
         for (index, grader) in item.graders.iter().flatten().enumerate() {
             super::reject_nul(&format!("{field}.graders[{index}]"), grader)?;
         }
+        if super::json_exceeds(&(&item.vars, &item.expected, &item.graders), MAX_ITEM_BYTES) {
+            return Err(InvalidInput::new(
+                field,
+                format!(
+                    "an item is at most {MAX_ITEM_BYTES} bytes of JSON (vars, expected and graders)"
+                ),
+            ));
+        }
         let key = item.id.unwrap_or_else(|| position.to_string());
-        if key.is_empty() || key.chars().count() > 200 {
+        if key.is_empty() || key.chars().count() > MAX_ITEM_ID_CHARS {
             return Err(InvalidInput::new(
                 format!("items[{position}].id"),
-                "must be 1 to 200 characters",
+                format!("must be 1 to {MAX_ITEM_ID_CHARS} characters"),
             ));
         }
         if !self.seen.insert(key.clone()) {

@@ -5,6 +5,7 @@ pub mod csv_items;
 mod dataset;
 pub mod diff;
 mod evaluation;
+pub mod limits;
 mod prompt;
 
 pub use dataset::{
@@ -15,6 +16,7 @@ pub use evaluation::{
     DatasetShape, EvaluationRequest, MAX_REPEAT, Priority, PromptChoice, validate_graders,
     validate_threshold,
 };
+pub use limits::{MAX_ITEM_BYTES, json_exceeds};
 pub use prompt::{ChatMessage, ModelParams, PromptContent, Role};
 
 /// A rejected input: which field, and why. The API renders these as RFC 9457
@@ -41,8 +43,11 @@ pub fn validate_name(field: &str, name: &str) -> Result<(), InvalidInput> {
     if name.trim().is_empty() {
         return Err(InvalidInput::new(field, "must not be empty"));
     }
-    if name.chars().count() > 200 {
-        return Err(InvalidInput::new(field, "must be at most 200 characters"));
+    if name.chars().count() > limits::MAX_NAME_CHARS {
+        return Err(InvalidInput::new(
+            field,
+            format!("must be at most {} characters", limits::MAX_NAME_CHARS),
+        ));
     }
     if name.chars().any(char::is_control) {
         return Err(InvalidInput::new(
@@ -58,8 +63,14 @@ pub fn validate_description(field: &str, description: Option<&str>) -> Result<()
     let Some(description) = description else {
         return Ok(());
     };
-    if description.chars().count() > 2000 {
-        return Err(InvalidInput::new(field, "must be at most 2,000 characters"));
+    if description.chars().count() > limits::MAX_DESCRIPTION_CHARS {
+        return Err(InvalidInput::new(
+            field,
+            format!(
+                "must be at most {} characters",
+                limits::MAX_DESCRIPTION_CHARS
+            ),
+        ));
     }
     if description.contains('\0') {
         return Err(nul_in(field.to_owned()));

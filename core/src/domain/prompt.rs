@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::InvalidInput;
+use super::{InvalidInput, limits};
 use crate::templates::PromptTemplate;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,13 +61,22 @@ impl ModelParams {
                 "must be at least 1",
             ));
         }
-        if let Some(stop) = &self.stop
-            && stop.len() > 4
-        {
-            return Err(InvalidInput::new(
-                format!("{field}.stop"),
-                "at most 4 stop sequences",
-            ));
+        if let Some(stop) = &self.stop {
+            if stop.len() > limits::MAX_STOP_SEQUENCES {
+                return Err(InvalidInput::new(
+                    format!("{field}.stop"),
+                    format!("at most {} stop sequences", limits::MAX_STOP_SEQUENCES),
+                ));
+            }
+            if let Some(index) = stop
+                .iter()
+                .position(|sequence| sequence.chars().count() > limits::MAX_STOP_CHARS)
+            {
+                return Err(InvalidInput::new(
+                    format!("{field}.stop[{index}]"),
+                    format!("must be at most {} characters", limits::MAX_STOP_CHARS),
+                ));
+            }
         }
         Ok(())
     }
@@ -101,8 +110,20 @@ impl PromptContent {
                 "at least one message is required",
             ));
         }
-        if messages.len() > 100 {
-            return Err(InvalidInput::new("messages", "at most 100 messages"));
+        if messages.len() > limits::MAX_MESSAGES {
+            return Err(InvalidInput::new(
+                "messages",
+                format!("at most {} messages", limits::MAX_MESSAGES),
+            ));
+        }
+        if let Some(index) = messages
+            .iter()
+            .position(|message| message.content.chars().count() > limits::MAX_MESSAGE_CHARS)
+        {
+            return Err(InvalidInput::new(
+                format!("messages[{index}].content"),
+                format!("must be at most {} characters", limits::MAX_MESSAGE_CHARS),
+            ));
         }
         if let Err(error) = PromptTemplate::compile(&messages) {
             return Err(InvalidInput::new(

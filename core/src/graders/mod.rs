@@ -278,6 +278,15 @@ impl GraderSpec {
                 "a grader is an object with a \"type\"",
             ));
         };
+        if crate::domain::json_exceeds(value, crate::domain::limits::MAX_GRADER_BYTES) {
+            return Err(InvalidInput::new(
+                field,
+                format!(
+                    "a grader is at most {} bytes of JSON (its value, rubric, pattern and other options)",
+                    crate::domain::limits::MAX_GRADER_BYTES
+                ),
+            ));
+        }
         let mut options = object.clone();
         let type_name = match options.remove("type") {
             Some(Value::String(type_name)) => type_name,
@@ -348,8 +357,11 @@ impl GraderSpec {
                 "at least one grader is required",
             ));
         }
-        if values.len() > 50 {
-            return Err(InvalidInput::new("graders", "at most 50 graders"));
+        if values.len() > crate::domain::limits::MAX_GRADERS {
+            return Err(InvalidInput::new(
+                "graders",
+                format!("at most {} graders", crate::domain::limits::MAX_GRADERS),
+            ));
         }
         values
             .iter()

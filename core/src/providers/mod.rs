@@ -381,8 +381,11 @@ impl ModelCatalog {
                 "at least one model is required",
             ));
         }
-        if names.len() > 10 {
-            return Err(InvalidInput::new("models", "at most 10 models"));
+        if names.len() > crate::domain::limits::MAX_MODELS {
+            return Err(InvalidInput::new(
+                "models",
+                format!("at most {} models", crate::domain::limits::MAX_MODELS),
+            ));
         }
         for (index, name) in names.iter().enumerate() {
             if names[..index].contains(name) {
