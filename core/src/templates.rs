@@ -31,6 +31,28 @@ pub const RENDER_FUEL: u64 = 500_000;
 /// grader's value. Larger than any model's context window holds.
 pub const MAX_RENDERED_BYTES: usize = 1 << 20;
 
+/// Renders of one compiled template that may pass a limit before it is no
+/// longer rendered at all. Each such render costs a whole budget; a template
+/// past its limit on this many items is a bomb, not an unlucky item, and
+/// rendering it for the rest of a large dataset would pin a worker for
+/// minutes. Templates are compiled once per evaluation in each worker, so
+/// this bounds a bomb's cost per evaluation and worker.
+pub const MAX_LIMIT_TRIPS: u32 = 10;
+
+/// Counts the renders of one template that passed a limit (see [`MAX_LIMIT_TRIPS`]).
+#[derive(Debug, Default)]
+struct LimitTrips(std::sync::atomic::AtomicU32);
+
+impl LimitTrips {
+    fn exhausted(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed) >= MAX_LIMIT_TRIPS
+    }
+
+    fn record(&self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum TemplateError {
     #[error("message {index}: invalid template: {detail}")]
@@ -51,6 +73,10 @@ pub enum RenderLimit {
     Steps,
     #[error("the rendered text is larger than {MAX_RENDERED_BYTES} bytes")]
     Size,
+    #[error(
+        "not rendered: the template passed a render limit (more than {RENDER_FUEL} steps to render, or {MAX_RENDERED_BYTES} bytes) on {MAX_LIMIT_TRIPS} items already"
+    )]
+    Repeated,
 }
 
 impl TemplateError {
@@ -95,24 +121,29 @@ impl io::Write for CappedBuffer<'_> {
     }
 }
 
-/// Renders `template` into at most `*left` bytes (taking them off `left`).
+/// Renders `template` into at most `*left` bytes (taking them off `left`),
+/// unless its `trips` are exhausted.
 fn render_bounded(
     template: &minijinja::Template<'_, '_>,
     context: &Value,
     left: &mut usize,
+    trips: &LimitTrips,
 ) -> Result<String, RenderFailure> {
+    if trips.exhausted() {
+        return Err(RenderFailure::Limit(RenderLimit::Repeated));
+    }
     let mut buffer = CappedBuffer {
         bytes: Vec::new(),
         left,
     };
-    match template.render_captured_to(context, &mut buffer) {
-        Ok(_) => Ok(String::from_utf8(buffer.bytes).expect("minijinja writes UTF-8")),
-        Err(_) if *buffer.left == 0 => Err(RenderFailure::Limit(RenderLimit::Size)),
-        Err(error) if error.kind() == minijinja::ErrorKind::OutOfFuel => {
-            Err(RenderFailure::Limit(RenderLimit::Steps))
-        }
-        Err(error) => Err(RenderFailure::Error(error)),
-    }
+    let limit = match template.render_captured_to(context, &mut buffer) {
+        Ok(_) => return Ok(String::from_utf8(buffer.bytes).expect("minijinja writes UTF-8")),
+        Err(_) if *buffer.left == 0 => RenderLimit::Size,
+        Err(error) if error.kind() == minijinja::ErrorKind::OutOfFuel => RenderLimit::Steps,
+        Err(error) => return Err(RenderFailure::Error(error)),
+    };
+    trips.record();
+    Err(RenderFailure::Limit(limit))
 }
 
 enum RenderFailure {
@@ -124,6 +155,7 @@ enum RenderFailure {
 pub struct PromptTemplate {
     environment: Environment<'static>,
     roles: Vec<crate::domain::Role>,
+    trips: LimitTrips,
 }
 
 impl std::fmt::Debug for PromptTemplate {
@@ -171,6 +203,7 @@ impl PromptTemplate {
         Ok(Self {
             environment,
             roles: messages.iter().map(|message| message.role).collect(),
+            trips: LimitTrips::default(),
         })
     }
 
@@ -201,26 +234,24 @@ impl PromptTemplate {
                     .environment
                     .get_template(&index.to_string())
                     .expect("every message was added at compile time");
-                let content =
-                    render_bounded(&template, context, &mut left).map_err(
-                        |failure| match failure {
-                            RenderFailure::Limit(limit) => TemplateError::Limit { index, limit },
-                            RenderFailure::Error(error) => {
-                                let lacking =
-                                    lacking(&self.environment, &template, context, &error);
-                                let detail = if lacking.is_empty() {
+                let content = render_bounded(&template, context, &mut left, &self.trips).map_err(
+                    |failure| match failure {
+                        RenderFailure::Limit(limit) => TemplateError::Limit { index, limit },
+                        RenderFailure::Error(error) => {
+                            let lacking = lacking(&self.environment, &template, context, &error);
+                            let detail = if lacking.is_empty() {
+                                describe(&error)
+                            } else {
+                                format!(
+                                    "the item lacks variable(s) {}: {}",
+                                    lacking.join(", "),
                                     describe(&error)
-                                } else {
-                                    format!(
-                                        "the item lacks variable(s) {}: {}",
-                                        lacking.join(", "),
-                                        describe(&error)
-                                    )
-                                };
-                                TemplateError::Render { index, detail }
-                            }
-                        },
-                    )?;
+                                )
+                            };
+                            TemplateError::Render { index, detail }
+                        }
+                    },
+                )?;
                 Ok(ChatMessage {
                     role: *role,
                     content,
@@ -247,6 +278,7 @@ fn lacking(
 /// A single Jinja string, e.g. a grader's expected value `{{ expected }}`.
 pub struct ValueTemplate {
     environment: Environment<'static>,
+    trips: LimitTrips,
 }
 
 impl ValueTemplate {
@@ -259,7 +291,10 @@ impl ValueTemplate {
         environment
             .add_template_owned("value", source.to_owned())
             .map_err(|error| describe(&error))?;
-        Ok(Some(Self { environment }))
+        Ok(Some(Self {
+            environment,
+            trips: LimitTrips::default(),
+        }))
     }
 
     pub fn variables(&self) -> BTreeSet<String> {
@@ -278,17 +313,19 @@ impl ValueTemplate {
             .get_template("value")
             .expect("added at compile time");
         let mut left = MAX_RENDERED_BYTES;
-        render_bounded(&template, context, &mut left).map_err(|failure| match failure {
-            RenderFailure::Limit(limit) => limit.to_string(),
-            RenderFailure::Error(error) => {
-                let lacking = lacking(&self.environment, &template, context, &error);
-                if lacking.is_empty() {
-                    describe(&error)
-                } else {
-                    format!("the item lacks variable(s) {}", lacking.join(", "))
+        render_bounded(&template, context, &mut left, &self.trips).map_err(
+            |failure| match failure {
+                RenderFailure::Limit(limit) => limit.to_string(),
+                RenderFailure::Error(error) => {
+                    let lacking = lacking(&self.environment, &template, context, &error);
+                    if lacking.is_empty() {
+                        describe(&error)
+                    } else {
+                        format!("the item lacks variable(s) {}", lacking.join(", "))
+                    }
                 }
-            }
-        })
+            },
+        )
     }
 }
 
@@ -325,6 +362,39 @@ mod tests {
 
     use super::*;
     use crate::domain::Role;
+
+    #[test]
+    fn a_template_past_its_limit_on_enough_items_is_no_longer_rendered() {
+        let source = "{% for i in range(n) %}{% for j in range(n) %}.{% endfor %}{% endfor %}";
+        let bomb = PromptTemplate::compile(&messages(&[source])).unwrap();
+        for _ in 0..MAX_LIMIT_TRIPS {
+            let error = bomb.render(&json!({"n": 100_000})).unwrap_err();
+            assert_eq!(error.limit(), Some(RenderLimit::Steps));
+        }
+        // Refused without rendering, even for an item that would fit.
+        let error = bomb.render(&json!({"n": 2})).unwrap_err();
+        assert_eq!(error.limit(), Some(RenderLimit::Repeated));
+        assert!(error.to_string().contains("steps to render"), "{error}");
+        // The count belongs to the compiled template (one evaluation's).
+        let fresh = PromptTemplate::compile(&messages(&[source])).unwrap();
+        assert_eq!(fresh.render(&json!({"n": 2})).unwrap()[0].content, "....");
+
+        let value = ValueTemplate::compile(source).unwrap().unwrap();
+        for _ in 0..MAX_LIMIT_TRIPS {
+            assert!(
+                value
+                    .render(&json!({"n": 100_000}))
+                    .unwrap_err()
+                    .contains("steps to render")
+            );
+        }
+        assert!(
+            value
+                .render(&json!({"n": 2}))
+                .unwrap_err()
+                .starts_with("not rendered")
+        );
+    }
 
     fn messages(contents: &[&str]) -> Vec<ChatMessage> {
         contents

@@ -1,12 +1,14 @@
 //! End-to-end tests: the real `assay-api` and `assay-worker` binaries as
 //! processes, against real PostgreSQL and Redis, over real HTTP.
 
+mod bombs;
 mod budgets;
 mod cli;
 mod evaluation;
 mod graders;
 mod hostile_templates;
 mod observability;
+mod poison;
 mod providers;
 mod recovery;
 mod versioning;
