@@ -80,12 +80,12 @@ async fn three_api_processes_share_one_per_key_limit() {
         .map(|(_, url)| Client::new(url.clone(), Some(key.clone())))
         .collect();
 
-    // Four callers, each sending about 5 reads a second round-robin over the
-    // three replicas, for one minute: ~1,200 requests against a limit of 60
-    // a minute plus a burst of 10.
+    // Six callers, each sending up to 5 reads a second round-robin over the
+    // three replicas, for one minute: hundreds of requests (fewer on a
+    // loaded machine) against a limit of 60 a minute plus a burst of 10.
     let started = Instant::now();
     let window = Duration::from_secs(60);
-    let callers = (0..4).map(|caller| {
+    let callers = (0..6).map(|caller| {
         let clients = clients.clone();
         tokio::spawn(async move {
             let (mut accepted, mut limited) = (0u32, 0u32);
@@ -152,7 +152,11 @@ async fn three_api_processes_share_one_per_key_limit() {
     );
     // The limit binds, and it is a rate, not a refusal of everything.
     assert!(accepted_total >= f64::from(PER_MINUTE), "{accepted_total}");
-    assert!(limited_total > 500.0, "{limited_total}");
+    assert!(
+        accepted_total + limited_total >= 1.5 * f64::from(PER_MINUTE + BURST),
+        "the callers offered well over the limit"
+    );
+    assert!(limited_total > 0.0);
     assert!(
         accepted_by_api.iter().all(|accepted| *accepted > 0.0),
         "every replica took its share: {accepted_by_api:?}"
@@ -204,4 +208,89 @@ async fn a_key_revoked_on_one_api_is_refused_by_another_within_a_second() {
         assert_eq!(response.status, 401);
         assert_eq!(response.body["code"], "unauthorized");
     }
+}
+
+/// Runs `assay-api <args>` against `database`; returns (success, stdout, stderr).
+fn assay_api(database: &TestDatabase, args: &[&str]) -> (bool, String, String) {
+    let output = std::process::Command::new(assay_testkit::binary("assay-api"))
+        .args(args)
+        .env("DATABASE_URL", &database.url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("assay-api runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_list_and_revoke_keys_and_set_limits_with_the_binary() {
+    let database = TestDatabase::create().await.expect("database");
+    let redis = TestRedis::new();
+    let (ok, secret, stderr) = assay_api(
+        &database,
+        &[
+            "keys",
+            "create",
+            "--tenant",
+            "acme",
+            "--name",
+            "ci",
+            "--expires-in",
+            "30d",
+        ],
+    );
+    assert!(ok, "{stderr}");
+    let secret = secret.trim().to_owned();
+    assert!(secret.starts_with("assay_"), "{secret}");
+    assert!(stderr.contains("expiring"), "{stderr}");
+    let apis = start_apis(1, &database, &redis, &[]).await;
+    let client = Client::new(apis[0].1.clone(), Some(secret.clone()));
+    assert_eq!(client.get("/v1/prompts").await.expect("answer").status, 200);
+
+    let (ok, listed, stderr) = assay_api(&database, &["keys", "list", "--tenant", "acme"]);
+    assert!(ok, "{stderr}");
+    let row = listed
+        .lines()
+        .find(|line| line.contains(&secret[..12]))
+        .unwrap_or_else(|| panic!("the key is listed by its prefix: {listed}"));
+    assert!(!listed.contains(&secret), "never the secret");
+    assert!(
+        row.contains("member") && row.contains("active") && row.contains("ci"),
+        "{row}"
+    );
+    let key_id = row.split_whitespace().next().expect("id column");
+
+    let (ok, _, stderr) = assay_api(
+        &database,
+        &[
+            "limits",
+            "set",
+            "--tenant",
+            "acme",
+            "--reads-per-minute",
+            "30",
+        ],
+    );
+    assert!(ok, "{stderr}");
+    let limits = client.get("/v1/limits").await.expect("limits");
+    assert_eq!(limits.body["reads"]["per_minute"], 30, "{:?}", limits.body);
+
+    let (ok, _, stderr) = assay_api(&database, &["keys", "revoke", key_id]);
+    assert!(ok, "{stderr}");
+    assert_eq!(client.get("/v1/prompts").await.expect("answer").status, 401);
+    let (_, listed, _) = assay_api(&database, &["keys", "list"]);
+    assert!(
+        listed
+            .lines()
+            .any(|line| line.starts_with(key_id) && line.contains("revoked")),
+        "{listed}"
+    );
+    let (ok, _, stderr) = assay_api(
+        &database,
+        &["keys", "revoke", &uuid::Uuid::now_v7().to_string()],
+    );
+    assert!(!ok && stderr.contains("no key"), "{stderr}");
 }
