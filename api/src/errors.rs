@@ -46,6 +46,21 @@ pub enum ApiError {
     BodyTimeout(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The key sent more requests than its rate allows (the middleware adds `Retry-After`).
+    #[error("{0}")]
+    RateLimited(String),
+    /// An evaluation with more runs than the tenant's quota allows.
+    #[error("{0}")]
+    RunsQuotaExceeded(String),
+    /// The tenant already has its quota of evaluations queued or running.
+    #[error("{0}")]
+    ActiveEvaluationsQuotaExceeded(String),
+    /// An `Idempotency-Key` reused with another request.
+    #[error("{0}")]
+    IdempotencyMismatch(String),
+    /// An `Idempotency-Key` whose first request is still running.
+    #[error("{0}")]
+    IdempotencyInProgress(String),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -69,6 +84,18 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => ("payload_too_large", StatusCode::PAYLOAD_TOO_LARGE),
             ApiError::BodyTimeout(_) => ("body_timeout", StatusCode::REQUEST_TIMEOUT),
             ApiError::Unavailable(_) => ("unavailable", StatusCode::SERVICE_UNAVAILABLE),
+            ApiError::RateLimited(_) => ("rate_limited", StatusCode::TOO_MANY_REQUESTS),
+            ApiError::RunsQuotaExceeded(_) => (
+                "quota_runs_per_evaluation",
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            ApiError::ActiveEvaluationsQuotaExceeded(_) => {
+                ("quota_active_evaluations", StatusCode::TOO_MANY_REQUESTS)
+            }
+            ApiError::IdempotencyMismatch(_) => {
+                ("idempotency_mismatch", StatusCode::UNPROCESSABLE_ENTITY)
+            }
+            ApiError::IdempotencyInProgress(_) => ("idempotency_in_progress", StatusCode::CONFLICT),
             ApiError::Internal(_) => ("internal", StatusCode::INTERNAL_SERVER_ERROR),
         }
     }

@@ -90,6 +90,30 @@ pub fn describe() {
         "assay_template_limit_refusals_total",
         "Evaluations refused at submission (422) because their prompt passed a render limit (steps or size) on one of the dataset's first items."
     );
+    describe_counter!(
+        "assay_api_key_checks_total",
+        "API keys presented on /v1 requests, by outcome (valid, unknown, revoked, expired)."
+    );
+    describe_counter!(
+        "assay_api_keys_total",
+        "API keys created or revoked through the API, by action (created, revoked)."
+    );
+    describe_counter!(
+        "assay_rate_limit_requests_total",
+        "Requests counted against a key's rate, by class (read, write) and outcome (accepted, limited: answered 429, unchecked: Redis did not answer and the request went through)."
+    );
+    describe_counter!(
+        "assay_idempotency_requests_total",
+        "POSTs with an Idempotency-Key, by outcome (stored: first response kept, replayed, mismatch: 422, in_progress: 409, released: an error or an unread body, nothing kept, lost_claim: taken over after the lock timeout)."
+    );
+    describe_counter!(
+        "assay_idempotency_keys_purged_total",
+        "Idempotency-Key records deleted after their 24 hours."
+    );
+    describe_counter!(
+        "assay_quota_refusals_total",
+        "Evaluations refused by a tenant quota, by quota (runs_per_evaluation: 422, active_evaluations: 429)."
+    );
     assay_core::gauges::describe();
     describe_counter!(
         "assay_queue_push_failures_total",

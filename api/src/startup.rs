@@ -11,10 +11,12 @@ use assay_core::config::Settings;
 use assay_core::db::DbPool;
 use assay_core::providers::ModelCatalog;
 use assay_core::queue::JobQueue;
+use assay_core::request_limits::RateLimiter;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::errors::extractors;
-use crate::{metrics, request_id, routes};
+use crate::rate_limit::GuardConfig;
+use crate::{idempotency, metrics, rate_limit, request_id, routes};
 
 /// What every handler can reach.
 pub struct AppState {
@@ -31,6 +33,10 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// How slowly a request body may arrive.
     pub body_timeouts: crate::body::BodyTimeouts,
+    /// Rates, quotas and the Idempotency-Key lock timeout.
+    pub guards: GuardConfig,
+    /// Per-key request rates, shared by every replica through Redis.
+    pub rate_limiter: RateLimiter,
 }
 
 #[derive(Debug, Clone)]
@@ -45,6 +51,8 @@ pub struct ApiConfig {
     /// `ASSAY_BODY_IDLE_TIMEOUT` (default 30s) and `ASSAY_BODY_TIMEOUT`
     /// (default 10m): the longest pause in a request body, and its longest time.
     pub body_timeouts: crate::body::BodyTimeouts,
+    /// Request rates, quotas, Idempotency-Key lock timeout (`ASSAY_RATE_*`, `ASSAY_MAX_*`, `ASSAY_IDEMPOTENCY_LOCK_TIMEOUT`).
+    pub guards: GuardConfig,
 }
 
 impl ApiConfig {
@@ -63,6 +71,7 @@ impl ApiConfig {
                 idle: duration_from_env("ASSAY_BODY_IDLE_TIMEOUT", Duration::from_secs(30)),
                 total: duration_from_env("ASSAY_BODY_TIMEOUT", Duration::from_secs(600)),
             },
+            guards: GuardConfig::from_env(),
         }
     }
 }
@@ -107,6 +116,19 @@ impl Application {
                 }
             }
         });
+        // Idempotency-Key records live 24 hours; the purge is idempotent, so
+        // every replica may run it.
+        tokio::spawn({
+            let pool = pool.clone();
+            async move {
+                let mut ticks = tokio::time::interval(Duration::from_secs(60));
+                loop {
+                    ticks.tick().await;
+                    purge_idempotency_keys(&pool).await;
+                }
+            }
+        });
+        let rate_limiter = RateLimiter::new(redis.clone(), &settings.queue_prefix);
         let state = web::Data::new(AppState {
             pool,
             redis,
@@ -117,6 +139,8 @@ impl Application {
             estimate_max_items: settings.estimate_max_items,
             max_body_bytes: config.max_body_bytes,
             body_timeouts: config.body_timeouts,
+            guards: config.guards.clone(),
+            rate_limiter,
         });
         let listener = TcpListener::bind(&config.bind)
             .map_err(|error| anyhow::anyhow!("binding {}: {error}", config.bind))?;
@@ -133,6 +157,10 @@ impl Application {
                 .app_data(web::PayloadConfig::new(max_body_bytes))
                 .app_data(web::QueryConfig::default().error_handler(extractors::query))
                 .app_data(web::PathConfig::default().error_handler(extractors::path))
+                // Innermost first: the key is checked and limited before its
+                // Idempotency-Key is claimed.
+                .wrap(from_fn(idempotency::guard))
+                .wrap(from_fn(rate_limit::limit))
                 .wrap(from_fn(metrics::record))
                 // Outermost: the metrics middleware's work is inside the request's span too.
                 .wrap(from_fn(request_id::trace))
@@ -156,5 +184,30 @@ impl Application {
     /// finishes requests in flight).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await
+    }
+}
+
+async fn purge_idempotency_keys(pool: &DbPool) {
+    let purged = async {
+        let mut conn = pool.get().await?;
+        let mut total = 0;
+        loop {
+            let purged =
+                assay_core::db::models::idempotency::purge_expired(&mut conn, 1000).await?;
+            total += purged;
+            if purged < 1000 {
+                return anyhow::Ok(total);
+            }
+        }
+    }
+    .await;
+    match purged {
+        Ok(purged) => {
+            ::metrics::counter!("assay_idempotency_keys_purged_total").increment(purged as u64)
+        }
+        Err(error) => tracing::warn!(
+            error = format!("{error:#}"),
+            "could not purge expired Idempotency-Keys"
+        ),
     }
 }

@@ -328,6 +328,16 @@ async fn start_api(
 ) -> anyhow::Result<Process> {
     let mut env = env.to_vec();
     env.push(("ASSAY_BIND", format!("127.0.0.1:{port}")));
+    // The benchmark's client polls and submits far above a tenant's default rates.
+    for name in [
+        "ASSAY_RATE_READS_PER_MINUTE",
+        "ASSAY_RATE_WRITES_PER_MINUTE",
+    ] {
+        env.push((name, "1000000".to_owned()));
+    }
+    for name in ["ASSAY_RATE_READ_BURST", "ASSAY_RATE_WRITE_BURST"] {
+        env.push((name, "100000".to_owned()));
+    }
     let api = Process::start_logged("assay-api", &["serve"], &env, Some(&dir.join("api.log")))?;
     wait_ready(&format!("http://127.0.0.1:{port}/readyz")).await?;
     Ok(api)

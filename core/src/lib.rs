@@ -14,6 +14,7 @@
 //! - [`db`]: the schema, the pool and every query; each query filters on the tenant.
 //! - [`queue`]: job payloads and the Redis queue they travel on.
 //! - [`redis_pool`]: the pool for Assay's own Redis commands (limits, cache).
+//! - [`request_limits`]: per-key request rates (GCRA in Redis) and per-tenant quotas.
 //! - [`stats`]: paired statistics (exact McNemar, seeded bootstrap) for comparisons.
 //! - [`submit`]: writing and queueing an evaluation (the API and versioning jobs).
 //! - [`versioning`]: promotion and optimization jobs' domain: setups, policies,
@@ -31,6 +32,7 @@ pub mod graders;
 pub mod providers;
 pub mod queue;
 pub mod redis_pool;
+pub mod request_limits;
 pub mod stats;
 pub mod submit;
 pub mod telemetry;

@@ -5,7 +5,7 @@
 
 use diesel_async::AsyncPgConnection;
 
-use crate::db::models::evaluations::{self, Evaluation, NewEvaluation, Planning};
+use crate::db::models::evaluations::{self, Evaluation, NewEvaluation, Planning, QuotaCreateError};
 use crate::queue::JobQueue;
 
 /// What to do when the push fails twice.
@@ -26,6 +26,10 @@ pub enum SubmitError {
     /// The push failed twice and the evaluation was marked failed.
     #[error("the job queue is unavailable; evaluation {0} was recorded as failed")]
     QueueUnavailable(uuid::Uuid),
+    /// The tenant's quota of evaluations queued or running at once is full;
+    /// nothing was written.
+    #[error("the tenant already has {active} evaluations queued or running (its quota is {limit})")]
+    TooManyActive { active: i64, limit: i64 },
 }
 
 /// Writes the evaluation and its plan, then pushes its first chunks.
@@ -38,7 +42,31 @@ pub async fn submit(
     planning: Planning,
     on_push_failure: OnPushFailure,
 ) -> Result<Evaluation, SubmitError> {
-    let (evaluation, pushes) = evaluations::create(conn, actor, new, planning).await?;
+    submit_within_quota(conn, queue, actor, new, planning, on_push_failure, None).await
+}
+
+/// [`submit`], refused (nothing written) when `max_active` is given and the
+/// tenant already has that many evaluations queued or running.
+pub async fn submit_within_quota(
+    conn: &mut AsyncPgConnection,
+    queue: &JobQueue,
+    actor: &str,
+    new: &NewEvaluation,
+    planning: Planning,
+    on_push_failure: OnPushFailure,
+    max_active: Option<i64>,
+) -> Result<Evaluation, SubmitError> {
+    let (evaluation, pushes) = match max_active {
+        None => evaluations::create(conn, actor, new, planning).await?,
+        Some(limit) => evaluations::create_within_quota(conn, actor, new, planning, limit)
+            .await
+            .map_err(|error| match error {
+                QuotaCreateError::Database(error) => SubmitError::Database(error),
+                QuotaCreateError::TooManyActive { active, limit } => {
+                    SubmitError::TooManyActive { active, limit }
+                }
+            })?,
+    };
     if let Err(error) = queue.push(&pushes).await {
         metrics::counter!("assay_queue_push_failures_total").increment(1);
         tracing::error!(evaluation.id = %evaluation.id, error = format!("{error:#}"), "could not enqueue evaluation");

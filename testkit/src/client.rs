@@ -19,7 +19,16 @@ pub struct Response {
     pub location: Option<String>,
     /// The `X-Request-Id` the server answered with.
     pub request_id: Option<String>,
+    /// Every header of the answer (rate limits, replays).
+    pub headers: reqwest::header::HeaderMap,
     pub body: Value,
+}
+
+impl Response {
+    /// A header's value as text, if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|value| value.to_str().ok())
+    }
 }
 
 impl Client {
@@ -98,6 +107,45 @@ impl Client {
         .await
     }
 
+    /// Sends `method` to `path` with a JSON body (when given) and extra headers.
+    pub async fn send_with_headers(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<Response> {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base_url));
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        self.send(request).await
+    }
+
+    /// POSTs raw bytes with a content type and extra headers.
+    pub async fn post_raw_with_headers(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<Response> {
+        let mut request = self
+            .http
+            .post(format!("{}{path}", self.base_url))
+            .header("content-type", content_type)
+            .body(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        self.send(request).await
+    }
+
     pub async fn request(&self, method: reqwest::Method, path: &str) -> anyhow::Result<Response> {
         self.send(
             self.http
@@ -123,6 +171,7 @@ impl Client {
         let content_type = header("content-type").unwrap_or_default();
         let location = header("location");
         let request_id = header("x-request-id");
+        let headers = response.headers().clone();
         let text = response.text().await?;
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
         Ok(Response {
@@ -130,6 +179,7 @@ impl Client {
             content_type,
             location,
             request_id,
+            headers,
             body,
         })
     }

@@ -23,6 +23,7 @@ use super::{PageBody, PageQuery};
 use crate::auth::Authenticated;
 use crate::errors::ApiError;
 use crate::json::Json;
+use crate::rate_limit::TenantRequestLimits;
 use crate::request_id::RequestId;
 use crate::startup::AppState;
 
@@ -125,6 +126,7 @@ pub async fn create(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
     request_id: RequestId,
+    TenantRequestLimits(limits): TenantRequestLimits,
     body: Json<EvaluationRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let request = body.into_inner();
@@ -148,6 +150,14 @@ pub async fn create(
             "items x models x repeat is larger than one evaluation may be",
         )
     })?;
+    if i64::from(total) > limits.max_runs_per_evaluation {
+        metrics::counter!("assay_quota_refusals_total", "quota" => "runs_per_evaluation")
+            .increment(1);
+        return Err(ApiError::RunsQuotaExceeded(format!(
+            "this evaluation has {total} runs (items x models x repeat); the tenant's quota is {} per evaluation",
+            limits.max_runs_per_evaluation
+        )));
+    }
     let tenant_budget = budgets::tenant_budget(&mut conn, caller.tenant_id).await?;
     let template = Arc::new(
         PromptTemplate::compile(&content.messages)
@@ -208,7 +218,14 @@ pub async fn create(
         request_id: Some(request_id.0),
     };
     drop(conn);
-    enqueue(&state, &caller, new, dataset.item_count).await
+    enqueue(
+        &state,
+        &caller,
+        new,
+        dataset.item_count,
+        limits.max_active_evaluations,
+    )
+    .await
 }
 
 /// The version a request names, resolved now (a label moved later does not
@@ -352,24 +369,33 @@ async fn enqueue(
     caller: &assay_core::db::models::api_keys::Caller,
     new: NewEvaluation,
     items: i32,
+    max_active: i64,
 ) -> Result<HttpResponse, ApiError> {
     let mut conn = state.pool.get().await?;
     let planning = Planning {
         items,
         runs_per_chunk: state.runs_per_chunk,
     };
-    let evaluation = match submit::submit(
+    let evaluation = match submit::submit_within_quota(
         &mut conn,
         &state.queue,
         &caller.actor(),
         &new,
         planning,
         OnPushFailure::Fail,
+        Some(max_active),
     )
     .await
     {
         Ok(evaluation) => evaluation,
         Err(SubmitError::Database(error)) => return Err(error.into()),
+        Err(SubmitError::TooManyActive { active, limit }) => {
+            metrics::counter!("assay_quota_refusals_total", "quota" => "active_evaluations")
+                .increment(1);
+            return Err(ApiError::ActiveEvaluationsQuotaExceeded(format!(
+                "the tenant already has {active} evaluations queued or running; its quota is {limit} at once: wait for one to finish (or cancel one)"
+            )));
+        }
         Err(SubmitError::QueueUnavailable(id)) => {
             return Err(ApiError::Unavailable(format!(
                 "the job queue is unavailable; evaluation {id} was recorded as failed: resume it (POST /v1/evaluations/{id}/resume) once the queue is back"
@@ -485,6 +511,7 @@ pub async fn regrade(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
     request_id: RequestId,
+    TenantRequestLimits(limits): TenantRequestLimits,
     path: web::Path<Uuid>,
     body: Json<RegradeRequest>,
 ) -> Result<HttpResponse, ApiError> {
@@ -525,7 +552,14 @@ pub async fn regrade(
         request_id: Some(request_id.0),
     };
     drop(conn);
-    enqueue(&state, &caller, new, dataset.item_count).await
+    enqueue(
+        &state,
+        &caller,
+        new,
+        dataset.item_count,
+        limits.max_active_evaluations,
+    )
+    .await
 }
 
 pub async fn get(

@@ -7,7 +7,9 @@ mod datasets;
 mod evaluations;
 mod health;
 mod history;
+mod keys;
 mod labels;
+mod limits;
 mod models;
 mod optimizations;
 mod progress;
@@ -141,6 +143,23 @@ pub fn configure(config: &mut web::ServiceConfig) {
                     web::resource("/budget")
                         .get(budget::get)
                         .put(budget::put)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/keys")
+                        .get(keys::list)
+                        .post(keys::create)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/keys/{key_id}")
+                        .get(keys::get)
+                        .delete(keys::revoke)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/limits")
+                        .get(limits::get)
                         .default_service(web::to(method_not_allowed)),
                 )
                 .service(

@@ -7,14 +7,19 @@ mod compare;
 mod datasets_csv;
 mod history;
 mod hostile_input;
+mod idempotency;
+mod keys;
 mod queue_outage;
+mod rate_limits;
 mod resources;
 mod slow_uploads;
 mod tenancy;
 mod versioning;
 
+use assay_api::rate_limit::GuardConfig;
 use assay_api::startup::{ApiConfig, Application};
 use assay_core::config::Settings;
+use assay_core::request_limits::{Rate, RequestLimits};
 use assay_testkit::{Client, TestDatabase, TestRedis};
 use serde_json::{Value, json};
 
@@ -35,6 +40,11 @@ impl TestApp {
 
     /// With `redis_url`, the app reaches Redis there (e.g. through a proxy a test can cut).
     pub async fn spawn_with_redis(redis_url: Option<String>) -> TestApp {
+        Self::spawn_with(redis_url, generous_guards()).await
+    }
+
+    /// With `guards` (rates, quotas, Idempotency-Key lock timeout) of the test's choosing.
+    pub async fn spawn_with(redis_url: Option<String>, guards: GuardConfig) -> TestApp {
         let database = TestDatabase::create().await.expect("test database");
         let redis = TestRedis::new();
         let config = ApiConfig {
@@ -54,6 +64,7 @@ impl TestApp {
                 idle: std::time::Duration::from_secs(5),
                 total: std::time::Duration::from_secs(60),
             },
+            guards,
         };
         let application = Application::build(config).await.expect("app builds");
         let base_url = format!("http://127.0.0.1:{}", application.port());
@@ -121,6 +132,22 @@ impl TestApp {
             .await
             .unwrap()
             .count
+    }
+}
+
+/// Rates no ordinary test reaches (tests of the limits choose their own).
+pub fn generous_guards() -> GuardConfig {
+    let unlimited = Rate {
+        per_minute: 1_000_000,
+        burst: 100_000,
+    };
+    GuardConfig {
+        limits: RequestLimits {
+            reads: unlimited,
+            writes: unlimited,
+            ..RequestLimits::default()
+        },
+        ..GuardConfig::default()
     }
 }
 

@@ -9,6 +9,8 @@ diesel::table! {
         created_at -> Timestamptz,
         revoked_at -> Nullable<Timestamptz>,
         scope -> Text,
+        expires_at -> Nullable<Timestamptz>,
+        name -> Nullable<Text>,
     }
 }
 
@@ -132,6 +134,21 @@ diesel::table! {
         resource_type -> Text,
         resource_id -> Uuid,
         data -> Jsonb,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    idempotency_keys (tenant_id, idempotency_key) {
+        tenant_id -> Uuid,
+        idempotency_key -> Text,
+        claim_id -> Uuid,
+        status -> Text,
+        request_hash -> Nullable<Bytea>,
+        response_status -> Nullable<Int4>,
+        response_headers -> Nullable<Jsonb>,
+        response_body -> Nullable<Bytea>,
+        locked_at -> Timestamptz,
         created_at -> Timestamptz,
     }
 }
@@ -294,6 +311,19 @@ diesel::table! {
 }
 
 diesel::table! {
+    tenant_limits (tenant_id) {
+        tenant_id -> Uuid,
+        reads_per_minute -> Nullable<Int4>,
+        read_burst -> Nullable<Int4>,
+        writes_per_minute -> Nullable<Int4>,
+        write_burst -> Nullable<Int4>,
+        max_runs_per_evaluation -> Nullable<Int4>,
+        max_active_evaluations -> Nullable<Int4>,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     tenant_spend (tenant_id, month) {
         tenant_id -> Uuid,
         month -> Date,
@@ -315,10 +345,12 @@ diesel::joinable!(datasets -> tenants (tenant_id));
 diesel::joinable!(evaluation_chunks -> evaluations (evaluation_id));
 diesel::joinable!(evaluation_results -> evaluations (evaluation_id));
 diesel::joinable!(events -> tenants (tenant_id));
+diesel::joinable!(idempotency_keys -> tenants (tenant_id));
 diesel::joinable!(optimization_candidates -> optimizations (optimization_id));
 diesel::joinable!(prompts -> tenants (tenant_id));
 diesel::joinable!(superseded_results -> evaluations (evaluation_id));
 diesel::joinable!(tenant_budgets -> tenants (tenant_id));
+diesel::joinable!(tenant_limits -> tenants (tenant_id));
 diesel::joinable!(tenant_spend -> tenants (tenant_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
@@ -329,6 +361,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     evaluation_results,
     evaluations,
     events,
+    idempotency_keys,
     optimization_candidates,
     optimizations,
     promotions,
@@ -338,6 +371,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     prompts,
     superseded_results,
     tenant_budgets,
+    tenant_limits,
     tenant_spend,
     tenants,
 );

@@ -2,6 +2,7 @@
 //! processes, against real PostgreSQL and Redis, over real HTTP.
 
 mod bombs;
+mod api_contract;
 mod budgets;
 mod cli;
 mod evaluation;
@@ -121,6 +122,11 @@ impl Stack {
             ("ASSAY_BIND", format!("127.0.0.1:{port}")),
             ("ASSAY_DATABASE_POOL_SIZE", "8".to_owned()),
             ("HOSTNAME", "e2e".to_owned()),
+            // Tests of the rate limits set their own; the others must never meet one.
+            ("ASSAY_RATE_READS_PER_MINUTE", "1000000".to_owned()),
+            ("ASSAY_RATE_READ_BURST", "100000".to_owned()),
+            ("ASSAY_RATE_WRITES_PER_MINUTE", "1000000".to_owned()),
+            ("ASSAY_RATE_WRITE_BURST", "100000".to_owned()),
         ]
     }
 

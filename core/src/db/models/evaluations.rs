@@ -258,6 +258,46 @@ pub async fn create(
     .await
 }
 
+/// Why [`create_within_quota`] wrote nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum QuotaCreateError {
+    #[error(transparent)]
+    Database(#[from] diesel::result::Error),
+    /// The tenant already has `limit` evaluations queued or running.
+    #[error("the tenant already has {active} evaluations queued or running (its quota is {limit})")]
+    TooManyActive { active: i64, limit: i64 },
+}
+
+/// [`create`], unless the tenant already has `max_active` evaluations
+/// queued or running. The tenant's row is locked (`FOR NO KEY UPDATE`, which
+/// does not block inserts that reference it) for the check and the insert,
+/// so concurrent submissions cannot all pass the same count.
+pub async fn create_within_quota(
+    conn: &mut AsyncPgConnection,
+    actor: &str,
+    new: &NewEvaluation,
+    planning: Planning,
+    max_active: i64,
+) -> Result<(Evaluation, Vec<Push>), QuotaCreateError> {
+    conn.transaction(async |conn| {
+        crate::db::schema::tenants::table
+            .filter(crate::db::schema::tenants::id.eq(new.tenant_id))
+            .select(crate::db::schema::tenants::id)
+            .for_no_key_update()
+            .first::<Uuid>(conn)
+            .await?;
+        let active = super::tenant_limits::active_evaluations(conn, new.tenant_id).await?;
+        if active >= max_active {
+            return Err(QuotaCreateError::TooManyActive {
+                active,
+                limit: max_active,
+            });
+        }
+        Ok(create(conn, actor, new, planning).await?)
+    })
+    .await
+}
+
 /// The evaluation, its row locked until the transaction ends.
 pub async fn lock(
     conn: &mut AsyncPgConnection,

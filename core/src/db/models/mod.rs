@@ -9,11 +9,13 @@ pub mod compare;
 pub mod datasets;
 pub mod evaluations;
 pub mod events;
+pub mod idempotency;
 pub mod labels;
 pub mod optimizations;
 pub mod promotions;
 pub mod prompts;
 pub mod results;
+pub mod tenant_limits;
 
 /// Pages hold at most this many rows.
 pub const MAX_PAGE_SIZE: i64 = 1000;
