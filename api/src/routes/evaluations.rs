@@ -76,6 +76,10 @@ struct EvaluationBody {
     created_at: DateTime<Utc>,
     started_at: Option<DateTime<Utc>>,
     finished_at: Option<DateTime<Utc>>,
+    /// The evaluation's own webhook with its signing secret: only in the
+    /// 202 of a submission with `webhook_url` (the secret is not shown again).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    webhook: Option<super::webhooks::CreatedWebhook>,
 }
 
 impl From<Evaluation> for EvaluationBody {
@@ -113,6 +117,7 @@ impl From<Evaluation> for EvaluationBody {
             created_at: evaluation.created_at,
             started_at: evaluation.started_at,
             finished_at: evaluation.finished_at,
+            webhook: None,
         }
     }
 }
@@ -128,6 +133,10 @@ pub async fn create(
     body: Json<EvaluationRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let request = body.into_inner();
+    if let Some(url) = &request.webhook_url {
+        assay_core::webhooks::validate_url("webhook_url", url)?;
+    }
+    let webhook_url = request.webhook_url.clone();
     let choice = request.prompt_choice()?;
     let mut conn = state.pool.get().await?;
     let (version, prompt_ref) = resolve_prompt(&mut conn, caller.tenant_id, choice).await?;
@@ -208,7 +217,14 @@ pub async fn create(
         request_id: Some(request_id.0),
     };
     drop(conn);
-    enqueue(&state, &caller, new, dataset.item_count).await
+    enqueue(
+        &state,
+        &caller,
+        new,
+        dataset.item_count,
+        webhook_url.as_deref(),
+    )
+    .await
 }
 
 /// The version a request names, resolved now (a label moved later does not
@@ -347,13 +363,25 @@ async fn check_budgets(
 /// If the push fails twice, the evaluation is marked failed (nothing
 /// half-done is left; it can be resumed once Redis is back) and the answer
 /// is 503.
+///
+/// With `webhook_url`, the evaluation's own webhook is written first (no
+/// event of the evaluation can precede it) and removed again if the
+/// evaluation could not be recorded.
 async fn enqueue(
     state: &AppState,
     caller: &assay_core::db::models::api_keys::Caller,
     new: NewEvaluation,
     items: i32,
+    webhook_url: Option<&str>,
 ) -> Result<HttpResponse, ApiError> {
     let mut conn = state.pool.get().await?;
+    let webhook = match webhook_url {
+        Some(url) => Some(
+            super::webhooks::create_for_evaluation(&mut conn, caller.tenant_id, new.id, url)
+                .await?,
+        ),
+        None => None,
+    };
     let planning = Planning {
         items,
         runs_per_chunk: state.runs_per_chunk,
@@ -369,16 +397,29 @@ async fn enqueue(
     .await
     {
         Ok(evaluation) => evaluation,
-        Err(SubmitError::Database(error)) => return Err(error.into()),
+        Err(SubmitError::Database(error)) => {
+            if let Some(webhook) = &webhook {
+                // Best effort: an orphan row would never be sent anything.
+                let _ = assay_core::db::models::webhooks::forget_unused(
+                    &mut conn,
+                    caller.tenant_id,
+                    webhook.id(),
+                )
+                .await;
+            }
+            return Err(error.into());
+        }
         Err(SubmitError::QueueUnavailable(id)) => {
             return Err(ApiError::Unavailable(format!(
                 "the job queue is unavailable; evaluation {id} was recorded as failed: resume it (POST /v1/evaluations/{id}/resume) once the queue is back"
             )));
         }
     };
+    let mut body = EvaluationBody::from(evaluation);
+    body.webhook = webhook;
     Ok(HttpResponse::Accepted()
-        .insert_header(("Location", format!("/v1/evaluations/{}", evaluation.id)))
-        .json(EvaluationBody::from(evaluation)))
+        .insert_header(("Location", format!("/v1/evaluations/{}", body.id)))
+        .json(body))
 }
 
 /// `POST /v1/evaluations/{id}/cancel`: no new LLM calls within seconds;
@@ -525,7 +566,7 @@ pub async fn regrade(
         request_id: Some(request_id.0),
     };
     drop(conn);
-    enqueue(&state, &caller, new, dataset.item_count).await
+    enqueue(&state, &caller, new, dataset.item_count, None).await
 }
 
 pub async fn get(

@@ -10,6 +10,7 @@ mod observability;
 mod providers;
 mod recovery;
 mod versioning;
+mod webhooks;
 mod worker_failures;
 
 use std::path::PathBuf;

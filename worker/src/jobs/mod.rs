@@ -1,5 +1,6 @@
 //! Every job kind a worker runs: one module per kind ([`chunk`],
-//! [`versioning`] for promotions and optimizations), each on its own
+//! [`versioning`] for promotions and optimizations, [`webhooks`] for
+//! webhook delivery attempts), each on its own
 //! queue(s), registered in [`crate::run`]; metrics carry the `kind` label.
 //!
 //! Retry policy: the apalis Redis backend re-schedules every failed job by
@@ -10,6 +11,7 @@
 
 pub mod chunk;
 pub mod versioning;
+pub mod webhooks;
 
 use std::sync::Arc;
 

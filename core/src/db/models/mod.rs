@@ -14,6 +14,7 @@ pub mod optimizations;
 pub mod promotions;
 pub mod prompts;
 pub mod results;
+pub mod webhooks;
 
 /// Pages hold at most this many rows.
 pub const MAX_PAGE_SIZE: i64 = 1000;
