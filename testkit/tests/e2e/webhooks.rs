@@ -175,13 +175,35 @@ async fn a_receiver_failing_three_times_gets_each_event_once_signed() {
     // The evaluation's own webhook heard only its evaluation.
     assert_eq!(evaluation_receiver.received().len(), 4);
 
+    metrics_show(
+        &stack,
+        &[
+            r#"assay_webhook_deliveries_total{outcome="succeeded"} 3"#,
+            r#"assay_webhook_attempts_total{outcome="http_error"} 6"#,
+            r#"assay_webhook_attempts_total{outcome="succeeded"} 3"#,
+            "assay_webhook_attempt_duration_seconds_bucket",
+            "assay_webhook_deliveries_pending 0",
+        ],
+    )
+    .await;
+}
+
+/// Waits until the worker's `/metrics` holds every line of `expected` (its
+/// counters move just after the rows the log reads).
+async fn metrics_show(stack: &Stack, expected: &[&str]) {
+    eventually(Duration::from_secs(20), "webhook metrics", || async {
+        let metrics = stack.worker_metrics(0).await;
+        Ok(expected
+            .iter()
+            .all(|line| metrics.contains(line))
+            .then_some(()))
+    })
+    .await
+    .ok();
     let metrics = stack.worker_metrics(0).await;
-    assert!(
-        metrics.contains(r#"assay_webhook_deliveries_total{outcome="succeeded"} 3"#),
-        "{metrics}"
-    );
-    assert!(metrics.contains(r#"assay_webhook_attempts_total{outcome="http_error"} 6"#));
-    assert!(metrics.contains("assay_webhook_attempt_duration_seconds_bucket"));
+    for line in expected {
+        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,9 +250,15 @@ async fn a_receiver_down_for_good_leaves_every_attempt_in_the_log() {
             "{attempt}"
         );
     }
-    let metrics = stack.worker_metrics(0).await;
-    assert!(metrics.contains(r#"assay_webhook_deliveries_total{outcome="failed"} 2"#));
-    assert!(metrics.contains(r#"assay_webhook_attempts_total{outcome="connect_error"}"#));
+    metrics_show(
+        &stack,
+        &[
+            r#"assay_webhook_deliveries_total{outcome="failed"} 2"#,
+            r#"assay_webhook_attempts_total{outcome="connect_error"}"#,
+            r#"assay_webhook_attempts_total{outcome="http_error"}"#,
+        ],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
