@@ -20,6 +20,7 @@
 //! - [`versioning`]: promotion and optimization jobs' domain: setups, policies,
 //!   the optimizer's meta-prompt and how its proposals are checked.
 //! - [`telemetry`]: logging and the Prometheus recorder.
+//! - [`webhooks`]: webhook event types, URL checks, signatures, retry timing.
 //!
 //! `core` knows nothing about HTTP routing or how workers run jobs.
 
@@ -38,3 +39,4 @@ pub mod submit;
 pub mod telemetry;
 pub mod templates;
 pub mod versioning;
+pub mod webhooks;

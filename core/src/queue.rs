@@ -373,7 +373,8 @@ impl JobQueue {
             .await
     }
 
-    async fn alive_in(&self, queue: &str, job_ids: &[Uuid]) -> anyhow::Result<Vec<bool>> {
+    /// Which of `job_ids` are still alive in the queue named `queue`.
+    pub async fn alive_in(&self, queue: &str, job_ids: &[Uuid]) -> anyhow::Result<Vec<bool>> {
         if job_ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -409,7 +410,8 @@ impl JobQueue {
             .await
     }
 
-    async fn forget_finished_in(&self, queue: &str, age: Duration) -> anyhow::Result<u64> {
+    /// [`JobQueue::forget_finished`] for the queue named `queue`.
+    pub async fn forget_finished_in(&self, queue: &str, age: Duration) -> anyhow::Result<u64> {
         let cutoff = chrono::Utc::now().timestamp() - i64::try_from(age.as_secs()).unwrap_or(0);
         let mut removed = 0;
         for set in ["done", "dead"] {

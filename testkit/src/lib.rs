@@ -8,6 +8,8 @@
 //!   (killed on drop), for tests that must see real processes die.
 //! - [`Client`]: a small JSON client with a bearer key.
 //! - [`Proxy`]: a TCP proxy a test can cut, to take Redis away from one process.
+//! - [`Receiver`]: a local HTTP server that records webhook requests and
+//!   answers with scripted statuses.
 //! - [`PrivatePostgres`], [`PrivateRedis`]: servers of the test's own, to
 //!   restart or flush without disturbing the tests running beside it.
 //!
@@ -17,6 +19,7 @@
 pub mod client;
 mod process;
 mod proxy;
+mod receiver;
 mod servers;
 
 use std::time::Duration;
@@ -27,6 +30,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 pub use client::Client;
 pub use process::{Process, binary, free_port};
 pub use proxy::Proxy;
+pub use receiver::{Received, Receiver};
 pub use servers::{PrivatePostgres, PrivateRedis};
 
 fn admin_url() -> String {

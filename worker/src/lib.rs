@@ -1,5 +1,5 @@
-//! Assay's worker: takes chunk, promotion and optimization jobs from Redis
-//! (apalis) and runs them.
+//! Assay's worker: takes chunk, promotion, optimization and webhook jobs
+//! from Redis (apalis) and runs them.
 //!
 //! Layout: [`jobs`] holds one module per job type and registers them;
 //! [`environment`] is the context jobs share (pools, the LLM client, the
@@ -76,6 +76,7 @@ pub struct WorkerConfig {
 pub async fn run(config: WorkerConfig) -> anyhow::Result<()> {
     let prometheus = assay_core::telemetry::install_prometheus();
     metrics::describe();
+    jobs::webhooks::describe();
     let settings = &config.settings;
     // Checked first: a bad registry entry stops the process with a message naming it.
     let catalog = ModelCatalog::from_env(assay_core::providers::registry::Keys::Required)?;
@@ -209,6 +210,39 @@ pub async fn run(config: WorkerConfig) -> anyhow::Result<()> {
         VersioningKind::Optimization,
         jobs::versioning::run_optimization
     );
+    // Webhook attempts: their own queue and slots, fed by the relay from
+    // the outbox in PostgreSQL.
+    let webhook_kind = Arc::new(jobs::webhooks::WebhookKind::new(
+        assay_core::webhooks::DeliverySettings::from_env()?,
+    )?);
+    let webhook_storage =
+        assay_core::webhooks::webhook_storage(conn.clone(), &settings.queue_prefix);
+    tokio::spawn(jobs::webhooks::relay(
+        env.clone(),
+        webhook_storage.clone(),
+        config.poll_interval,
+        config.job_retention,
+    ));
+    {
+        let queue = assay_core::webhooks::webhook_queue(&settings.queue_prefix);
+        let (env, process_name, poll_interval) =
+            (env.clone(), process_name.clone(), config.poll_interval);
+        let slots = webhook_kind.settings.concurrency;
+        let webhook_kind = webhook_kind.clone();
+        monitor = monitor.register(move |restart| {
+            WorkerBuilder::new(format!("{queue}-{process_name}-{restart}"))
+                .backend(
+                    webhook_storage
+                        .clone()
+                        .poll_with_strategy(Strategy::new().interval(poll_interval)),
+                )
+                .data(env.clone())
+                .data(webhook_kind.clone())
+                .concurrency(slots)
+                .parallelize(tokio::spawn)
+                .build(jobs::webhooks::run_delivery)
+        });
+    }
     let max_restarts = config.max_restarts;
     let monitor = monitor
         .should_restart({

@@ -77,6 +77,10 @@ struct EvaluationBody {
     created_at: DateTime<Utc>,
     started_at: Option<DateTime<Utc>>,
     finished_at: Option<DateTime<Utc>>,
+    /// The evaluation's own webhook with its signing secret: only in the
+    /// 202 of a submission with `webhook_url` (the secret is not shown again).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    webhook: Option<super::webhooks::CreatedWebhook>,
 }
 
 impl From<Evaluation> for EvaluationBody {
@@ -114,6 +118,7 @@ impl From<Evaluation> for EvaluationBody {
             created_at: evaluation.created_at,
             started_at: evaluation.started_at,
             finished_at: evaluation.finished_at,
+            webhook: None,
         }
     }
 }
@@ -130,6 +135,10 @@ pub async fn create(
     body: Json<EvaluationRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let request = body.into_inner();
+    if let Some(url) = &request.webhook_url {
+        assay_core::webhooks::validate_url("webhook_url", url)?;
+    }
+    let webhook_url = request.webhook_url.clone();
     let choice = request.prompt_choice()?;
     let mut conn = state.pool.get().await?;
     let (version, prompt_ref) = resolve_prompt(&mut conn, caller.tenant_id, choice).await?;
@@ -224,6 +233,7 @@ pub async fn create(
         new,
         dataset.item_count,
         limits.max_active_evaluations,
+        webhook_url.as_deref(),
     )
     .await
 }
@@ -364,14 +374,26 @@ async fn check_budgets(
 /// If the push fails twice, the evaluation is marked failed (nothing
 /// half-done is left; it can be resumed once Redis is back) and the answer
 /// is 503.
+///
+/// With `webhook_url`, the evaluation's own webhook is written first (no
+/// event of the evaluation can precede it) and removed again if the
+/// evaluation could not be recorded.
 async fn enqueue(
     state: &AppState,
     caller: &assay_core::db::models::api_keys::Caller,
     new: NewEvaluation,
     items: i32,
     max_active: i64,
+    webhook_url: Option<&str>,
 ) -> Result<HttpResponse, ApiError> {
     let mut conn = state.pool.get().await?;
+    let webhook = match webhook_url {
+        Some(url) => Some(
+            super::webhooks::create_for_evaluation(&mut conn, caller.tenant_id, new.id, url)
+                .await?,
+        ),
+        None => None,
+    };
     let planning = Planning {
         items,
         runs_per_chunk: state.runs_per_chunk,
@@ -388,13 +410,27 @@ async fn enqueue(
     .await
     {
         Ok(evaluation) => evaluation,
-        Err(SubmitError::Database(error)) => return Err(error.into()),
-        Err(SubmitError::TooManyActive { active, limit }) => {
-            metrics::counter!("assay_quota_refusals_total", "quota" => "active_evaluations")
-                .increment(1);
-            return Err(ApiError::ActiveEvaluationsQuotaExceeded(format!(
-                "the tenant already has {active} evaluations queued or running; its quota is {limit} at once: wait for one to finish (or cancel one)"
-            )));
+        Err(error @ (SubmitError::Database(_) | SubmitError::TooManyActive { .. })) => {
+            if let Some(webhook) = &webhook {
+                // Best effort: an orphan row would never be sent anything.
+                let _ = assay_core::db::models::webhooks::forget_unused(
+                    &mut conn,
+                    caller.tenant_id,
+                    webhook.id(),
+                )
+                .await;
+            }
+            return Err(match error {
+                SubmitError::TooManyActive { active, limit } => {
+                    metrics::counter!("assay_quota_refusals_total", "quota" => "active_evaluations")
+                        .increment(1);
+                    ApiError::ActiveEvaluationsQuotaExceeded(format!(
+                        "the tenant already has {active} evaluations queued or running; its quota is {limit} at once: wait for one to finish (or cancel one)"
+                    ))
+                }
+                SubmitError::Database(error) => error.into(),
+                _ => unreachable!("matched above"),
+            });
         }
         Err(SubmitError::QueueUnavailable(id)) => {
             return Err(ApiError::Unavailable(format!(
@@ -402,9 +438,11 @@ async fn enqueue(
             )));
         }
     };
+    let mut body = EvaluationBody::from(evaluation);
+    body.webhook = webhook;
     Ok(HttpResponse::Accepted()
-        .insert_header(("Location", format!("/v1/evaluations/{}", evaluation.id)))
-        .json(EvaluationBody::from(evaluation)))
+        .insert_header(("Location", format!("/v1/evaluations/{}", body.id)))
+        .json(body))
 }
 
 /// `POST /v1/evaluations/{id}/cancel`: no new LLM calls within seconds;
@@ -558,6 +596,7 @@ pub async fn regrade(
         new,
         dataset.item_count,
         limits.max_active_evaluations,
+        None,
     )
     .await
 }

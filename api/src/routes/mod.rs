@@ -15,6 +15,7 @@ mod optimizations;
 mod progress;
 mod promotions;
 mod prompts;
+mod webhooks;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use assay_core::db::models::MAX_PAGE_SIZE;
@@ -232,6 +233,23 @@ pub fn configure(config: &mut web::ServiceConfig) {
                 .service(
                     web::resource("/evaluations/{a}/compare/{b}/changes")
                         .get(compare::changes)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/webhooks")
+                        .get(webhooks::list)
+                        .post(webhooks::create)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/webhooks/{webhook_id}")
+                        .get(webhooks::get)
+                        .delete(webhooks::delete)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/webhooks/{webhook_id}/deliveries")
+                        .get(webhooks::deliveries)
                         .default_service(web::to(method_not_allowed)),
                 ),
         )

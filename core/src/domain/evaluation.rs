@@ -51,6 +51,10 @@ pub struct EvaluationRequest {
     /// when its calls would.
     #[serde(default)]
     pub max_cost_usd: Option<f64>,
+    /// Where to POST this evaluation's end (`evaluation.succeeded`,
+    /// `failed`, `canceled`), signed with a secret returned once in the 202.
+    #[serde(default)]
+    pub webhook_url: Option<String>,
 }
 
 /// Which queue an evaluation's chunks travel on: workers serve high before

@@ -95,6 +95,7 @@ impl EvaluationSetup {
             cache: None,
             priority: None,
             max_cost_usd: None,
+            webhook_url: None,
         };
         let graders = request.validate(catalog, prompt, shape)?;
         let graders = match serde_json::to_value(&graders).expect("graders serialize") {

@@ -13,6 +13,7 @@ mod poison;
 mod providers;
 mod recovery;
 mod versioning;
+mod webhooks;
 mod worker_failures;
 
 use std::path::PathBuf;

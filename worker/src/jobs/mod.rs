@@ -1,5 +1,6 @@
 //! Every job kind a worker runs: one module per kind ([`chunk`],
-//! [`versioning`] for promotions and optimizations), each on its own
+//! [`versioning`] for promotions and optimizations, [`webhooks`] for
+//! webhook delivery attempts), each on its own
 //! queue(s), registered in [`crate::run`]; metrics carry the `kind` label.
 //!
 //! Retry policy: the apalis Redis backend re-schedules every failed job by
@@ -11,6 +12,7 @@
 pub mod chunk;
 mod poison;
 pub mod versioning;
+pub mod webhooks;
 
 use std::sync::Arc;
 

@@ -32,10 +32,15 @@ pub struct Event {
     pub created_at: DateTime<Utc>,
 }
 
+/// Appends an event; one that webhooks are sent (see
+/// [`crate::webhooks::EVENT_TYPES`]) also writes its deliveries, in the
+/// caller's transaction (the outbox).
 pub async fn record(conn: &mut AsyncPgConnection, event: NewEvent<'_>) -> QueryResult<()> {
     diesel::insert_into(events::table)
         .values(&event)
         .execute(conn)
+        .await?;
+    super::webhooks::enqueue_for_event(conn, &event)
         .await
         .map(drop)
 }

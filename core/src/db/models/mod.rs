@@ -16,6 +16,7 @@ pub mod promotions;
 pub mod prompts;
 pub mod results;
 pub mod tenant_limits;
+pub mod webhooks;
 
 /// Pages hold at most this many rows.
 pub const MAX_PAGE_SIZE: i64 = 1000;

@@ -389,38 +389,43 @@ pub async fn finish(
     comparison: Option<&Value>,
     reason: &str,
 ) -> QueryResult<bool> {
-    let updated = diesel::update(
-        optimizations::table
-            .filter(optimizations::tenant_id.eq(tenant_id))
-            .filter(optimizations::id.eq(id))
-            .filter(optimizations::status.eq_any(UNFINISHED)),
-    )
-    .set((
-        optimizations::status.eq(status),
-        optimizations::winner_version_id.eq(winner),
-        optimizations::comparison.eq(comparison),
-        optimizations::reason.eq(reason),
-        optimizations::finished_at.eq(diesel::dsl::now),
-        optimizations::updated_at.eq(diesel::dsl::now),
-    ))
-    .execute(conn)
-    .await?;
-    if updated == 1 {
-        let action = format!("optimization.{status}");
-        events::record(
-            conn,
-            NewEvent {
-                tenant_id,
-                actor,
-                action: &action,
-                resource_type: "optimization",
-                resource_id: id,
-                data: serde_json::json!({ "reason": reason, "winner_version_id": winner }),
-            },
+    // One transaction: the status and its event (and the webhook
+    // deliveries the event owes) are written together or not at all.
+    conn.transaction(async |conn| {
+        let updated = diesel::update(
+            optimizations::table
+                .filter(optimizations::tenant_id.eq(tenant_id))
+                .filter(optimizations::id.eq(id))
+                .filter(optimizations::status.eq_any(UNFINISHED)),
         )
+        .set((
+            optimizations::status.eq(status),
+            optimizations::winner_version_id.eq(winner),
+            optimizations::comparison.eq(comparison),
+            optimizations::reason.eq(reason),
+            optimizations::finished_at.eq(diesel::dsl::now),
+            optimizations::updated_at.eq(diesel::dsl::now),
+        ))
+        .execute(conn)
         .await?;
-    }
-    Ok(updated == 1)
+        if updated == 1 {
+            let action = format!("optimization.{status}");
+            events::record(
+                conn,
+                NewEvent {
+                    tenant_id,
+                    actor,
+                    action: &action,
+                    resource_type: "optimization",
+                    resource_id: id,
+                    data: serde_json::json!({ "reason": reason, "winner_version_id": winner }),
+                },
+            )
+            .await?;
+        }
+        Ok(updated == 1)
+    })
+    .await
 }
 
 pub async fn stale(

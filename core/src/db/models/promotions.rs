@@ -7,7 +7,7 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -182,37 +182,42 @@ pub async fn finish(
     comparison: Option<&Value>,
     reason: &str,
 ) -> QueryResult<bool> {
-    let updated = diesel::update(
-        promotions::table
-            .filter(promotions::tenant_id.eq(tenant_id))
-            .filter(promotions::id.eq(id))
-            .filter(promotions::status.eq_any(UNFINISHED)),
-    )
-    .set((
-        promotions::status.eq(status),
-        promotions::comparison.eq(comparison),
-        promotions::reason.eq(reason),
-        promotions::finished_at.eq(diesel::dsl::now),
-        promotions::updated_at.eq(diesel::dsl::now),
-    ))
-    .execute(conn)
-    .await?;
-    if updated == 1 {
-        let action = format!("promotion.{status}");
-        events::record(
-            conn,
-            NewEvent {
-                tenant_id,
-                actor,
-                action: &action,
-                resource_type: "promotion",
-                resource_id: id,
-                data: serde_json::json!({ "reason": reason, "comparison": comparison }),
-            },
+    // One transaction: the status and its event (and the webhook
+    // deliveries the event owes) are written together or not at all.
+    conn.transaction(async |conn| {
+        let updated = diesel::update(
+            promotions::table
+                .filter(promotions::tenant_id.eq(tenant_id))
+                .filter(promotions::id.eq(id))
+                .filter(promotions::status.eq_any(UNFINISHED)),
         )
+        .set((
+            promotions::status.eq(status),
+            promotions::comparison.eq(comparison),
+            promotions::reason.eq(reason),
+            promotions::finished_at.eq(diesel::dsl::now),
+            promotions::updated_at.eq(diesel::dsl::now),
+        ))
+        .execute(conn)
         .await?;
-    }
-    Ok(updated == 1)
+        if updated == 1 {
+            let action = format!("promotion.{status}");
+            events::record(
+                conn,
+                NewEvent {
+                    tenant_id,
+                    actor,
+                    action: &action,
+                    resource_type: "promotion",
+                    resource_id: id,
+                    data: serde_json::json!({ "reason": reason, "comparison": comparison }),
+                },
+            )
+            .await?;
+        }
+        Ok(updated == 1)
+    })
+    .await
 }
 
 /// Unfinished promotions untouched for `grace` (their push may be gone):
