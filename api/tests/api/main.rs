@@ -11,6 +11,7 @@ mod queue_outage;
 mod resources;
 mod tenancy;
 mod versioning;
+mod viewer;
 
 use assay_api::startup::{ApiConfig, Application};
 use assay_core::config::Settings;

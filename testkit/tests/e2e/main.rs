@@ -9,6 +9,7 @@ mod hostile_templates;
 mod observability;
 mod providers;
 mod recovery;
+mod ui;
 mod versioning;
 mod worker_failures;
 
