@@ -34,13 +34,18 @@ document.getElementById('sign-out').addEventListener('click', () => {
   navigate('/ui/');
 });
 
+const flat = (...items) => items.flat(Infinity).filter((item) => item !== '' && item !== null && item !== undefined && item !== false);
+
 function show(page, ...nodes) {
-  app.replaceChildren(...nodes);
+  app.replaceChildren(...flat(nodes));
   app.dataset.page = page;
 }
 
+// The page's first screen is on: marked for the Performance API (the
+// viewer benchmark reads it) and for tests.
 function ready() {
   app.dataset.state = 'ready';
+  performance.mark(`assay:ready:${app.dataset.page}`);
 }
 
 const ROUTES = [
@@ -271,7 +276,9 @@ async function evaluationPage(id, signal) {
       h('h2', {}, 'Progress'),
       h('div', { class: 'progress-line' }, bar, progressText),
       liveFigures,
-      h('p', { id: 'live-cost', class: 'muted' }, `cost so far ${usd(evaluation.committed_usd)}`),
+      h('p', { id: 'live-cost', class: 'muted' }, terminal && evaluation.summary
+        ? `cost ${usd(costOf(evaluation))}`
+        : `cost so far ${usd((await api(`/v1/evaluations/${id}/progress`, { signal })).cost_usd)}`),
       evaluation.error ? h('p', { class: 'problem' }, evaluation.error) : '',
       actions, actionError),
     await summarySections(evaluation, signal));
@@ -475,7 +482,7 @@ async function openRecord(record, evaluation, result, signal) {
     messages = version.messages || [];
   }
   const field = (label, value) => [h('dt', {}, label), h('dd', {}, value)];
-  record.replaceChildren(
+  record.replaceChildren(...flat(
     h('div', { class: 'title-row' },
       h('h2', {}, `Item ${result.item_key} · ${result.model}${evaluation.repeat > 1 ? ` · repeat ${result.repeat_index}` : ''}`),
       h('button', { type: 'button', id: 'close-record', onclick: () => { record.hidden = true; } }, 'Close')),
@@ -504,7 +511,7 @@ async function openRecord(record, evaluation, result, signal) {
         h('td', {}, grade.source ?? 'evaluation'),
         h('td', {}, grade.passed ? 'passed' : 'failed'),
         h('td', { class: 'num' }, score(grade.score)),
-        h('td', {}, grade.error ? `${grade.reason} (${grade.error})` : grade.reason)))));
+        h('td', {}, grade.error ? `${grade.reason} (${grade.error})` : grade.reason))))));
   record.focus();
 }
 
@@ -580,7 +587,7 @@ async function comparePage(signal) {
           h('td', {}, h('span', { class: `badge ${direction === 'regressions' ? 'status-failed' : 'status-succeeded'}` },
             direction === 'regressions' ? 'regressed' : 'improved')),
           h('td', {}, item.item_key),
-          h('td', {}, pairs.length > 1 ? `${pair.a_model} → ${pair.b_model}` : pair.a_model),
+          h('td', {}, pair.a_model === pair.b_model ? pair.a_model : `${pair.a_model} → ${pair.b_model}`),
           h('td', { class: 'num' }, `${pct(item.a)} → ${pct(item.b)}`),
           h('td', { class: 'output diff' }, diffNodes(parts, 'a')),
           h('td', { class: 'output diff' }, diffNodes(parts, 'b'))));

@@ -383,6 +383,28 @@ async fn the_viewer_shows_what_the_api_answers_in_a_real_browser() {
         text(&browser, "#record-output").await,
         api_failed.body["data"][1]["output"].as_str().unwrap()
     );
+    // The rendered messages: the prompt's templates with the item's variables.
+    let messages = browser
+        .execute(
+            "return [...document.querySelectorAll('#record .message pre')].map((node) => node.textContent);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        messages,
+        json!([
+            "Answer briefly.",
+            api_failed.body["data"][1]["vars"]["question"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| crate::question(
+                    api_failed.body["data"][1]["item_position"]
+                        .as_u64()
+                        .unwrap() as usize
+                ))
+        ])
+    );
     shot(&browser, &dir, "results-failed").await;
     browser
         .execute(
