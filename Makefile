@@ -7,7 +7,7 @@ BIN := $(CARGO_TARGET_DIR)/debug
 DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/assay
 export DATABASE_URL
 
-.PHONY: deps build migrate demo test bench schema-check schema lint fmt clean
+.PHONY: deps build migrate demo demo-ui test bench schema-check schema lint fmt clean
 
 ## deps: check that PostgreSQL and Redis answer (start or install them if not)
 deps:
@@ -26,6 +26,10 @@ migrate: deps build
 ## demo: start the API and two workers, run a 200-item evaluation over two mock models, stop
 demo: deps build
 	@bash scripts/demo.sh
+
+## demo-ui: the demo, then keep the API and workers running and print the viewer's URL
+demo-ui: deps build
+	@DEMO_UI=1 bash scripts/demo.sh
 
 ## test: unit, integration and end-to-end tests against local PostgreSQL and Redis
 test: deps build schema-check

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # `make demo`: migrates a local database, starts the API and two workers in
 # the background, runs `assay demo` (a 200-item evaluation over two mock
-# models, with a progress bar and a summary table), and stops everything it
-# started, also on Ctrl-C or failure.
+# models, with a progress bar and a summary table), prints the web viewer's
+# URL of that evaluation, and stops everything it started, also on Ctrl-C or
+# failure. `make demo-ui` (DEMO_UI=1) keeps the API and workers running so
+# the viewer can be opened.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +19,7 @@ logs=.demo
 mkdir -p "$logs"
 
 pids=()
+viewer=""
 cleanup() {
   status=$?
   trap - EXIT INT TERM
@@ -27,6 +30,9 @@ cleanup() {
   fi
   if [ $status -ne 0 ]; then
     echo "demo failed (exit $status); logs are in $logs/" >&2
+  elif [ -n "$viewer" ]; then
+    # The last line: where to see this evaluation (`make demo-ui` keeps the API up for it).
+    echo "Viewer: $viewer"
   fi
   exit $status
 }
@@ -61,7 +67,17 @@ curl -fsS "http://$ASSAY_BIND/readyz" >/dev/null || { echo "error: the API did n
 
 key=$("$bin/assay-api" keys create --tenant demo 2>/dev/null)
 echo "==> created an API key for tenant demo"
-"$bin/assay" --api-url "http://$ASSAY_BIND" --key "$key" demo
+"$bin/assay" --api-url "http://$ASSAY_BIND" --key "$key" demo | tee "$logs/demo.out"
+evaluation=$(grep -oE 'Evaluation [0-9a-f-]{36}' "$logs/demo.out" | tail -n1 | cut -d' ' -f2 || true)
+viewer="http://$ASSAY_BIND/ui/evaluations/$evaluation"
+
+# `make demo-ui` (DEMO_UI=1): the viewer needs the API up; sign in with the key.
+if [ "${DEMO_UI:-}" = 1 ]; then
+  echo "==> the API and workers keep running (Ctrl-C stops them); sign in with the API key"
+  echo "    API key: $key"
+  echo "Viewer: $viewer"
+  wait
+fi
 
 # `DEMO_KEEP=1 make demo` leaves the API and workers running (until Ctrl-C)
 # for the README's quick start (`assay init && assay eval`).

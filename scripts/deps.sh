@@ -99,3 +99,19 @@ if ! command -v promtool >/dev/null; then
   fi
 fi
 say "promtool is installed ($(promtool --version 2>&1 | head -n1))"
+
+# --- Chromium and chromedriver (the web viewer's browser tests) ---------------
+# Debian's packages: chromedriver must match the browser's version, and the
+# packages keep them together.
+if [ -n "${ASSAY_CHROMIUM:-}" ] && [ -n "${ASSAY_CHROMEDRIVER:-}" ]; then
+  say "browser tests use $ASSAY_CHROMIUM and $ASSAY_CHROMEDRIVER"
+  exit 0
+fi
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  say "installing Chromium and chromedriver (Debian's chromium and chromium-driver) for the browser tests"
+  apt_install chromium chromium-driver \
+    || die "could not install chromium and chromium-driver with apt-get: install them (or set ASSAY_CHROMIUM and ASSAY_CHROMEDRIVER to a matching pair)"
+fi
+command -v chromium >/dev/null && command -v chromedriver >/dev/null \
+  || die "chromium or chromedriver is still missing after installing: the browser tests need both on PATH"
+say "Chromium is installed ($(chromium --version 2>/dev/null | head -n1))"

@@ -5,7 +5,7 @@ use std::time::Instant;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
-use metrics::{counter, describe_counter, describe_histogram, histogram};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, histogram};
 
 pub fn describe() {
     describe_counter!(
@@ -113,6 +113,18 @@ pub fn describe() {
     describe_counter!(
         "assay_quota_refusals_total",
         "Evaluations refused by a tenant quota, by quota (runs_per_evaluation: 422, active_evaluations: 429)."
+    );
+    describe_gauge!(
+        "assay_evaluation_event_streams_open",
+        "Event streams (GET /v1/evaluations/{id}/events) open now."
+    );
+    describe_counter!(
+        "assay_evaluation_event_streams_total",
+        "Event streams opened."
+    );
+    describe_counter!(
+        "assay_ui_requests_total",
+        "Web viewer requests under /ui/, by kind (page, asset, missing)."
     );
     assay_core::gauges::describe();
     describe_counter!(

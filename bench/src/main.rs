@@ -22,12 +22,16 @@
 //! - the client: `assay eval` on a 10,000-test CSV with a JUnit export, and
 //!   the client's peak memory ([`cli`]).
 //!
-//! `--only compare` and `--only cli` run one case alone.
+//! - the web viewer: the first screen of each page of a 100,000-item
+//!   evaluation in headless Chromium ([`viewer`]).
+//!
+//! `--only compare`, `--only cli` and `--only viewer` run one case alone.
 //!
 //! Figures compare within one run: the machine may be shared and noisy.
 
 mod cli;
 mod compare;
+mod viewer;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -63,6 +67,9 @@ struct Cli {
     /// Tests of the client run.
     #[arg(long, default_value_t = 10_000)]
     cli_tests: usize,
+    /// Items of the web viewer's evaluation.
+    #[arg(long, default_value_t = 100_000)]
+    viewer_items: usize,
 }
 
 fn humantime_ms(text: &str) -> Result<Duration, String> {
@@ -611,6 +618,10 @@ async fn main() -> anyhow::Result<()> {
         println!("{}", cli::report(&cli::run(cli.cli_tests).await?));
         return Ok(());
     }
+    if cli.only.as_deref() == Some("viewer") {
+        println!("{}", viewer::report(&viewer::run(cli.viewer_items).await?));
+        return Ok(());
+    }
     let mut compare_runs = Vec::new();
     for items in &cli.compare_items {
         compare_runs.push(compare::run(*items).await?);
@@ -620,7 +631,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", compare::report(&compare_runs));
             return Ok(());
         }
-        Some(other) => anyhow::bail!("unknown case {other:?} (compare, cli)"),
+        Some(other) => anyhow::bail!("unknown case {other:?} (compare, cli, viewer)"),
         None => {}
     }
     let latency = cli.latency.as_secs_f64();
@@ -813,6 +824,11 @@ async fn main() -> anyhow::Result<()> {
     );
     let _ = writeln!(out, "\n{}", compare::report(&compare_runs));
     let _ = writeln!(out, "{}", cli::report(&client));
+    let _ = writeln!(
+        out,
+        "{}",
+        viewer::report(&viewer::run(cli.viewer_items).await?)
+    );
     println!("{out}");
     Ok(())
 }

@@ -7,6 +7,7 @@
 //! - [`Process`]: one of the project's binaries started as a child process
 //!   (killed on drop), for tests that must see real processes die.
 //! - [`Client`]: a small JSON client with a bearer key.
+//! - [`Browser`]: headless Chromium over WebDriver, for the web viewer's tests.
 //! - [`Proxy`]: a TCP proxy a test can cut, to take Redis away from one process.
 //! - [`Receiver`]: a local HTTP server that records webhook requests and
 //!   answers with scripted statuses.
@@ -16,6 +17,7 @@
 //! Defaults match the local services; `ASSAY_TEST_ADMIN_DATABASE_URL` and
 //! `ASSAY_TEST_REDIS_URL` point elsewhere.
 
+pub mod browser;
 pub mod client;
 mod process;
 mod proxy;
@@ -27,6 +29,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
+pub use browser::Browser;
 pub use client::Client;
 pub use process::{Process, binary, free_port};
 pub use proxy::Proxy;

@@ -15,7 +15,7 @@ use assay_core::domain::{EvaluationRequest, PromptChoice, validate_graders, vali
 use assay_core::submit::{self, OnPushFailure, SubmitError};
 use assay_core::templates::PromptTemplate;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -62,6 +62,9 @@ struct EvaluationBody {
     /// The evaluation's chunks by state (single-evaluation reads only).
     #[serde(skip_serializing_if = "Option::is_none")]
     chunks: Option<chunks::ChunkCounts>,
+    /// The prompt its version belongs to (single-evaluation reads only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt_id: Option<Uuid>,
     summary: Option<Value>,
     error: Option<String>,
     /// What it may spend (None: no cap of its own).
@@ -108,6 +111,7 @@ impl From<Evaluation> for EvaluationBody {
                 errored: evaluation.errored,
             },
             chunks: None,
+            prompt_id: None,
             summary: evaluation.summary,
             error: evaluation.error,
             max_cost_usd: evaluation.max_cost_usd,
@@ -611,8 +615,12 @@ pub async fn get(
         .await?
         .ok_or(ApiError::NotFound("evaluation"))?;
     let chunks = chunks::counts(&mut conn, caller.tenant_id, *path).await?;
+    let version =
+        prompts::get_version_by_id(&mut conn, caller.tenant_id, evaluation.prompt_version_id)
+            .await?;
     let mut body = EvaluationBody::from(evaluation);
     body.chunks = Some(chunks);
+    body.prompt_id = version.map(|version| version.prompt_id);
     Ok(HttpResponse::Ok().json(body))
 }
 
@@ -632,14 +640,20 @@ pub async fn list(
     }))
 }
 
-/// Results in (item position, model) order; `after` is the `next_after` of the previous page.
+/// `GET /v1/evaluations/{id}/results`: one page in (position, model,
+/// repeat) order, narrowed by the filters of [`ResultsQuery`].
 pub async fn results(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
     path: web::Path<Uuid>,
-    query: web::Query<PageQuery>,
+    query: web::Query<ResultsQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let limit = query.limit()?;
+    let query = query.into_inner();
+    let limit = PageQuery {
+        after: None,
+        limit: query.limit,
+    }
+    .limit()?;
     let after = query
         .after
         .as_deref()
@@ -649,19 +663,183 @@ pub async fn results(
             })
         })
         .transpose()?;
+    let filter = query.filter()?;
     let mut conn = state.pool.get().await?;
-    evaluations::get(&mut conn, caller.tenant_id, *path)
+    let evaluation = evaluations::get(&mut conn, caller.tenant_id, *path)
         .await?
         .ok_or(ApiError::NotFound("evaluation"))?;
-    let page = results::page(&mut conn, caller.tenant_id, *path, after.as_ref(), limit).await?;
-    Ok(
-        HttpResponse::Ok().json(PageBody::new(page, |result: &EvaluationResult| {
-            ResultCursor {
-                position: result.item_position,
-                model: result.model.clone(),
-                repeat: result.repeat_index,
-            }
-            .encode()
-        })),
+    let page = results::page_filtered(
+        &mut conn,
+        caller.tenant_id,
+        evaluation.id,
+        evaluation.dataset_id,
+        &filter,
+        after.as_ref(),
+        limit,
     )
+    .await?;
+    let body = PageBody::new(page, |result: &EvaluationResult| {
+        ResultCursor {
+            position: result.item_position,
+            model: result.model.clone(),
+            repeat: result.repeat_index,
+        }
+        .encode()
+    });
+    if !query.vars.unwrap_or(false) {
+        return Ok(HttpResponse::Ok().json(body));
+    }
+    let mut positions: Vec<i32> = body.data.iter().map(|row| row.item_position).collect();
+    positions.dedup();
+    let vars = results::item_vars(
+        &mut conn,
+        caller.tenant_id,
+        evaluation.dataset_id,
+        &positions,
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(PageBody {
+        data: body
+            .data
+            .into_iter()
+            .map(|result| {
+                let vars = vars.get(&result.item_position).cloned();
+                ResultWithVars { result, vars }
+            })
+            .collect(),
+        has_more: body.has_more,
+        next_after: body.next_after,
+    }))
+}
+
+/// A result with its item's variables (`?vars=true`).
+#[derive(Debug, Serialize)]
+struct ResultWithVars {
+    #[serde(flatten)]
+    result: EvaluationResult,
+    vars: Option<Value>,
+}
+
+/// Longest `q` accepted: a search term, not a document.
+const MAX_SEARCH_CHARS: usize = 200;
+/// Most positions in one `positions` filter (a page of a comparison).
+const MAX_POSITIONS: usize = 1000;
+/// Graders an evaluation may have, at most; larger indexes match nothing anyway.
+const MAX_GRADER_INDEX: i32 = 1000;
+
+/// The query of `GET /v1/evaluations/{id}/results`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResultsQuery {
+    after: Option<String>,
+    limit: Option<i64>,
+    /// Only this model's results.
+    model: Option<String>,
+    /// `passed`, `failed` or `errored`.
+    status: Option<String>,
+    /// Only results the evaluation's grader at this index did not pass.
+    failed_grader: Option<i32>,
+    /// Case-insensitive text in the output or the item's variables.
+    q: Option<String>,
+    /// Comma-separated item positions.
+    positions: Option<String>,
+    /// Add each result's item variables (`vars`).
+    vars: Option<bool>,
+}
+
+impl ResultsQuery {
+    fn filter(&self) -> Result<results::ResultFilter, ApiError> {
+        let status = self
+            .status
+            .as_deref()
+            .map(|status| match status {
+                "passed" => Ok(results::ResultStatus::Passed),
+                "failed" => Ok(results::ResultStatus::Failed),
+                "errored" => Ok(results::ResultStatus::Errored),
+                _ => Err(ApiError::InvalidQuery(
+                    "status must be passed, failed or errored".to_owned(),
+                )),
+            })
+            .transpose()?;
+        if let Some(index) = self.failed_grader
+            && !(0..MAX_GRADER_INDEX).contains(&index)
+        {
+            return Err(ApiError::InvalidQuery(format!(
+                "failed_grader must be a grader index from 0 to {}",
+                MAX_GRADER_INDEX - 1
+            )));
+        }
+        let text = self
+            .q
+            .as_deref()
+            .map(str::trim)
+            .filter(|text| !text.is_empty());
+        if let Some(text) = text {
+            if text.chars().count() > MAX_SEARCH_CHARS {
+                return Err(ApiError::InvalidQuery(format!(
+                    "q must be at most {MAX_SEARCH_CHARS} characters"
+                )));
+            }
+            if text.contains('\0') {
+                return Err(ApiError::InvalidQuery("q must not contain NUL".to_owned()));
+            }
+        }
+        let positions = self
+            .positions
+            .as_deref()
+            .map(|positions| {
+                let parsed = positions
+                    .split(',')
+                    .map(|position| position.trim().parse::<i32>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|_| {
+                        ApiError::InvalidQuery(
+                            "positions must be item positions separated by commas".to_owned(),
+                        )
+                    })?;
+                if parsed.len() > MAX_POSITIONS {
+                    return Err(ApiError::InvalidQuery(format!(
+                        "positions holds at most {MAX_POSITIONS} positions"
+                    )));
+                }
+                Ok(parsed)
+            })
+            .transpose()?;
+        Ok(results::ResultFilter {
+            model: self.model.clone(),
+            status,
+            failed_grader: self.failed_grader,
+            text: text.map(str::to_owned),
+            positions,
+        })
+    }
+}
+
+/// `GET /v1/evaluations/{id}/latency?buckets=20`: per-model counts of
+/// answered calls in equal-width latency buckets (one SQL aggregate).
+pub async fn latency(
+    state: web::Data<AppState>,
+    Authenticated(caller): Authenticated,
+    path: web::Path<Uuid>,
+    query: web::Query<LatencyQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let buckets = query.buckets.unwrap_or(20);
+    if !(1..=100).contains(&buckets) {
+        return Err(ApiError::InvalidQuery(
+            "buckets must be between 1 and 100".to_owned(),
+        ));
+    }
+    let mut conn = state.pool.get().await?;
+    let evaluation = evaluations::get(&mut conn, caller.tenant_id, *path)
+        .await?
+        .ok_or(ApiError::NotFound("evaluation"))?;
+    let histogram =
+        results::latency_histogram(&mut conn, caller.tenant_id, evaluation.id, buckets).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "histogram": histogram })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LatencyQuery {
+    buckets: Option<i32>,
 }

@@ -5,6 +5,7 @@ mod budget;
 mod compare;
 mod datasets;
 mod evaluations;
+mod events;
 mod health;
 mod history;
 mod keys;
@@ -16,6 +17,7 @@ mod progress;
 mod promotions;
 mod prompts;
 mod webhooks;
+pub mod ui;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use assay_core::db::models::MAX_PAGE_SIZE;
@@ -28,6 +30,10 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
         .route("/metrics", web::get().to(health::metrics))
+        .route("/", web::get().to(ui::to_viewer))
+        .route("/ui", web::get().to(ui::to_viewer))
+        .route("/ui/assets/{name}", web::get().to(ui::asset))
+        .route("/ui/{tail:.*}", web::get().to(ui::page))
         .service(
             web::scope("/v1")
                 .service(
@@ -218,6 +224,16 @@ pub fn configure(config: &mut web::ServiceConfig) {
                 .service(
                     web::resource("/evaluations/{evaluation_id}/progress")
                         .get(progress::progress)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/evaluations/{evaluation_id}/events")
+                        .get(events::events)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/evaluations/{evaluation_id}/latency")
+                        .get(evaluations::latency)
                         .default_service(web::to(method_not_allowed)),
                 )
                 .service(

@@ -15,6 +15,7 @@ mod resources;
 mod slow_uploads;
 mod tenancy;
 mod versioning;
+mod viewer;
 
 use assay_api::rate_limit::GuardConfig;
 use assay_api::startup::{ApiConfig, Application};

@@ -12,6 +12,7 @@ mod observability;
 mod poison;
 mod providers;
 mod recovery;
+mod ui;
 mod versioning;
 mod webhooks;
 mod worker_failures;

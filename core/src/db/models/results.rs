@@ -687,6 +687,201 @@ impl RepeatStats {
     }
 }
 
+/// What a results page may be narrowed to (all optional, combined with AND).
+/// Every filter keeps the keyset order, so a page stops after `limit + 1`
+/// matching rows however many rows the evaluation has.
+#[derive(Debug, Clone, Default)]
+pub struct ResultFilter {
+    pub model: Option<String>,
+    pub status: Option<ResultStatus>,
+    /// Rows whose evaluation grader at this index (in `grades`) did not pass.
+    pub failed_grader: Option<i32>,
+    /// Case-insensitive substring of the output or of the item's variables
+    /// (their JSON text).
+    pub text: Option<String>,
+    /// Only these item positions (a comparison's changed items).
+    pub positions: Option<Vec<i32>>,
+}
+
+/// `text` as a literal `ILIKE` pattern: `%`, `_` and `\` match themselves.
+fn like_pattern(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len() + 2);
+    pattern.push('%');
+    for character in text.chars() {
+        if matches!(character, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(character);
+    }
+    pattern.push('%');
+    pattern
+}
+
+/// [`page`] narrowed by `filter`. `dataset_id` is the evaluation's dataset,
+/// whose items' variables the text search reads.
+pub async fn page_filtered(
+    conn: &mut AsyncPgConnection,
+    tenant_id: Uuid,
+    evaluation_id: Uuid,
+    dataset_id: Uuid,
+    filter: &ResultFilter,
+    after: Option<&ResultCursor>,
+    limit: i64,
+) -> QueryResult<Page<EvaluationResult>> {
+    use diesel::dsl::sql;
+    use diesel::sql_types::{Bool, Int4};
+    use evaluation_results::{item_position, model, repeat_index};
+    let mut query = evaluation_results::table
+        .filter(evaluation_results::evaluation_id.eq(evaluation_id))
+        .filter(evaluation_results::tenant_id.eq(tenant_id))
+        .order((item_position.asc(), model.asc(), repeat_index.asc()))
+        .limit(limit + 1)
+        .select(EvaluationResult::as_select())
+        .into_boxed();
+    if let Some(cursor) = after {
+        query = query.filter(
+            item_position
+                .gt(cursor.position)
+                .or(item_position.eq(cursor.position).and(
+                    model.gt(cursor.model.clone()).or(model
+                        .eq(cursor.model.clone())
+                        .and(repeat_index.gt(cursor.repeat))),
+                )),
+        );
+    }
+    if let Some(name) = &filter.model {
+        query = query.filter(model.eq(name.clone()));
+    }
+    if let Some(status) = filter.status {
+        query = query.filter(evaluation_results::status.eq(status.as_str()));
+    }
+    if let Some(index) = filter.failed_grader {
+        query = query.filter(
+            sql::<Bool>("coalesce((evaluation_results.grades -> ")
+                .bind::<Int4, _>(index)
+                .sql(" ->> 'passed') = 'false', false)"),
+        );
+    }
+    if let Some(positions) = &filter.positions {
+        query = query.filter(item_position.eq_any(positions.clone()));
+    }
+    if let Some(text) = &filter.text {
+        let pattern = like_pattern(text);
+        query = query.filter(
+            sql::<Bool>("(coalesce(evaluation_results.output, '') ILIKE ")
+                .bind::<Text, _>(pattern.clone())
+                .sql(" OR EXISTS (SELECT 1 FROM dataset_items di WHERE di.dataset_id = ")
+                .bind::<SqlUuid, _>(dataset_id)
+                .sql(" AND di.tenant_id = ")
+                .bind::<SqlUuid, _>(tenant_id)
+                .sql(" AND di.position = evaluation_results.item_position AND di.vars::text ILIKE ")
+                .bind::<Text, _>(pattern)
+                .sql("))"),
+        );
+    }
+    Ok(Page::from_overfetched(query.load(conn).await?, limit))
+}
+
+/// The variables of some items of a dataset, by position (one page's worth).
+pub async fn item_vars(
+    conn: &mut AsyncPgConnection,
+    tenant_id: Uuid,
+    dataset_id: Uuid,
+    positions: &[i32],
+) -> QueryResult<HashMap<i32, Value>> {
+    use crate::db::schema::dataset_items;
+    Ok(dataset_items::table
+        .filter(dataset_items::dataset_id.eq(dataset_id))
+        .filter(dataset_items::tenant_id.eq(tenant_id))
+        .filter(dataset_items::position.eq_any(positions))
+        .select((dataset_items::position, dataset_items::vars))
+        .load::<(i32, Value)>(conn)
+        .await?
+        .into_iter()
+        .collect())
+}
+
+/// Answered calls of one model counted into equal-width latency buckets.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LatencyHistogram {
+    /// The buckets span `[low_ms, high_ms]` over every model's answered calls.
+    pub low_ms: i32,
+    pub high_ms: i32,
+    pub bucket_ms: f64,
+    pub models: Vec<ModelLatencies>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelLatencies {
+    pub model: String,
+    pub counts: Vec<i64>,
+}
+
+#[derive(QueryableByName)]
+struct LatencyBucket {
+    #[diesel(sql_type = Text)]
+    model: String,
+    #[diesel(sql_type = diesel::sql_types::Int4)]
+    bucket: i32,
+    #[diesel(sql_type = Int8)]
+    count: i64,
+    #[diesel(sql_type = diesel::sql_types::Int4)]
+    low: i32,
+    #[diesel(sql_type = diesel::sql_types::Int4)]
+    high: i32,
+}
+
+/// The latency histogram of an evaluation: one aggregate in PostgreSQL, at
+/// most `buckets` rows per model come back. None when no call was answered.
+pub async fn latency_histogram(
+    conn: &mut AsyncPgConnection,
+    tenant_id: Uuid,
+    evaluation_id: Uuid,
+    buckets: i32,
+) -> QueryResult<Option<LatencyHistogram>> {
+    let rows: Vec<LatencyBucket> = diesel::sql_query(
+        "WITH answered AS (
+             SELECT model, latency_ms FROM evaluation_results
+             WHERE evaluation_id = $1 AND tenant_id = $2 AND latency_ms IS NOT NULL),
+         bounds AS (SELECT min(latency_ms) AS low, max(latency_ms) AS high FROM answered)
+         SELECT model,
+                -- width_bucket's upper bound is exclusive: the slowest call goes in the last bucket
+                least(width_bucket(latency_ms, low, high + 1, $3), $3) AS bucket,
+                count(*) AS count, low, high
+         FROM answered, bounds
+         GROUP BY model, bucket, low, high
+         ORDER BY model, bucket",
+    )
+    .bind::<SqlUuid, _>(evaluation_id)
+    .bind::<SqlUuid, _>(tenant_id)
+    .bind::<diesel::sql_types::Int4, _>(buckets)
+    .load(conn)
+    .await?;
+    let Some(first) = rows.iter().next() else {
+        return Ok(None);
+    };
+    let (low, high) = (first.low, first.high);
+    let mut models: Vec<ModelLatencies> = Vec::new();
+    for row in &rows {
+        if models.last().is_none_or(|last| last.model != row.model) {
+            models.push(ModelLatencies {
+                model: row.model.clone(),
+                counts: vec![0; usize::try_from(buckets).unwrap_or(0)],
+            });
+        }
+        let slot = usize::try_from(row.bucket - 1).unwrap_or(0);
+        if let Some(count) = models.last_mut().and_then(|last| last.counts.get_mut(slot)) {
+            *count += row.count;
+        }
+    }
+    Ok(Some(LatencyHistogram {
+        low_ms: low,
+        high_ms: high,
+        bucket_ms: f64::from(high + 1 - low) / f64::from(buckets),
+        models,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
