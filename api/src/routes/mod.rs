@@ -16,8 +16,8 @@ mod optimizations;
 mod progress;
 mod promotions;
 mod prompts;
-mod webhooks;
 pub mod ui;
+mod webhooks;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use assay_core::db::models::MAX_PAGE_SIZE;

@@ -1,8 +1,8 @@
 //! End-to-end tests: the real `assay-api` and `assay-worker` binaries as
 //! processes, against real PostgreSQL and Redis, over real HTTP.
 
-mod bombs;
 mod api_contract;
+mod bombs;
 mod budgets;
 mod cli;
 mod evaluation;

@@ -857,7 +857,7 @@ pub async fn latency_histogram(
     .bind::<diesel::sql_types::Int4, _>(buckets)
     .load(conn)
     .await?;
-    let Some(first) = rows.iter().next() else {
+    let Some(first) = rows.as_slice().first() else {
         return Ok(None);
     };
     let (low, high) = (first.low, first.high);
