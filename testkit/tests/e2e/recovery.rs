@@ -612,9 +612,11 @@ async fn higher_priorities_are_served_first() {
     let model = ["mock:latency=50ms"];
     let low = submit(&stack, 2000, &model, json!({}), json!({"priority": "low"})).await;
     wait_until_completed(&stack, &low, 100).await;
+    // Four times the high one's runs, so that serving high first decides
+    // the order even on a loaded machine.
     let normal = submit(
         &stack,
-        600,
+        1200,
         &model,
         json!({}),
         json!({"priority": "normal"}),
