@@ -372,6 +372,25 @@ pub async fn page(
     after: Option<&ResultCursor>,
     limit: i64,
 ) -> QueryResult<Page<EvaluationResult>> {
+    let query = page_query(tenant_id, evaluation_id, after, limit);
+    Ok(Page::from_overfetched(query.load(conn).await?, limit))
+}
+
+type PageQuery = evaluation_results::BoxedQuery<
+    'static,
+    diesel::pg::Pg,
+    diesel::dsl::SqlTypeOf<diesel::dsl::AsSelect<EvaluationResult, diesel::pg::Pg>>,
+>;
+
+/// One page of an evaluation's results in (position, model, repeat) order
+/// after `after`, one row over `limit` (to tell whether a next page exists):
+/// the keyset both [`page`] and [`page_filtered`] read.
+fn page_query(
+    tenant_id: Uuid,
+    evaluation_id: Uuid,
+    after: Option<&ResultCursor>,
+    limit: i64,
+) -> PageQuery {
     use evaluation_results::{item_position, model, repeat_index};
     let mut query = evaluation_results::table
         .filter(evaluation_results::evaluation_id.eq(evaluation_id))
@@ -391,7 +410,7 @@ pub async fn page(
                 )),
         );
     }
-    Ok(Page::from_overfetched(query.load(conn).await?, limit))
+    query
 }
 
 /// Figures of one model over its results.
@@ -730,25 +749,8 @@ pub async fn page_filtered(
 ) -> QueryResult<Page<EvaluationResult>> {
     use diesel::dsl::sql;
     use diesel::sql_types::{Bool, Int4};
-    use evaluation_results::{item_position, model, repeat_index};
-    let mut query = evaluation_results::table
-        .filter(evaluation_results::evaluation_id.eq(evaluation_id))
-        .filter(evaluation_results::tenant_id.eq(tenant_id))
-        .order((item_position.asc(), model.asc(), repeat_index.asc()))
-        .limit(limit + 1)
-        .select(EvaluationResult::as_select())
-        .into_boxed();
-    if let Some(cursor) = after {
-        query = query.filter(
-            item_position
-                .gt(cursor.position)
-                .or(item_position.eq(cursor.position).and(
-                    model.gt(cursor.model.clone()).or(model
-                        .eq(cursor.model.clone())
-                        .and(repeat_index.gt(cursor.repeat))),
-                )),
-        );
-    }
+    use evaluation_results::{item_position, model};
+    let mut query = page_query(tenant_id, evaluation_id, after, limit);
     if let Some(name) = &filter.model {
         query = query.filter(model.eq(name.clone()));
     }
