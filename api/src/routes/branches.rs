@@ -33,6 +33,7 @@ fn branch_error(error: BranchError) -> ApiError {
 /// `GET /v1/prompts/{id}/branches`: by name; `after` is a branch name.
 #[utoipa::path(
     get,
+    operation_id = "branches.list",
     path = "/v1/prompts/{prompt_id}/branches",
     tag = "prompts",
     params(("prompt_id" = Uuid, Path, description = "Prompt id"), PageQuery),
@@ -75,6 +76,7 @@ pub struct CreateBranch {
 /// `POST /v1/prompts/{id}/branches`.
 #[utoipa::path(
     post,
+    operation_id = "branches.create",
     path = "/v1/prompts/{prompt_id}/branches",
     tag = "prompts",
     params(("prompt_id" = Uuid, Path, description = "Prompt id")),
@@ -114,6 +116,7 @@ pub async fn create(
 /// `GET /v1/prompts/{id}/branches/{name}`.
 #[utoipa::path(
     get,
+    operation_id = "branches.get",
     path = "/v1/prompts/{prompt_id}/branches/{name}",
     tag = "prompts",
     params(("prompt_id" = Uuid, Path, description = "Prompt id"), ("name" = String, Path, description = "Branch name")),
@@ -137,6 +140,7 @@ pub async fn get(
 /// `DELETE /v1/prompts/{id}/branches/{name}`: the versions stay.
 #[utoipa::path(
     delete,
+    operation_id = "branches.delete",
     path = "/v1/prompts/{prompt_id}/branches/{name}",
     tag = "prompts",
     params(("prompt_id" = Uuid, Path, description = "Prompt id"), ("name" = String, Path, description = "Branch name")),
@@ -182,6 +186,7 @@ pub struct Revert {
 /// already has that content).
 #[utoipa::path(
     post,
+    operation_id = "branches.revert",
     path = "/v1/prompts/{prompt_id}/branches/{name}/revert",
     tag = "prompts",
     params(("prompt_id" = Uuid, Path, description = "Prompt id"), ("name" = String, Path, description = "Branch name")),

@@ -33,6 +33,7 @@ pub struct SetBudget {
 
 #[utoipa::path(
     get,
+    operation_id = "budget.get",
     path = "/v1/budget",
     tag = "tenant",
     responses(
@@ -60,6 +61,7 @@ pub async fn get(
 
 #[utoipa::path(
     put,
+    operation_id = "budget.put",
     path = "/v1/budget",
     tag = "tenant",
     request_body = SetBudget,

@@ -114,6 +114,7 @@ fn list_limit(limit: Option<i64>) -> Result<i64, ApiError> {
 #[tracing::instrument(skip_all, fields(evaluation.a = %path.0, evaluation.b = %path.1))]
 #[utoipa::path(
     get,
+    operation_id = "compare.compare",
     path = "/v1/evaluations/{a}/compare/{b}",
     tag = "evaluations",
     params(("a" = Uuid, Path, description = "Baseline evaluation id"), ("b" = Uuid, Path, description = "Candidate evaluation id"), CompareQuery),
@@ -191,6 +192,7 @@ pub struct ChangesQuery {
 /// previous page (the `next_after` of the comparison's lists).
 #[utoipa::path(
     get,
+    operation_id = "compare.changes",
     path = "/v1/evaluations/{a}/compare/{b}/changes",
     tag = "evaluations",
     params(("a" = Uuid, Path, description = "Baseline evaluation id"), ("b" = Uuid, Path, description = "Candidate evaluation id"), ChangesQuery),

@@ -46,6 +46,7 @@ pub struct UploadQuery {
 /// the dataset exists whole or not at all.
 #[utoipa::path(
     post,
+    operation_id = "datasets.create",
     path = "/v1/datasets",
     tag = "datasets",
     params(UploadQuery),
@@ -408,6 +409,7 @@ pub struct ListQuery {
 
 #[utoipa::path(
     get,
+    operation_id = "datasets.list",
     path = "/v1/datasets",
     tag = "datasets",
     params(ListQuery),
@@ -453,6 +455,7 @@ pub async fn list(
 
 #[utoipa::path(
     get,
+    operation_id = "datasets.get",
     path = "/v1/datasets/{dataset_id}",
     tag = "datasets",
     params(("dataset_id" = Uuid, Path, description = "Dataset id")),
@@ -475,6 +478,7 @@ pub async fn get(
 /// Items in order; `after` is the `position` of the last item of the previous page.
 #[utoipa::path(
     get,
+    operation_id = "datasets.items",
     path = "/v1/datasets/{dataset_id}/items",
     tag = "datasets",
     params(("dataset_id" = Uuid, Path, description = "Dataset id"), PageQuery),

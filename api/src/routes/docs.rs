@@ -27,6 +27,7 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
 /// The API reference, rendered in the browser from `/openapi.json`.
 #[utoipa::path(
     get,
+    operation_id = "docs.page",
     path = "/docs",
     tag = "ui",
     responses((status = 200, description = "The docs page", content_type = "text/html; charset=utf-8", body = String)),
@@ -41,6 +42,7 @@ pub async fn page() -> HttpResponse {
 /// A file of the docs page, embedded in the binary.
 #[utoipa::path(
     get,
+    operation_id = "docs.asset",
     path = "/docs/assets/{name}",
     tag = "ui",
     params(("name" = String, Path, description = "`docs.js` or `docs.css`")),

@@ -133,6 +133,7 @@ impl From<Evaluation> for EvaluationBody {
 /// evaluation.
 #[utoipa::path(
     post,
+    operation_id = "evaluations.create",
     path = "/v1/evaluations",
     tag = "evaluations",
     request_body = EvaluationRequest,
@@ -464,6 +465,7 @@ async fn enqueue(
 /// what was written is kept.
 #[utoipa::path(
     post,
+    operation_id = "evaluations.cancel",
     path = "/v1/evaluations/{evaluation_id}/cancel",
     tag = "evaluations",
     params(("evaluation_id" = Uuid, Path, description = "Evaluation id")),
@@ -503,6 +505,7 @@ pub async fn cancel(
 /// finishes only what is missing.
 #[utoipa::path(
     post,
+    operation_id = "evaluations.resume",
     path = "/v1/evaluations/{evaluation_id}/resume",
     tag = "evaluations",
     params(("evaluation_id" = Uuid, Path, description = "Evaluation id")),
@@ -523,6 +526,7 @@ pub async fn resume(
 /// errored results again (and anything missing), as its next run.
 #[utoipa::path(
     post,
+    operation_id = "evaluations.retry_errors",
     path = "/v1/evaluations/{evaluation_id}/retry-errors",
     tag = "evaluations",
     params(("evaluation_id" = Uuid, Path, description = "Evaluation id")),
@@ -592,6 +596,7 @@ pub struct RegradeRequest {
 /// as a new evaluation whose job calls no generating model (judges aside).
 #[utoipa::path(
     post,
+    operation_id = "evaluations.regrade",
     path = "/v1/evaluations/{evaluation_id}/regrade",
     tag = "evaluations",
     params(("evaluation_id" = Uuid, Path, description = "Evaluation id")),
@@ -659,6 +664,7 @@ pub async fn regrade(
 
 #[utoipa::path(
     get,
+    operation_id = "evaluations.get",
     path = "/v1/evaluations/{evaluation_id}",
     tag = "evaluations",
     params(("evaluation_id" = Uuid, Path, description = "Evaluation id")),
@@ -687,6 +693,7 @@ pub async fn get(
 
 #[utoipa::path(
     get,
+    operation_id = "evaluations.list",
     path = "/v1/evaluations",
     tag = "evaluations",
     params(PageQuery),
@@ -714,6 +721,7 @@ pub async fn list(
 /// repeat) order, narrowed by the filters of [`ResultsQuery`].
 #[utoipa::path(
     get,
+    operation_id = "evaluations.results",
     path = "/v1/evaluations/{evaluation_id}/results",
     tag = "evaluations",
     params(("evaluation_id" = Uuid, Path, description = "Evaluation id"), ResultsQuery),
@@ -899,6 +907,7 @@ impl ResultsQuery {
 /// answered calls in equal-width latency buckets (one SQL aggregate).
 #[utoipa::path(
     get,
+    operation_id = "evaluations.latency",
     path = "/v1/evaluations/{evaluation_id}/latency",
     tag = "evaluations",
     params(("evaluation_id" = Uuid, Path, description = "Evaluation id"), LatencyQuery),

@@ -155,6 +155,7 @@ fn progress_data(evaluation: &Evaluation, cost_usd: f64) -> serde_json::Value {
 
 #[utoipa::path(
     get,
+    operation_id = "events.events",
     path = "/v1/evaluations/{evaluation_id}/events",
     tag = "evaluations",
     params(("evaluation_id" = Uuid, Path, description = "Evaluation id")),

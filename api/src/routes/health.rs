@@ -10,6 +10,7 @@ use crate::startup::AppState;
 /// The process is alive and serving.
 #[utoipa::path(
     get,
+    operation_id = "health.healthz",
     path = "/healthz",
     tag = "operations",
     responses(
@@ -23,6 +24,7 @@ pub async fn healthz() -> HttpResponse {
 /// PostgreSQL and Redis both answer within two seconds.
 #[utoipa::path(
     get,
+    operation_id = "health.readyz",
     path = "/readyz",
     tag = "operations",
     responses(
@@ -60,6 +62,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 
 #[utoipa::path(
     get,
+    operation_id = "health.metrics",
     path = "/metrics",
     tag = "operations",
     responses(

@@ -31,6 +31,7 @@ async fn version(
 /// on, newest first; `after` is the last version of the previous page.
 #[utoipa::path(
     get,
+    operation_id = "history.log",
     path = "/v1/prompts/{prompt_id}/versions/{version}/log",
     tag = "prompts",
     params(("prompt_id" = Uuid, Path, description = "Prompt id"), ("version" = String, Path, description = "A version number (`3`) or a version id"), PageQuery),
@@ -76,6 +77,7 @@ pub async fn log(
 /// `GET /v1/prompts/{id}/versions/{v}/children`: oldest first; `after` is a version number.
 #[utoipa::path(
     get,
+    operation_id = "history.children",
     path = "/v1/prompts/{prompt_id}/versions/{version}/children",
     tag = "prompts",
     params(("prompt_id" = Uuid, Path, description = "Prompt id"), ("version" = String, Path, description = "A version number (`3`) or a version id"), PageQuery),
@@ -117,6 +119,7 @@ pub struct PairQuery {
 /// `GET /v1/prompts/{id}/common-ancestor?a=&b=`.
 #[utoipa::path(
     get,
+    operation_id = "history.common_ancestor",
     path = "/v1/prompts/{prompt_id}/common-ancestor",
     tag = "prompts",
     params(("prompt_id" = Uuid, Path, description = "Prompt id"), PairQuery),
@@ -177,6 +180,7 @@ struct DiffBody {
 /// `GET /v1/prompts/{id}/diff?from=&to=`: message by message, and `params` as JSON.
 #[utoipa::path(
     get,
+    operation_id = "history.diff",
     path = "/v1/prompts/{prompt_id}/diff",
     tag = "prompts",
     params(("prompt_id" = Uuid, Path, description = "Prompt id"), DiffQuery),
@@ -224,12 +228,14 @@ pub struct ResolveQuery {
 /// `GET /v1/prompts/{name or id}/resolve?label=production` (or `?branch=main`).
 #[utoipa::path(
     get,
+    operation_id = "history.resolve",
     path = "/v1/prompts/{prompt}/resolve",
     tag = "prompts",
     params(("prompt" = String, Path, description = "Prompt name or id"), ResolveQuery),
     responses(
         (status = 200, description = "The version a label or branch (default: head of main) points at", body = PromptVersion),
         (status = 422, description = "Both `label` and `branch`"),
+        (status = 409, description = "The branch has no version yet"),
     ),
 )]
 pub async fn resolve(

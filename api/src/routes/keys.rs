@@ -58,6 +58,7 @@ struct CreatedKeyBody {
 
 #[utoipa::path(
     post,
+    operation_id = "keys.create",
     path = "/v1/keys",
     tag = "tenant",
     request_body = CreateKey,
@@ -111,6 +112,7 @@ pub async fn create(
 
 #[utoipa::path(
     get,
+    operation_id = "keys.list",
     path = "/v1/keys",
     tag = "tenant",
     params(PageQuery),
@@ -137,6 +139,7 @@ pub async fn list(
 
 #[utoipa::path(
     get,
+    operation_id = "keys.get",
     path = "/v1/keys/{key_id}",
     tag = "tenant",
     params(("key_id" = Uuid, Path, description = "Key id")),
@@ -161,6 +164,7 @@ pub async fn get(
 /// Revokes the key; revoking it again answers the same (its first `revoked_at`).
 #[utoipa::path(
     delete,
+    operation_id = "keys.revoke",
     path = "/v1/keys/{key_id}",
     tag = "tenant",
     params(("key_id" = Uuid, Path, description = "Key id")),

@@ -38,6 +38,7 @@ fn metric_label(name: &str) -> &'static str {
 /// `GET /v1/prompts/{id}/labels`: by name; `after` is a label name.
 #[utoipa::path(
     get,
+    operation_id = "labels.list",
     path = "/v1/prompts/{prompt_id}/labels",
     tag = "prompts",
     params(("prompt_id" = Uuid, Path, description = "Prompt id"), PageQuery),
@@ -70,6 +71,7 @@ pub async fn list(
 /// `GET /v1/prompts/{id}/labels/{name}`.
 #[utoipa::path(
     get,
+    operation_id = "labels.get",
     path = "/v1/prompts/{prompt_id}/labels/{name}",
     tag = "prompts",
     params(("prompt_id" = Uuid, Path, description = "Prompt id"), ("name" = String, Path, description = "Label name")),
@@ -122,6 +124,7 @@ pub struct MoveLabel {
 /// `PUT /v1/prompts/{id}/labels/{name}`: creates (201) or moves (200) a label.
 #[utoipa::path(
     put,
+    operation_id = "labels.put",
     path = "/v1/prompts/{prompt_id}/labels/{name}",
     tag = "prompts",
     params(("prompt_id" = Uuid, Path, description = "Prompt id"), ("name" = String, Path, description = "Label name")),
@@ -209,6 +212,7 @@ pub async fn put(
 /// first; `after` is an event id.
 #[utoipa::path(
     get,
+    operation_id = "labels.history",
     path = "/v1/prompts/{prompt_id}/labels/{name}/history",
     tag = "prompts",
     params(("prompt_id" = Uuid, Path, description = "Prompt id"), ("name" = String, Path, description = "Label name"), PageQuery),

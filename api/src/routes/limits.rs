@@ -25,6 +25,7 @@ struct LimitsBody {
 
 #[utoipa::path(
     get,
+    operation_id = "limits.get",
     path = "/v1/limits",
     tag = "tenant",
     responses(

@@ -237,6 +237,34 @@ pub fn configure(config: &mut web::ServiceConfig) {
     config.default_service(web::to(no_route));
 }
 
+/// A NUL (`%00`) in a `/v1` path or query string: PostgreSQL cannot hold it
+/// in text, and no name, id or cursor contains one. A path with it names
+/// nothing (404); a query string with it is invalid (400), whichever
+/// parameter carries it, so no handler needs its own check.
+pub async fn refuse_nul(
+    request: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<actix_web::dev::ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
+    let has_nul = |text: &str| text.contains("%00");
+    // (The viewer's pages outside `/v1` touch no database: they are left alone.)
+    let under_v1 = request.path().starts_with("/v1/");
+    let error = if !under_v1 {
+        None
+    } else if has_nul(request.path()) {
+        Some(ApiError::NotFound("resource"))
+    } else if has_nul(request.query_string()) {
+        Some(ApiError::InvalidQuery(
+            "the query string must not contain NUL (%00)".to_owned(),
+        ))
+    } else {
+        None
+    };
+    match error {
+        Some(error) => Ok(crate::rate_limit::error_response(request, error)),
+        None => Ok(next.call(request).await?.map_into_boxed_body()),
+    }
+}
+
 async fn no_route(request: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::NoRoute(format!(
         "{} {}",

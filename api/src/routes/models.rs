@@ -49,6 +49,7 @@ impl<'a> From<&'a Model> for ModelBody<'a> {
 
 #[utoipa::path(
     get,
+    operation_id = "models.list",
     path = "/v1/models",
     tag = "tenant",
     responses(

@@ -117,6 +117,7 @@ pub fn document() -> &'static Document {
 /// This document.
 #[utoipa::path(
     get,
+    operation_id = "openapi.openapi_json",
     path = "/openapi.json",
     tag = "operations",
     responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json", body = Object)),
@@ -214,7 +215,8 @@ mod shared {
                         ObjectBuilder::new()
                             .schema_type(Type::String)
                             .min_length(Some(1))
-                            .max_length(Some(crate::idempotency::MAX_KEY_LENGTH)),
+                            .max_length(Some(crate::idempotency::MAX_KEY_LENGTH))
+                            .pattern(Some("^[!-~]+$")),
                     ))
                     .build(),
             );
@@ -248,7 +250,13 @@ mod shared {
             ]);
         }
         if idempotent {
-            codes.extend(["idempotency_mismatch", "idempotency_in_progress"]);
+            // A malformed key is invalid input; the body is hashed under the size limit.
+            codes.extend([
+                "idempotency_mismatch",
+                "idempotency_in_progress",
+                "invalid_input",
+                "payload_too_large",
+            ]);
         }
         if submits_work(path, method) {
             codes.extend([
@@ -259,12 +267,14 @@ mod shared {
         }
         // Statuses the handler declared keep their description and gain the
         // problem body with the codes of that status.
+        // (Outside `/v1`, the viewer's and docs' files answer plain text,
+        // not problems: their declared errors stay as written.)
         let declared: Vec<u16> = operation
             .responses
             .responses
             .keys()
             .filter_map(|status| status.parse().ok())
-            .filter(|status| *status >= 400)
+            .filter(|status| *status >= 400 && under_v1)
             .collect();
         for status in &declared {
             for (code, code_status) in CODES {
@@ -483,6 +493,14 @@ mod tests {
             "documented operations no route serves: {unserved:?}"
         );
         assert!(registered.len() >= 60, "only {} routes", registered.len());
+        // Unique operation ids: clients and tools (schemathesis' links) key on them.
+        let mut ids = BTreeSet::new();
+        for item in document().paths.paths.values() {
+            for (method, operation) in operations(item) {
+                let id = operation.operation_id.clone().expect("operation id");
+                assert!(ids.insert(id.clone()), "{method}: operation id {id} twice");
+            }
+        }
     }
 
     #[test]

@@ -75,6 +75,7 @@ fn half() -> f64 {
 /// `POST /v1/prompts/{id}/optimizations` → 202 with the optimization.
 #[utoipa::path(
     post,
+    operation_id = "optimizations.create",
     path = "/v1/prompts/{prompt_id}/optimizations",
     tag = "automation",
     params(("prompt_id" = Uuid, Path, description = "Prompt id")),
@@ -221,6 +222,7 @@ pub async fn create(
 /// `GET /v1/optimizations/{id}`: the row, every candidate, what it spent, events.
 #[utoipa::path(
     get,
+    operation_id = "optimizations.get",
     path = "/v1/optimizations/{optimization_id}",
     tag = "automation",
     params(("optimization_id" = Uuid, Path, description = "Optimization id")),
@@ -252,6 +254,7 @@ pub async fn get(
 /// `POST /v1/optimizations/{id}/cancel`.
 #[utoipa::path(
     post,
+    operation_id = "optimizations.cancel",
     path = "/v1/optimizations/{optimization_id}/cancel",
     tag = "automation",
     params(("optimization_id" = Uuid, Path, description = "Optimization id")),

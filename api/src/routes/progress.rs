@@ -23,6 +23,7 @@ struct ProgressBody {
 
 #[utoipa::path(
     get,
+    operation_id = "progress.progress",
     path = "/v1/evaluations/{evaluation_id}/progress",
     tag = "evaluations",
     params(("evaluation_id" = Uuid, Path, description = "Evaluation id")),

@@ -69,6 +69,7 @@ pub(crate) async fn check_setup(
 /// `POST /v1/prompts/{id}/promotions` → 202 with the promotion.
 #[utoipa::path(
     post,
+    operation_id = "promotions.create",
     path = "/v1/prompts/{prompt_id}/promotions",
     tag = "automation",
     params(("prompt_id" = Uuid, Path, description = "Prompt id")),
@@ -184,6 +185,7 @@ pub(crate) async fn push(
 /// `GET /v1/promotions/{id}`: status, evaluations, comparison, reason, events.
 #[utoipa::path(
     get,
+    operation_id = "promotions.get",
     path = "/v1/promotions/{promotion_id}",
     tag = "automation",
     params(("promotion_id" = Uuid, Path, description = "Promotion id")),
@@ -209,6 +211,7 @@ pub async fn get(
 /// `POST /v1/promotions/{id}/cancel`.
 #[utoipa::path(
     post,
+    operation_id = "promotions.cancel",
     path = "/v1/promotions/{promotion_id}/cancel",
     tag = "automation",
     params(("promotion_id" = Uuid, Path, description = "Promotion id")),

@@ -62,6 +62,7 @@ pub(super) fn validate_commit_message(message: &str) -> Result<(), ApiError> {
 
 #[utoipa::path(
     post,
+    operation_id = "prompts.create",
     path = "/v1/prompts",
     tag = "prompts",
     request_body = CreatePrompt,
@@ -172,6 +173,7 @@ pub(super) fn commit_error(error: CommitError) -> ApiError {
 
 #[utoipa::path(
     get,
+    operation_id = "prompts.list",
     path = "/v1/prompts",
     tag = "prompts",
     params(PageQuery),
@@ -192,6 +194,7 @@ pub async fn list(
 
 #[utoipa::path(
     get,
+    operation_id = "prompts.get",
     path = "/v1/prompts/{prompt_id}",
     tag = "prompts",
     params(("prompt_id" = Uuid, Path, description = "Prompt id")),
@@ -267,6 +270,7 @@ pub(super) fn committed(prompt_id: Uuid, branch: String, committed: Committed) -
 /// `POST /v1/prompts/{id}/versions`: commits onto `branch` (default main).
 #[utoipa::path(
     post,
+    operation_id = "prompts.commit_version",
     path = "/v1/prompts/{prompt_id}/versions",
     tag = "prompts",
     params(("prompt_id" = Uuid, Path, description = "Prompt id")),
@@ -310,6 +314,7 @@ pub async fn commit_version(
 
 #[utoipa::path(
     get,
+    operation_id = "prompts.list_versions",
     path = "/v1/prompts/{prompt_id}/versions",
     tag = "prompts",
     params(("prompt_id" = Uuid, Path, description = "Prompt id"), PageQuery),
@@ -336,6 +341,7 @@ pub async fn list_versions(
 /// `{version}` is a version number (`3`) or a version id.
 #[utoipa::path(
     get,
+    operation_id = "prompts.get_version",
     path = "/v1/prompts/{prompt_id}/versions/{version}",
     tag = "prompts",
     params(("prompt_id" = Uuid, Path, description = "Prompt id"), ("version" = String, Path, description = "A version number (`3`) or a version id")),

@@ -71,6 +71,7 @@ pub(super) fn secured(
 /// The root: to the viewer.
 #[utoipa::path(
     get,
+    operation_id = "ui.root",
     path = "/",
     tag = "ui",
     responses((status = 302, description = "Redirect to `/ui/`", headers(("Location" = String)))),
@@ -82,6 +83,7 @@ pub async fn root() -> HttpResponse {
 /// To the viewer.
 #[utoipa::path(
     get,
+    operation_id = "ui.to_viewer",
     path = "/ui",
     tag = "ui",
     responses((status = 302, description = "Redirect to `/ui/`", headers(("Location" = String)))),
@@ -95,6 +97,7 @@ pub async fn to_viewer() -> HttpResponse {
 /// A file of the viewer (scripts, style, icon), embedded in the binary.
 #[utoipa::path(
     get,
+    operation_id = "ui.asset",
     path = "/ui/assets/{name}",
     tag = "ui",
     params(("name" = String, Path, description = "File name, e.g. `app.js`")),
@@ -128,6 +131,7 @@ pub async fn asset(name: web::Path<String>) -> HttpResponse {
 /// from the path and reads the `/v1` API with the key the user pastes).
 #[utoipa::path(
     get,
+    operation_id = "ui.page",
     path = "/ui/{tail}",
     tag = "ui",
     params(("tail" = String, Path, description = "The viewer's own route, e.g. `evaluations/<id>`")),

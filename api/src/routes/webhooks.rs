@@ -37,6 +37,7 @@ pub struct CreatedWebhook {
 /// `POST /v1/webhooks`: 201 with the secret.
 #[utoipa::path(
     post,
+    operation_id = "webhooks.create",
     path = "/v1/webhooks",
     tag = "tenant",
     request_body = CreateWebhook,
@@ -112,6 +113,7 @@ impl CreatedWebhook {
 /// `GET /v1/webhooks`: newest first.
 #[utoipa::path(
     get,
+    operation_id = "webhooks.list",
     path = "/v1/webhooks",
     tag = "tenant",
     params(PageQuery),
@@ -134,6 +136,7 @@ pub async fn list(
 /// `GET /v1/webhooks/{id}`.
 #[utoipa::path(
     get,
+    operation_id = "webhooks.get",
     path = "/v1/webhooks/{webhook_id}",
     tag = "tenant",
     params(("webhook_id" = Uuid, Path, description = "Webhook id")),
@@ -156,6 +159,7 @@ pub async fn get(
 /// `DELETE /v1/webhooks/{id}`: 204; its pending deliveries end `failed`.
 #[utoipa::path(
     delete,
+    operation_id = "webhooks.delete",
     path = "/v1/webhooks/{webhook_id}",
     tag = "tenant",
     params(("webhook_id" = Uuid, Path, description = "Webhook id")),
@@ -178,6 +182,7 @@ pub async fn delete(
 /// `GET /v1/webhooks/{id}/deliveries`: newest first, each with every attempt.
 #[utoipa::path(
     get,
+    operation_id = "webhooks.deliveries",
     path = "/v1/webhooks/{webhook_id}/deliveries",
     tag = "tenant",
     params(("webhook_id" = Uuid, Path, description = "Webhook id"), PageQuery),
