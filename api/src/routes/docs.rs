@@ -63,7 +63,7 @@ pub async fn asset(name: web::Path<String>) -> HttpResponse {
                 .body(*body)
         }
         None => {
-            counter!("assay_ui_requests_total", "kind" => "missing").increment(1);
+            counter!("assay_ui_requests_total", "kind" => "docs_missing").increment(1);
             secured(HttpResponse::NotFound())
                 .content_type("text/plain; charset=utf-8")
                 .body("no such asset")
