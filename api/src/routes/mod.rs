@@ -239,8 +239,8 @@ pub fn configure(config: &mut web::ServiceConfig) {
 
 /// A NUL (`%00`) in a `/v1` path or query string: PostgreSQL cannot hold it
 /// in text, and no name, id or cursor contains one. A path with it names
-/// nothing (404); a query string with it is invalid (400), whichever
-/// parameter carries it, so no handler needs its own check.
+/// nothing (404); a query parameter with it is invalid input (422 naming the
+/// parameter, as for a body field), so no handler needs its own check.
 pub async fn refuse_nul(
     request: actix_web::dev::ServiceRequest,
     next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
@@ -253,9 +253,16 @@ pub async fn refuse_nul(
     } else if has_nul(request.path()) {
         Some(ApiError::NotFound("resource"))
     } else if has_nul(request.query_string()) {
-        Some(ApiError::InvalidQuery(
-            "the query string must not contain NUL (%00)".to_owned(),
-        ))
+        // Named like a NUL in a body field: 422 with the parameter as `field`.
+        let field = request
+            .query_string()
+            .split('&')
+            .find(|pair| has_nul(pair))
+            .map(|pair| pair.split('=').next().unwrap_or(pair))
+            .filter(|name| !name.is_empty() && !has_nul(name))
+            .unwrap_or("query")
+            .to_owned();
+        Some(ApiError::invalid(field, "must not contain NUL (\\u0000)"))
     } else {
         None
     };

@@ -238,7 +238,8 @@ mod shared {
             )]);
         }
         if has_query {
-            codes.push("invalid_query");
+            // 422: a NUL in a parameter (`refuse_nul`), named as `field`.
+            codes.extend(["invalid_query", "invalid_input"]);
         }
         if has_body {
             codes.extend([
