@@ -177,3 +177,61 @@ async fn schemathesis_finds_no_server_error_and_no_spec_violation() {
         output.status
     );
 }
+
+/// `/docs` in headless Chromium: it renders one section per operation of the
+/// document, its filter narrows them, and it loads nothing from elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_docs_page_renders_every_operation_in_a_browser() {
+    let stack = Stack::start(0, &[]).await;
+    let base = stack.client.base_url.clone();
+    let document = stack
+        .client
+        .get("/openapi.json")
+        .await
+        .expect("document")
+        .body;
+    let operations: usize = document["paths"]
+        .as_object()
+        .expect("paths")
+        .values()
+        .map(|item| item.as_object().map_or(0, |item| item.len()))
+        .sum();
+    let browser = assay_testkit::Browser::start(1280, 900)
+        .await
+        .expect("browser (make deps installs chromium)");
+    browser.goto(&format!("{base}/docs")).await.unwrap();
+    let rendered = browser
+        .wait_for(
+            "the operations to render",
+            "document.querySelectorAll('section.op').length > 0 && document.querySelectorAll('section.op').length",
+            std::time::Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rendered.as_u64(), Some(operations as u64));
+    browser.type_into("#filter", "webhooks").await.unwrap();
+    let shown = browser
+        .execute(
+            "return [...document.querySelectorAll('section.op')].filter((s) => !s.hidden).length;",
+            vec![],
+        )
+        .await
+        .unwrap()
+        .as_u64()
+        .unwrap();
+    assert!(
+        shown > 0 && shown < operations as u64,
+        "the filter shows {shown} of {operations}"
+    );
+    let urls = browser
+        .execute(
+            "return [location.href, ...performance.getEntriesByType('resource').map((entry) => entry.name)];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    for url in urls.as_array().unwrap() {
+        let url = url.as_str().unwrap();
+        assert!(url.starts_with(&base), "loaded from elsewhere: {url}");
+    }
+}
