@@ -100,6 +100,24 @@ if ! command -v promtool >/dev/null; then
 fi
 say "promtool is installed ($(promtool --version 2>&1 | head -n1))"
 
+# --- schemathesis (the API contract test in `make test`) --------------------
+# From PyPI into its own virtualenv, once; the test finds it there (or at
+# $ASSAY_SCHEMATHESIS).
+SCHEMATHESIS_VENV="$HOME/.cache/assay/schemathesis-venv"
+SCHEMATHESIS_VERSION=4.32.5
+if [ -z "${ASSAY_SCHEMATHESIS:-}" ] && [ ! -x "$SCHEMATHESIS_VENV/bin/schemathesis" ]; then
+  if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    say "installing python3-venv (for schemathesis' virtualenv)"
+    apt_install python3-venv python3-pip || die "could not install python3-venv: install Python 3.10+ with venv"
+  fi
+  say "installing schemathesis $SCHEMATHESIS_VERSION into $SCHEMATHESIS_VENV"
+  rm -rf "$SCHEMATHESIS_VENV"
+  python3 -m venv "$SCHEMATHESIS_VENV" || die "could not create a virtualenv at $SCHEMATHESIS_VENV"
+  "$SCHEMATHESIS_VENV/bin/pip" install --quiet "schemathesis==$SCHEMATHESIS_VERSION" \
+    || die "could not install schemathesis from PyPI"
+fi
+say "schemathesis is installed ($("${ASSAY_SCHEMATHESIS:-$SCHEMATHESIS_VENV/bin/schemathesis}" --version 2>&1 | head -n1))"
+
 # --- Chromium and chromedriver (the web viewer's browser tests) ---------------
 # Debian's packages: chromedriver must match the browser's version, and the
 # packages keep them together.

@@ -19,8 +19,12 @@ pub enum ApiError {
     NotFound(&'static str),
     #[error("no route for {0}")]
     NoRoute(String),
-    #[error("method {0} is not allowed here")]
-    MethodNotAllowed(String),
+    /// A path that exists, with a method it does not serve: `allow` lists those it does.
+    #[error("method {method} is not allowed here; allowed: {}", allow.join(", "))]
+    MethodNotAllowed {
+        method: String,
+        allow: Vec<&'static str>,
+    },
     #[error("{0}")]
     MalformedJson(String),
     #[error("{0}")]
@@ -71,7 +75,9 @@ impl ApiError {
         match self {
             ApiError::Unauthorized => ("unauthorized", StatusCode::UNAUTHORIZED),
             ApiError::NotFound(_) | ApiError::NoRoute(_) => ("not_found", StatusCode::NOT_FOUND),
-            ApiError::MethodNotAllowed(_) => ("method_not_allowed", StatusCode::METHOD_NOT_ALLOWED),
+            ApiError::MethodNotAllowed { .. } => {
+                ("method_not_allowed", StatusCode::METHOD_NOT_ALLOWED)
+            }
             ApiError::MalformedJson(_) => ("malformed_json", StatusCode::BAD_REQUEST),
             ApiError::InvalidQuery(_) => ("invalid_query", StatusCode::BAD_REQUEST),
             ApiError::Invalid(_) => ("invalid_input", StatusCode::UNPROCESSABLE_ENTITY),
@@ -104,6 +110,30 @@ impl ApiError {
         ApiError::Invalid(InvalidInput::new(field, message))
     }
 }
+
+/// Every code with its status, for the OpenAPI document; a test checks it
+/// against [`ApiError::code_and_status`].
+pub const CODES: &[(&str, u16)] = &[
+    ("malformed_json", 400),
+    ("invalid_query", 400),
+    ("unauthorized", 401),
+    ("forbidden", 403),
+    ("not_found", 404),
+    ("method_not_allowed", 405),
+    ("body_timeout", 408),
+    ("conflict", 409),
+    ("idempotency_in_progress", 409),
+    ("payload_too_large", 413),
+    ("unsupported_media_type", 415),
+    ("invalid_input", 422),
+    ("over_budget", 422),
+    ("quota_runs_per_evaluation", 422),
+    ("idempotency_mismatch", 422),
+    ("rate_limited", 429),
+    ("quota_active_evaluations", 429),
+    ("internal", 500),
+    ("unavailable", 503),
+];
 
 impl From<InvalidInput> for ApiError {
     fn from(invalid: InvalidInput) -> Self {
@@ -191,6 +221,11 @@ impl ResponseError for ApiError {
         if matches!(self, ApiError::Unauthorized) {
             response.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
         }
+        if let ApiError::MethodNotAllowed { allow, .. } = self
+            && let Ok(value) = HeaderValue::from_str(&allow.join(", "))
+        {
+            response.insert_header((header::ALLOW, value));
+        }
         response.body(serde_json::to_string(&problem).expect("problem serializes"))
     }
 }
@@ -241,5 +276,64 @@ pub mod extractors {
     /// An id in the path that does not parse cannot name anything: 404.
     pub fn path(_: PathError, _: &HttpRequest) -> Error {
         ApiError::NotFound("resource").into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The table the OpenAPI document is built from says what the errors do.
+    #[test]
+    fn codes_table_matches_the_errors() {
+        let errors = [
+            ApiError::Unauthorized,
+            ApiError::NotFound("x"),
+            ApiError::NoRoute("x".into()),
+            ApiError::MethodNotAllowed {
+                method: "PATCH".into(),
+                allow: vec!["GET"],
+            },
+            ApiError::MalformedJson("x".into()),
+            ApiError::InvalidQuery("x".into()),
+            ApiError::invalid("f", "x"),
+            ApiError::Conflict("x".into()),
+            ApiError::Stale("x".into(), serde_json::Value::Null),
+            ApiError::Forbidden("x".into()),
+            ApiError::OverBudget("x".into()),
+            ApiError::UnsupportedMediaType("x".into()),
+            ApiError::PayloadTooLarge(1),
+            ApiError::BodyTimeout("x".into()),
+            ApiError::Unavailable("x".into()),
+            ApiError::RateLimited("x".into()),
+            ApiError::RunsQuotaExceeded("x".into()),
+            ApiError::ActiveEvaluationsQuotaExceeded("x".into()),
+            ApiError::IdempotencyMismatch("x".into()),
+            ApiError::IdempotencyInProgress("x".into()),
+            ApiError::Internal(anyhow::anyhow!("x")),
+        ];
+        let mut seen: Vec<(&str, u16)> = errors
+            .iter()
+            .map(|error| {
+                let (code, status) = error.code_and_status();
+                (code, status.as_u16())
+            })
+            .collect();
+        seen.sort_unstable();
+        seen.dedup();
+        let mut table = CODES.to_vec();
+        table.sort_unstable();
+        assert_eq!(seen, table);
+    }
+
+    #[test]
+    fn method_not_allowed_says_what_is() {
+        let response = ApiError::MethodNotAllowed {
+            method: "PATCH".into(),
+            allow: vec!["GET", "POST"],
+        }
+        .error_response();
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(response.headers().get(header::ALLOW).unwrap(), "GET, POST");
     }
 }

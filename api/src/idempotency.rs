@@ -74,16 +74,22 @@ pub async fn guard(
     let claim_id = Uuid::now_v7();
     let claimed = async {
         let mut conn = state.pool.get().await?;
-        Ok::<_, ApiError>(
-            idempotency::claim(
-                &mut conn,
-                caller.tenant_id,
-                &key,
-                claim_id,
-                state.guards.idempotency_lock_timeout,
-            )
-            .await?,
+        idempotency::claim(
+            &mut conn,
+            caller.tenant_id,
+            &key,
+            claim_id,
+            state.guards.idempotency_lock_timeout,
         )
+        .await
+        .map_err(|error| match error {
+            // The key changed hands under every attempt (other requests with
+            // it claimed and released it meanwhile): it is busy, not missing.
+            diesel::result::Error::NotFound => ApiError::IdempotencyInProgress(format!(
+                "Idempotency-Key {key:?} is being used by other requests right now; retry later"
+            )),
+            other => other.into(),
+        })
     }
     .await;
     let mut hasher = request_hasher(&request);

@@ -124,7 +124,7 @@ pub fn describe() {
     );
     describe_counter!(
         "assay_ui_requests_total",
-        "Web viewer requests under /ui/, by kind (page, asset, missing)."
+        "Web viewer and API docs page requests, by kind (page, asset, missing, docs, docs_asset, docs_missing)."
     );
     assay_core::gauges::describe();
     describe_counter!(

@@ -158,7 +158,9 @@ impl Application {
                 .app_data(web::QueryConfig::default().error_handler(extractors::query))
                 .app_data(web::PathConfig::default().error_handler(extractors::path))
                 // Innermost first: the key is checked and limited before its
-                // Idempotency-Key is claimed.
+                // Idempotency-Key is claimed; NUL in a path or query string is
+                // refused before any handler hands it to PostgreSQL.
+                .wrap(from_fn(routes::refuse_nul))
                 .wrap(from_fn(idempotency::guard))
                 .wrap(from_fn(rate_limit::limit))
                 .wrap(from_fn(metrics::record))

@@ -69,6 +69,7 @@ const EXACT_TERMS_UP_TO: u64 = 1000;
 
 /// A bootstrap confidence interval of a mean.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Interval {
     pub low: f64,
     pub high: f64,

@@ -6,12 +6,14 @@ use assay_core::db::models::prompts::{self, Commit, VersionRef};
 use serde::Deserialize;
 use uuid::Uuid;
 
+use super::prompts::CommittedBody;
 use super::prompts::{commit_error, committed, validate_commit_message};
 use super::{PageBody, PageQuery};
 use crate::auth::Authenticated;
 use crate::errors::ApiError;
 use crate::json::Json;
 use crate::startup::AppState;
+use assay_core::db::models::branches::BranchView;
 
 fn branch_error(error: BranchError) -> ApiError {
     match error {
@@ -29,6 +31,16 @@ fn branch_error(error: BranchError) -> ApiError {
 }
 
 /// `GET /v1/prompts/{id}/branches`: by name; `after` is a branch name.
+#[utoipa::path(
+    get,
+    operation_id = "branches.list",
+    path = "/v1/prompts/{prompt_id}/branches",
+    tag = "prompts",
+    params(("prompt_id" = Uuid, Path, description = "Prompt id"), PageQuery),
+    responses(
+        (status = 200, description = "A page of branches", body = PageBody<BranchView>),
+    ),
+)]
 pub async fn list(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
@@ -51,16 +63,29 @@ pub async fn list(
     Ok(HttpResponse::Ok().json(PageBody::new(page, |branch| branch.name.clone())))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBranch {
     name: String,
     /// The version it starts at (number or id); default: the head of main.
     #[serde(default)]
+    #[schema(value_type = Option<super::openapi::VersionRefSchema>)]
     from: Option<VersionRef>,
 }
 
 /// `POST /v1/prompts/{id}/branches`.
+#[utoipa::path(
+    post,
+    operation_id = "branches.create",
+    path = "/v1/prompts/{prompt_id}/branches",
+    tag = "prompts",
+    params(("prompt_id" = Uuid, Path, description = "Prompt id")),
+    request_body = CreateBranch,
+    responses(
+        (status = 201, description = "The branch", body = BranchView, headers(("Location" = String, description = "The new resource"))),
+        (status = 409, description = "A branch with this name exists"),
+    ),
+)]
 pub async fn create(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
@@ -89,6 +114,16 @@ pub async fn create(
 }
 
 /// `GET /v1/prompts/{id}/branches/{name}`.
+#[utoipa::path(
+    get,
+    operation_id = "branches.get",
+    path = "/v1/prompts/{prompt_id}/branches/{name}",
+    tag = "prompts",
+    params(("prompt_id" = Uuid, Path, description = "Prompt id"), ("name" = String, Path, description = "Branch name")),
+    responses(
+        (status = 200, description = "The branch", body = BranchView),
+    ),
+)]
 pub async fn get(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
@@ -103,6 +138,17 @@ pub async fn get(
 }
 
 /// `DELETE /v1/prompts/{id}/branches/{name}`: the versions stay.
+#[utoipa::path(
+    delete,
+    operation_id = "branches.delete",
+    path = "/v1/prompts/{prompt_id}/branches/{name}",
+    tag = "prompts",
+    params(("prompt_id" = Uuid, Path, description = "Prompt id"), ("name" = String, Path, description = "Branch name")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 409, description = "`main` cannot be deleted"),
+    ),
+)]
 pub async fn delete(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
@@ -122,12 +168,14 @@ pub async fn delete(
     Ok(HttpResponse::NoContent().finish())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Revert {
     /// The earlier version whose content the new version takes.
+    #[schema(value_type = super::openapi::VersionRefSchema)]
     to: VersionRef,
     #[serde(default)]
+    #[schema(value_type = Option<super::openapi::VersionRefSchema>)]
     expected_head: Option<VersionRef>,
     #[serde(default)]
     commit_message: Option<String>,
@@ -136,6 +184,19 @@ pub struct Revert {
 /// `POST /v1/prompts/{id}/branches/{name}/revert`: a new version on the
 /// branch with the content of `to` (200 and nothing new when the head
 /// already has that content).
+#[utoipa::path(
+    post,
+    operation_id = "branches.revert",
+    path = "/v1/prompts/{prompt_id}/branches/{name}/revert",
+    tag = "prompts",
+    params(("prompt_id" = Uuid, Path, description = "Prompt id"), ("name" = String, Path, description = "Branch name")),
+    request_body = Revert,
+    responses(
+        (status = 201, description = "A new head with the earlier content", body = CommittedBody, headers(("Location" = String, description = "The new resource"))),
+        (status = 200, description = "The head has that content already", body = CommittedBody),
+        (status = 409, description = "`expected_head` is not the head any more"),
+    ),
+)]
 pub async fn revert(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,

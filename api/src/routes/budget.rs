@@ -14,7 +14,7 @@ use crate::errors::ApiError;
 use crate::json::Json;
 use crate::startup::AppState;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct BudgetBody {
     /// None: no monthly budget.
     monthly_usd: Option<f64>,
@@ -24,13 +24,22 @@ struct BudgetBody {
     spent_usd: Option<f64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetBudget {
     /// Dollars per month; null removes the budget.
     monthly_usd: Option<f64>,
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "budget.get",
+    path = "/v1/budget",
+    tag = "tenant",
+    responses(
+        (status = 200, description = "The tenant's monthly budget and what this month used", body = BudgetBody),
+    ),
+)]
 pub async fn get(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
@@ -50,6 +59,16 @@ pub async fn get(
     }))
 }
 
+#[utoipa::path(
+    put,
+    operation_id = "budget.put",
+    path = "/v1/budget",
+    tag = "tenant",
+    request_body = SetBudget,
+    responses(
+        (status = 200, description = "The budget now", body = BudgetBody),
+    ),
+)]
 pub async fn put(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,

@@ -9,15 +9,17 @@ use actix_web::{HttpResponse, web};
 use assay_core::db::models::compare::{self, Direction, Side};
 use assay_core::db::models::evaluations::{self, Evaluation};
 use assay_core::stats;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::PageQuery;
 use crate::auth::Authenticated;
 use crate::errors::ApiError;
 use crate::startup::AppState;
+use assay_core::db::models::compare::ChangePage;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct CompareQuery {
     /// `a_model:b_model[,a_model:b_model...]`; default: models of the same name.
@@ -110,6 +112,17 @@ fn list_limit(limit: Option<i64>) -> Result<i64, ApiError> {
 
 /// `GET /v1/evaluations/{a}/compare/{b}`.
 #[tracing::instrument(skip_all, fields(evaluation.a = %path.0, evaluation.b = %path.1))]
+#[utoipa::path(
+    get,
+    operation_id = "compare.compare",
+    path = "/v1/evaluations/{a}/compare/{b}",
+    tag = "evaluations",
+    params(("a" = Uuid, Path, description = "Baseline evaluation id"), ("b" = Uuid, Path, description = "Candidate evaluation id"), CompareQuery),
+    responses(
+        (status = 200, description = "Paired comparison per model pair", body = CompareBody),
+        (status = 409, description = "Not both succeeded, or not the same dataset"),
+    ),
+)]
 pub async fn compare(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
@@ -141,18 +154,18 @@ pub async fn compare(
                 .await?,
             );
         }
-        Ok::<_, ApiError>(serde_json::json!({
-            "a": { "id": a.id, "prompt_version_id": a.prompt_version_id, "models": a.models, "repeat": a.repeats },
-            "b": { "id": b.id, "prompt_version_id": b.prompt_version_id, "models": b.models, "repeat": b.repeats },
-            "dataset_id": a.dataset_id,
-            "method": {
+        Ok::<_, ApiError>(CompareBody {
+            a: CompareSide::of(&a),
+            b: CompareSide::of(&b),
+            dataset_id: a.dataset_id,
+            method: serde_json::json!({
                 "pairing": "by item; an item counts on a side when it has at least one graded (passed or failed) run there",
                 "bootstrap_resamples": stats::BOOTSTRAP_RESAMPLES,
                 "bootstrap_seed": stats::BOOTSTRAP_SEED,
                 "confidence": stats::CONFIDENCE,
-            },
-            "pairs": reports,
-        }))
+            }),
+            pairs: reports,
+        })
     }
     .await;
     let outcome = if result.is_ok() { "ok" } else { "refused" };
@@ -162,7 +175,8 @@ pub async fn compare(
     Ok(HttpResponse::Ok().json(result?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ChangesQuery {
     /// `improvements` or `regressions`.
@@ -176,6 +190,17 @@ pub struct ChangesQuery {
 /// `GET /v1/evaluations/{a}/compare/{b}/changes`: one page of improved or
 /// regressed items of a model pair; `after` is the last position of the
 /// previous page (the `next_after` of the comparison's lists).
+#[utoipa::path(
+    get,
+    operation_id = "compare.changes",
+    path = "/v1/evaluations/{a}/compare/{b}/changes",
+    tag = "evaluations",
+    params(("a" = Uuid, Path, description = "Baseline evaluation id"), ("b" = Uuid, Path, description = "Candidate evaluation id"), ChangesQuery),
+    responses(
+        (status = 200, description = "A page of improved or regressed items", body = ChangePage),
+        (status = 409, description = "Not both succeeded, or not the same dataset"),
+    ),
+)]
 pub async fn changes(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
@@ -226,4 +251,35 @@ pub async fn changes(
     )
     .await?;
     Ok(HttpResponse::Ok().json(page))
+}
+
+/// One side of a comparison.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct CompareSide {
+    id: Uuid,
+    prompt_version_id: Uuid,
+    models: serde_json::Value,
+    repeat: i32,
+}
+
+impl CompareSide {
+    fn of(evaluation: &Evaluation) -> Self {
+        Self {
+            id: evaluation.id,
+            prompt_version_id: evaluation.prompt_version_id,
+            models: evaluation.models.clone(),
+            repeat: evaluation.repeats,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct CompareBody {
+    a: CompareSide,
+    b: CompareSide,
+    dataset_id: Uuid,
+    /// How items were paired and the bootstrap's settings.
+    method: serde_json::Value,
+    /// One report per model pair.
+    pairs: Vec<compare::PairReport>,
 }

@@ -20,7 +20,7 @@ use crate::body::{BodyReader, read_whole};
 use crate::errors::{ApiError, parse_json};
 use crate::startup::AppState;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateDataset {
     name: String,
@@ -30,7 +30,8 @@ struct CreateDataset {
 }
 
 /// For JSON Lines uploads, where the body is the items: name and description travel in the query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct UploadQuery {
     name: Option<String>,
@@ -43,6 +44,24 @@ pub struct UploadQuery {
 /// `?name=...&description=...`. JSON Lines are read, checked and
 /// written as they arrive, so an upload of any size needs little memory;
 /// the dataset exists whole or not at all.
+#[utoipa::path(
+    post,
+    operation_id = "datasets.create",
+    path = "/v1/datasets",
+    tag = "datasets",
+    params(UploadQuery),
+    request_body(
+        description = "JSON `{name, description?, items}`; or JSON Lines, one item (`DatasetItemInput`) per line; or CSV, a header row then one item per row (both with `?name=`)",
+        content(
+            (CreateDataset = "application/json"),
+            (String = "application/x-ndjson"),
+            (String = "text/csv"),
+        ),
+    ),
+    responses(
+        (status = 201, description = "The dataset", body = datasets::Dataset, headers(("Location" = String, description = "The new resource"))),
+    ),
+)]
 pub async fn create(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
@@ -379,7 +398,8 @@ fn record_upload(format: &'static str, items: usize, item_graders: usize) {
 }
 
 /// `?after=&limit=` and, to find a dataset by what it holds, `content_hash=`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     after: Option<String>,
@@ -387,6 +407,16 @@ pub struct ListQuery {
     content_hash: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "datasets.list",
+    path = "/v1/datasets",
+    tag = "datasets",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of datasets", body = PageBody<datasets::Dataset>),
+    ),
+)]
 pub async fn list(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
@@ -423,6 +453,16 @@ pub async fn list(
     Ok(HttpResponse::Ok().json(PageBody::new(page, |dataset| dataset.id.to_string())))
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "datasets.get",
+    path = "/v1/datasets/{dataset_id}",
+    tag = "datasets",
+    params(("dataset_id" = Uuid, Path, description = "Dataset id")),
+    responses(
+        (status = 200, description = "The dataset", body = datasets::Dataset),
+    ),
+)]
 pub async fn get(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
@@ -436,6 +476,16 @@ pub async fn get(
 }
 
 /// Items in order; `after` is the `position` of the last item of the previous page.
+#[utoipa::path(
+    get,
+    operation_id = "datasets.items",
+    path = "/v1/datasets/{dataset_id}/items",
+    tag = "datasets",
+    params(("dataset_id" = Uuid, Path, description = "Dataset id"), PageQuery),
+    responses(
+        (status = 200, description = "A page of items in order", body = PageBody<datasets::DatasetItem>),
+    ),
+)]
 pub async fn items(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,

@@ -27,7 +27,7 @@ use crate::rate_limit::TenantRequestLimits;
 use crate::request_id::RequestId;
 use crate::startup::AppState;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Counts {
     total: i32,
     completed: i32,
@@ -36,7 +36,7 @@ struct Counts {
     errored: i32,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct EvaluationBody {
     id: Uuid,
     status: String,
@@ -131,6 +131,18 @@ impl From<Evaluation> for EvaluationBody {
 /// budget applies (refusing with 422 `over_budget` before anything is
 /// written when its lower bound passes one), then records and queues the
 /// evaluation.
+#[utoipa::path(
+    post,
+    operation_id = "evaluations.create",
+    path = "/v1/evaluations",
+    tag = "evaluations",
+    request_body = EvaluationRequest,
+    responses(
+        (status = 202, description = "Queued", body = EvaluationBody, headers(("Location" = String, description = "The new resource"))),
+        (status = 404, description = "The prompt, version or dataset does not exist"),
+        (status = 409, description = "Conflicts with the current state"),
+    ),
+)]
 pub async fn create(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
@@ -451,6 +463,17 @@ async fn enqueue(
 
 /// `POST /v1/evaluations/{id}/cancel`: no new LLM calls within seconds;
 /// what was written is kept.
+#[utoipa::path(
+    post,
+    operation_id = "evaluations.cancel",
+    path = "/v1/evaluations/{evaluation_id}/cancel",
+    tag = "evaluations",
+    params(("evaluation_id" = Uuid, Path, description = "Evaluation id")),
+    responses(
+        (status = 200, description = "Canceled (or already finished)", body = EvaluationBody),
+        (status = 409, description = "It cannot be canceled now"),
+    ),
+)]
 pub async fn cancel(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
@@ -480,6 +503,17 @@ pub async fn cancel(
 
 /// `POST /v1/evaluations/{id}/resume`: a failed or canceled evaluation
 /// finishes only what is missing.
+#[utoipa::path(
+    post,
+    operation_id = "evaluations.resume",
+    path = "/v1/evaluations/{evaluation_id}/resume",
+    tag = "evaluations",
+    params(("evaluation_id" = Uuid, Path, description = "Evaluation id")),
+    responses(
+        (status = 202, description = "Queued again: runs what is missing", body = EvaluationBody, headers(("Location" = String, description = "The new resource"))),
+        (status = 409, description = "It is not canceled or failed"),
+    ),
+)]
 pub async fn resume(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
@@ -490,6 +524,17 @@ pub async fn resume(
 
 /// `POST /v1/evaluations/{id}/retry-errors`: a finished evaluation runs its
 /// errored results again (and anything missing), as its next run.
+#[utoipa::path(
+    post,
+    operation_id = "evaluations.retry_errors",
+    path = "/v1/evaluations/{evaluation_id}/retry-errors",
+    tag = "evaluations",
+    params(("evaluation_id" = Uuid, Path, description = "Evaluation id")),
+    responses(
+        (status = 202, description = "Queued again: re-runs errored results", body = EvaluationBody, headers(("Location" = String, description = "The new resource"))),
+        (status = 409, description = "It has not finished, or has no errored results"),
+    ),
+)]
 pub async fn retry_errors(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
@@ -539,7 +584,7 @@ async fn reopen(
 }
 
 /// `POST /v1/evaluations/{id}/regrade` body: a new grader set (and item threshold).
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegradeRequest {
     graders: Vec<Value>,
@@ -549,6 +594,18 @@ pub struct RegradeRequest {
 
 /// Re-grades a succeeded evaluation's stored outputs with a new grader set,
 /// as a new evaluation whose job calls no generating model (judges aside).
+#[utoipa::path(
+    post,
+    operation_id = "evaluations.regrade",
+    path = "/v1/evaluations/{evaluation_id}/regrade",
+    tag = "evaluations",
+    params(("evaluation_id" = Uuid, Path, description = "Evaluation id")),
+    request_body = RegradeRequest,
+    responses(
+        (status = 202, description = "A new evaluation grading the same outputs", body = EvaluationBody, headers(("Location" = String, description = "The new resource"))),
+        (status = 409, description = "The source has not succeeded"),
+    ),
+)]
 pub async fn regrade(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
@@ -605,6 +662,16 @@ pub async fn regrade(
     .await
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "evaluations.get",
+    path = "/v1/evaluations/{evaluation_id}",
+    tag = "evaluations",
+    params(("evaluation_id" = Uuid, Path, description = "Evaluation id")),
+    responses(
+        (status = 200, description = "The evaluation, with `chunks` and `prompt_id`", body = EvaluationBody),
+    ),
+)]
 pub async fn get(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
@@ -624,6 +691,16 @@ pub async fn get(
     Ok(HttpResponse::Ok().json(body))
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "evaluations.list",
+    path = "/v1/evaluations",
+    tag = "evaluations",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "A page of evaluations, newest first", body = PageBody<EvaluationBody>),
+    ),
+)]
 pub async fn list(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
@@ -642,6 +719,16 @@ pub async fn list(
 
 /// `GET /v1/evaluations/{id}/results`: one page in (position, model,
 /// repeat) order, narrowed by the filters of [`ResultsQuery`].
+#[utoipa::path(
+    get,
+    operation_id = "evaluations.results",
+    path = "/v1/evaluations/{evaluation_id}/results",
+    tag = "evaluations",
+    params(("evaluation_id" = Uuid, Path, description = "Evaluation id"), ResultsQuery),
+    responses(
+        (status = 200, description = "A page of results in (position, model, repeat) order", body = PageBody<ResultWithVars>),
+    ),
+)]
 pub async fn results(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
@@ -713,7 +800,7 @@ pub async fn results(
 }
 
 /// A result with its item's variables (`?vars=true`).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct ResultWithVars {
     #[serde(flatten)]
     result: EvaluationResult,
@@ -728,7 +815,8 @@ const MAX_POSITIONS: usize = 1000;
 const MAX_GRADER_INDEX: i32 = 1000;
 
 /// The query of `GET /v1/evaluations/{id}/results`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ResultsQuery {
     after: Option<String>,
@@ -817,6 +905,16 @@ impl ResultsQuery {
 
 /// `GET /v1/evaluations/{id}/latency?buckets=20`: per-model counts of
 /// answered calls in equal-width latency buckets (one SQL aggregate).
+#[utoipa::path(
+    get,
+    operation_id = "evaluations.latency",
+    path = "/v1/evaluations/{evaluation_id}/latency",
+    tag = "evaluations",
+    params(("evaluation_id" = Uuid, Path, description = "Evaluation id"), LatencyQuery),
+    responses(
+        (status = 200, description = "Latency histogram per model (null without answered calls)", body = LatencyBody),
+    ),
+)]
 pub async fn latency(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
@@ -835,11 +933,18 @@ pub async fn latency(
         .ok_or(ApiError::NotFound("evaluation"))?;
     let histogram =
         results::latency_histogram(&mut conn, caller.tenant_id, evaluation.id, buckets).await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "histogram": histogram })))
+    Ok(HttpResponse::Ok().json(LatencyBody { histogram }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct LatencyQuery {
     buckets: Option<i32>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct LatencyBody {
+    /// Null when no call was answered yet.
+    histogram: Option<results::LatencyHistogram>,
 }

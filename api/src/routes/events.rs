@@ -153,6 +153,16 @@ fn progress_data(evaluation: &Evaluation, cost_usd: f64) -> serde_json::Value {
     })
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "events.events",
+    path = "/v1/evaluations/{evaluation_id}/events",
+    tag = "evaluations",
+    params(("evaluation_id" = Uuid, Path, description = "Evaluation id")),
+    responses(
+        (status = 200, description = "Server-sent events: `progress` on change, `done` at the end, comments as keep-alive", body = String, content_type = "text/event-stream"),
+    ),
+)]
 pub async fn events(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,

@@ -3,16 +3,35 @@
 use std::time::Duration;
 
 use actix_web::{HttpResponse, web};
-use serde_json::json;
+use serde::Serialize;
 
 use crate::startup::AppState;
 
 /// The process is alive and serving.
+#[utoipa::path(
+    get,
+    operation_id = "health.healthz",
+    path = "/healthz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Alive", body = HealthBody),
+    ),
+)]
 pub async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(json!({ "status": "ok" }))
+    HttpResponse::Ok().json(HealthBody { status: "ok" })
 }
 
 /// PostgreSQL and Redis both answer within two seconds.
+#[utoipa::path(
+    get,
+    operation_id = "health.readyz",
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "PostgreSQL and Redis answer", body = ReadyBody),
+        (status = 503, description = "A dependency does not answer", body = ReadyBody),
+    ),
+)]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let limit = Duration::from_secs(2);
     let postgres = tokio::time::timeout(limit, assay_core::db::ping(&state.pool)).await;
@@ -33,7 +52,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         Err(_) => "timed out",
     };
     let (postgres, redis) = (describe("postgres", postgres), describe("redis", redis));
-    let body = json!({ "postgres": postgres, "redis": redis });
+    let body = ReadyBody { postgres, redis };
     if postgres == "ok" && redis == "ok" {
         HttpResponse::Ok().json(body)
     } else {
@@ -41,8 +60,30 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "health.metrics",
+    path = "/metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text format", body = String, headers(("Location" = String, description = "The new resource"))),
+    ),
+)]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.prometheus.render())
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct HealthBody {
+    /// `ok`.
+    status: &'static str,
+}
+
+/// Each dependency: `ok`, `unavailable` or `timed out`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct ReadyBody {
+    postgres: &'static str,
+    redis: &'static str,
 }

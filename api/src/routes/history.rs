@@ -29,6 +29,16 @@ async fn version(
 
 /// `GET /v1/prompts/{id}/versions/{v}/log`: the version, its parent, and so
 /// on, newest first; `after` is the last version of the previous page.
+#[utoipa::path(
+    get,
+    operation_id = "history.log",
+    path = "/v1/prompts/{prompt_id}/versions/{version}/log",
+    tag = "prompts",
+    params(("prompt_id" = Uuid, Path, description = "Prompt id"), ("version" = String, Path, description = "A version number (`3`) or a version id"), PageQuery),
+    responses(
+        (status = 200, description = "The version and its ancestors, newest first", body = PageBody<PromptVersion>),
+    ),
+)]
 pub async fn log(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
@@ -65,6 +75,16 @@ pub async fn log(
 }
 
 /// `GET /v1/prompts/{id}/versions/{v}/children`: oldest first; `after` is a version number.
+#[utoipa::path(
+    get,
+    operation_id = "history.children",
+    path = "/v1/prompts/{prompt_id}/versions/{version}/children",
+    tag = "prompts",
+    params(("prompt_id" = Uuid, Path, description = "Prompt id"), ("version" = String, Path, description = "A version number (`3`) or a version id"), PageQuery),
+    responses(
+        (status = 200, description = "Versions whose parent it is", body = PageBody<PromptVersion>),
+    ),
+)]
 pub async fn children(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
@@ -88,7 +108,8 @@ pub async fn children(
     Ok(HttpResponse::Ok().json(PageBody::new(page, |version| version.version.to_string())))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PairQuery {
     a: String,
@@ -96,6 +117,16 @@ pub struct PairQuery {
 }
 
 /// `GET /v1/prompts/{id}/common-ancestor?a=&b=`.
+#[utoipa::path(
+    get,
+    operation_id = "history.common_ancestor",
+    path = "/v1/prompts/{prompt_id}/common-ancestor",
+    tag = "prompts",
+    params(("prompt_id" = Uuid, Path, description = "Prompt id"), PairQuery),
+    responses(
+        (status = 200, description = "The newest common ancestor, or null", body = CommonAncestorBody),
+    ),
+)]
 pub async fn common_ancestor(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
@@ -108,10 +139,13 @@ pub async fn common_ancestor(
     let b = version(&mut conn, caller.tenant_id, prompt_id, &query.b).await?;
     let ancestor =
         prompts::common_ancestor(&mut conn, caller.tenant_id, prompt_id, a.id, b.id).await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "common_ancestor": ancestor })))
+    Ok(HttpResponse::Ok().json(CommonAncestorBody {
+        common_ancestor: ancestor,
+    }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DiffQuery {
     from: String,
@@ -119,7 +153,7 @@ pub struct DiffQuery {
 }
 
 /// A version in a diff: enough to name it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Named {
     id: Uuid,
     version: i32,
@@ -134,7 +168,7 @@ impl From<&PromptVersion> for Named {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct DiffBody {
     from: Named,
     to: Named,
@@ -144,6 +178,16 @@ struct DiffBody {
 }
 
 /// `GET /v1/prompts/{id}/diff?from=&to=`: message by message, and `params` as JSON.
+#[utoipa::path(
+    get,
+    operation_id = "history.diff",
+    path = "/v1/prompts/{prompt_id}/diff",
+    tag = "prompts",
+    params(("prompt_id" = Uuid, Path, description = "Prompt id"), DiffQuery),
+    responses(
+        (status = 200, description = "Message and parameter differences", body = DiffBody),
+    ),
+)]
 pub async fn diff(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
@@ -173,7 +217,8 @@ pub async fn diff(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ResolveQuery {
     label: Option<String>,
@@ -181,6 +226,18 @@ pub struct ResolveQuery {
 }
 
 /// `GET /v1/prompts/{name or id}/resolve?label=production` (or `?branch=main`).
+#[utoipa::path(
+    get,
+    operation_id = "history.resolve",
+    path = "/v1/prompts/{prompt}/resolve",
+    tag = "prompts",
+    params(("prompt" = String, Path, description = "Prompt name or id"), ResolveQuery),
+    responses(
+        (status = 200, description = "The version a label or branch (default: head of main) points at", body = PromptVersion),
+        (status = 422, description = "Both `label` and `branch`"),
+        (status = 409, description = "The branch has no version yet"),
+    ),
+)]
 pub async fn resolve(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
@@ -211,4 +268,10 @@ pub async fn resolve(
             ResolveError::Database(error) => error.into(),
         })?;
     Ok(HttpResponse::Ok().json(version))
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct CommonAncestorBody {
+    /// Null when the two versions share no ancestor.
+    common_ancestor: Option<PromptVersion>,
 }

@@ -21,7 +21,7 @@ use crate::startup::AppState;
 /// Longest a key may live, when it expires at all.
 const MAX_KEY_LIFETIME_DAYS: i64 = 10 * 366;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
     /// `member` (default) or `admin`.
@@ -33,7 +33,7 @@ pub struct CreateKey {
     expires_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct KeyBody {
     #[serde(flatten)]
     key: ApiKey,
@@ -48,7 +48,7 @@ impl From<ApiKey> for KeyBody {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct CreatedKeyBody {
     #[serde(flatten)]
     key: KeyBody,
@@ -56,6 +56,17 @@ struct CreatedKeyBody {
     secret: String,
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "keys.create",
+    path = "/v1/keys",
+    tag = "tenant",
+    request_body = CreateKey,
+    responses(
+        (status = 201, description = "The key, with its secret (shown once)", body = CreatedKeyBody, headers(("Location" = String, description = "The new resource"))),
+        (status = 403, description = "Only an admin key manages keys"),
+    ),
+)]
 pub async fn create(
     state: web::Data<AppState>,
     caller: Authenticated,
@@ -99,6 +110,17 @@ pub async fn create(
         }))
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "keys.list",
+    path = "/v1/keys",
+    tag = "tenant",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "A page of the tenant's keys (never their secrets)", body = PageBody<KeyBody>),
+        (status = 403, description = "Only an admin key manages keys"),
+    ),
+)]
 pub async fn list(
     state: web::Data<AppState>,
     caller: Authenticated,
@@ -115,6 +137,17 @@ pub async fn list(
     Ok(HttpResponse::Ok().json(PageBody::new(page, |key: &KeyBody| key.key.id.to_string())))
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "keys.get",
+    path = "/v1/keys/{key_id}",
+    tag = "tenant",
+    params(("key_id" = Uuid, Path, description = "Key id")),
+    responses(
+        (status = 200, description = "The key", body = KeyBody),
+        (status = 403, description = "Only an admin key manages keys"),
+    ),
+)]
 pub async fn get(
     state: web::Data<AppState>,
     caller: Authenticated,
@@ -129,6 +162,17 @@ pub async fn get(
 }
 
 /// Revokes the key; revoking it again answers the same (its first `revoked_at`).
+#[utoipa::path(
+    delete,
+    operation_id = "keys.revoke",
+    path = "/v1/keys/{key_id}",
+    tag = "tenant",
+    params(("key_id" = Uuid, Path, description = "Key id")),
+    responses(
+        (status = 200, description = "Revoked: it answers 401 from now on, on every replica", body = KeyBody),
+        (status = 403, description = "Only an admin key manages keys"),
+    ),
+)]
 pub async fn revoke(
     state: web::Data<AppState>,
     caller: Authenticated,

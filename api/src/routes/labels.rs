@@ -6,7 +6,7 @@ use assay_core::db::models::api_keys::KeyScope;
 use assay_core::db::models::events;
 use assay_core::db::models::labels::{self, Authority, Move, MoveError};
 use assay_core::db::models::prompts::{self, VersionRef};
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use uuid::Uuid;
 
 use super::{PageBody, PageQuery};
@@ -14,6 +14,8 @@ use crate::auth::Authenticated;
 use crate::errors::ApiError;
 use crate::json::Json;
 use crate::startup::AppState;
+use assay_core::db::models::events::Event;
+use assay_core::db::models::labels::LabelView;
 
 /// Labels worth a metric label of their own; any other name counts as
 /// `other`, so that user-chosen names cannot grow the series without bound.
@@ -34,6 +36,16 @@ fn metric_label(name: &str) -> &'static str {
 }
 
 /// `GET /v1/prompts/{id}/labels`: by name; `after` is a label name.
+#[utoipa::path(
+    get,
+    operation_id = "labels.list",
+    path = "/v1/prompts/{prompt_id}/labels",
+    tag = "prompts",
+    params(("prompt_id" = Uuid, Path, description = "Prompt id"), PageQuery),
+    responses(
+        (status = 200, description = "A page of labels", body = PageBody<LabelView>),
+    ),
+)]
 pub async fn list(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
@@ -57,6 +69,16 @@ pub async fn list(
 }
 
 /// `GET /v1/prompts/{id}/labels/{name}`.
+#[utoipa::path(
+    get,
+    operation_id = "labels.get",
+    path = "/v1/prompts/{prompt_id}/labels/{name}",
+    tag = "prompts",
+    params(("prompt_id" = Uuid, Path, description = "Prompt id"), ("name" = String, Path, description = "Label name")),
+    responses(
+        (status = 200, description = "The label", body = LabelView),
+    ),
+)]
 pub async fn get(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
@@ -77,14 +99,16 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     Option::<T>::deserialize(deserializer).map(Some)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MoveLabel {
     /// Where the label should point (number or id).
+    #[schema(value_type = super::openapi::VersionRefSchema)]
     version: VersionRef,
     /// Compare-and-set: the version the label names now; `null` = the label
     /// must not exist yet; absent = no check.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<super::openapi::VersionRefSchema>)]
     expected_version: Option<Option<VersionRef>>,
     /// Why (kept in the event).
     #[serde(default)]
@@ -98,6 +122,20 @@ pub struct MoveLabel {
 }
 
 /// `PUT /v1/prompts/{id}/labels/{name}`: creates (201) or moves (200) a label.
+#[utoipa::path(
+    put,
+    operation_id = "labels.put",
+    path = "/v1/prompts/{prompt_id}/labels/{name}",
+    tag = "prompts",
+    params(("prompt_id" = Uuid, Path, description = "Prompt id"), ("name" = String, Path, description = "Label name")),
+    request_body = MoveLabel,
+    responses(
+        (status = 201, description = "Created", body = MovedLabel, headers(("Location" = String, description = "The new resource"))),
+        (status = 200, description = "Moved (or already there)", body = MovedLabel, headers(("Location" = String, description = "The new resource"))),
+        (status = 403, description = "A protected label needs an admin key and `force`"),
+        (status = 409, description = "`expected_version` does not match (`current` says what is)"),
+    ),
+)]
 pub async fn put(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
@@ -164,14 +202,24 @@ pub async fn put(
     };
     Ok(response
         .insert_header(("Location", format!("/v1/prompts/{prompt_id}/labels/{name}")))
-        .json(serde_json::json!({
-            "label": moved.label,
-            "changed": moved.changed,
-        })))
+        .json(MovedLabel {
+            label: moved.label,
+            changed: moved.changed,
+        }))
 }
 
 /// `GET /v1/prompts/{id}/labels/{name}/history`: the label's moves, newest
 /// first; `after` is an event id.
+#[utoipa::path(
+    get,
+    operation_id = "labels.history",
+    path = "/v1/prompts/{prompt_id}/labels/{name}/history",
+    tag = "prompts",
+    params(("prompt_id" = Uuid, Path, description = "Prompt id"), ("name" = String, Path, description = "Label name"), PageQuery),
+    responses(
+        (status = 200, description = "The label's moves, newest first", body = PageBody<Event>),
+    ),
+)]
 pub async fn history(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
@@ -203,4 +251,12 @@ pub async fn history(
     )
     .await?;
     Ok(HttpResponse::Ok().json(PageBody::new(page, |event| event.id.to_string())))
+}
+
+/// A label after a move.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct MovedLabel {
+    label: LabelView,
+    /// Whether anything changed (and an event was written).
+    changed: bool,
 }

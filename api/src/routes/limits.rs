@@ -9,13 +9,13 @@ use crate::auth::Authenticated;
 use crate::errors::ApiError;
 use crate::rate_limit::TenantRequestLimits;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct RateBody {
     per_minute: u32,
     burst: u32,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct LimitsBody {
     reads: RateBody,
     writes: RateBody,
@@ -23,6 +23,15 @@ struct LimitsBody {
     max_active_evaluations: i64,
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "limits.get",
+    path = "/v1/limits",
+    tag = "tenant",
+    responses(
+        (status = 200, description = "The request rates and quotas that apply to this key's tenant", body = LimitsBody),
+    ),
+)]
 pub async fn get(
     _caller: Authenticated,
     TenantRequestLimits(limits): TenantRequestLimits,

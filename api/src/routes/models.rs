@@ -8,7 +8,7 @@ use serde_json::json;
 use crate::auth::Authenticated;
 use crate::startup::AppState;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct ModelBody<'a> {
     name: &'a str,
     provider: &'static str,
@@ -16,8 +16,10 @@ struct ModelBody<'a> {
     /// Dollars per million tokens.
     price: serde_json::Value,
     limits: serde_json::Value,
+    #[schema(value_type = u64)]
     timeout_ms: u128,
     max_attempts: u32,
+    #[schema(value_type = Vec<String>)]
     fallbacks: &'a [String],
 }
 
@@ -45,10 +47,26 @@ impl<'a> From<&'a Model> for ModelBody<'a> {
     }
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "models.list",
+    path = "/v1/models",
+    tag = "tenant",
+    responses(
+        (status = 200, description = "The models of the registry", body = ModelsBody),
+    ),
+)]
 pub async fn list(state: web::Data<AppState>, _caller: Authenticated) -> HttpResponse {
     let models: Vec<_> = state.catalog.models().map(ModelBody::from).collect();
-    HttpResponse::Ok().json(json!({
-        "data": models,
-        "builtin": "mock and mock:<options> (see the README) are always available",
-    }))
+    HttpResponse::Ok().json(ModelsBody {
+        data: models,
+        builtin: "mock and mock:<options> (see the README) are always available",
+    })
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct ModelsBody<'a> {
+    data: Vec<ModelBody<'a>>,
+    /// The models that need no registry entry.
+    builtin: &'static str,
 }

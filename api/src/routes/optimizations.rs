@@ -21,16 +21,18 @@ use crate::errors::ApiError;
 use crate::json::Json;
 use crate::request_id::RequestId;
 use crate::startup::AppState;
+use assay_core::db::models::optimizations::Optimization;
 
 /// Bounds of what one optimization may ask for.
 pub const MAX_CANDIDATES: u32 = 8;
 pub const MAX_ROUNDS: u32 = 5;
 pub const MAX_BUDGET_USD: f64 = 10_000.0;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OptimizationRequest {
     /// The version to start from (number or id).
+    #[schema(value_type = super::openapi::VersionRefSchema)]
     from: VersionRef,
     dataset_id: Uuid,
     models: Vec<String>,
@@ -71,6 +73,17 @@ fn half() -> f64 {
 }
 
 /// `POST /v1/prompts/{id}/optimizations` → 202 with the optimization.
+#[utoipa::path(
+    post,
+    operation_id = "optimizations.create",
+    path = "/v1/prompts/{prompt_id}/optimizations",
+    tag = "automation",
+    params(("prompt_id" = Uuid, Path, description = "Prompt id")),
+    request_body = OptimizationRequest,
+    responses(
+        (status = 202, description = "Queued", body = Optimization, headers(("Location" = String, description = "The new resource"))),
+    ),
+)]
 pub async fn create(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
@@ -207,6 +220,16 @@ pub async fn create(
 }
 
 /// `GET /v1/optimizations/{id}`: the row, every candidate, what it spent, events.
+#[utoipa::path(
+    get,
+    operation_id = "optimizations.get",
+    path = "/v1/optimizations/{optimization_id}",
+    tag = "automation",
+    params(("optimization_id" = Uuid, Path, description = "Optimization id")),
+    responses(
+        (status = 200, description = "The optimization, with `branch`, `candidate_list`, `spent_usd` and `events`", body = Optimization),
+    ),
+)]
 pub async fn get(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
@@ -229,6 +252,17 @@ pub async fn get(
 }
 
 /// `POST /v1/optimizations/{id}/cancel`.
+#[utoipa::path(
+    post,
+    operation_id = "optimizations.cancel",
+    path = "/v1/optimizations/{optimization_id}/cancel",
+    tag = "automation",
+    params(("optimization_id" = Uuid, Path, description = "Optimization id")),
+    responses(
+        (status = 200, description = "Canceled", body = Optimization),
+        (status = 409, description = "It has finished"),
+    ),
+)]
 pub async fn cancel(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,

@@ -11,7 +11,7 @@ use crate::auth::Authenticated;
 use crate::errors::ApiError;
 use crate::startup::AppState;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct ProgressBody {
     id: Uuid,
     status: String,
@@ -21,6 +21,16 @@ struct ProgressBody {
     progress: results::Progress,
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "progress.progress",
+    path = "/v1/evaluations/{evaluation_id}/progress",
+    tag = "evaluations",
+    params(("evaluation_id" = Uuid, Path, description = "Evaluation id")),
+    responses(
+        (status = 200, description = "Counts so far", body = ProgressBody),
+    ),
+)]
 pub async fn progress(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,

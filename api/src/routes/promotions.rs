@@ -20,11 +20,13 @@ use crate::errors::ApiError;
 use crate::json::Json;
 use crate::request_id::RequestId;
 use crate::startup::AppState;
+use assay_core::db::models::promotions::Promotion;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PromotionRequest {
     /// The version to promote (number or id).
+    #[schema(value_type = super::openapi::VersionRefSchema)]
     candidate: VersionRef,
     /// The label to move; it must exist (its version is the baseline).
     label: String,
@@ -65,6 +67,18 @@ pub(crate) async fn check_setup(
 }
 
 /// `POST /v1/prompts/{id}/promotions` → 202 with the promotion.
+#[utoipa::path(
+    post,
+    operation_id = "promotions.create",
+    path = "/v1/prompts/{prompt_id}/promotions",
+    tag = "automation",
+    params(("prompt_id" = Uuid, Path, description = "Prompt id")),
+    request_body = PromotionRequest,
+    responses(
+        (status = 202, description = "Queued: evaluates the candidate against the label's version, then moves the label if the policy passes", body = Promotion, headers(("Location" = String, description = "The new resource"))),
+        (status = 409, description = "A promotion of this label is running"),
+    ),
+)]
 pub async fn create(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
@@ -169,6 +183,16 @@ pub(crate) async fn push(
 }
 
 /// `GET /v1/promotions/{id}`: status, evaluations, comparison, reason, events.
+#[utoipa::path(
+    get,
+    operation_id = "promotions.get",
+    path = "/v1/promotions/{promotion_id}",
+    tag = "automation",
+    params(("promotion_id" = Uuid, Path, description = "Promotion id")),
+    responses(
+        (status = 200, description = "The promotion, with its `events`", body = Promotion),
+    ),
+)]
 pub async fn get(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
@@ -185,6 +209,17 @@ pub async fn get(
 }
 
 /// `POST /v1/promotions/{id}/cancel`.
+#[utoipa::path(
+    post,
+    operation_id = "promotions.cancel",
+    path = "/v1/promotions/{promotion_id}/cancel",
+    tag = "automation",
+    params(("promotion_id" = Uuid, Path, description = "Promotion id")),
+    responses(
+        (status = 200, description = "Canceled", body = Promotion),
+        (status = 409, description = "It has finished"),
+    ),
+)]
 pub async fn cancel(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,

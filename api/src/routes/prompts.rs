@@ -19,7 +19,7 @@ use crate::errors::ApiError;
 use crate::json::Json;
 use crate::startup::AppState;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreatePrompt {
     name: String,
@@ -34,7 +34,7 @@ pub struct CreatePrompt {
     commit_message: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct PromptBody {
     #[serde(flatten)]
     prompt: Prompt,
@@ -60,6 +60,17 @@ pub(super) fn validate_commit_message(message: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "prompts.create",
+    path = "/v1/prompts",
+    tag = "prompts",
+    request_body = CreatePrompt,
+    responses(
+        (status = 201, description = "Created (with version 1 when `messages` were given)", body = PromptBody, headers(("Location" = String, description = "The new resource"))),
+        (status = 409, description = "A prompt with this name exists"),
+    ),
+)]
 pub async fn create(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
@@ -160,6 +171,16 @@ pub(super) fn commit_error(error: CommitError) -> ApiError {
     }
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "prompts.list",
+    path = "/v1/prompts",
+    tag = "prompts",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "A page of prompts", body = PageBody<Prompt>),
+    ),
+)]
 pub async fn list(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
@@ -171,6 +192,16 @@ pub async fn list(
     Ok(HttpResponse::Ok().json(PageBody::new(page, |prompt| prompt.id.to_string())))
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "prompts.get",
+    path = "/v1/prompts/{prompt_id}",
+    tag = "prompts",
+    params(("prompt_id" = Uuid, Path, description = "Prompt id")),
+    responses(
+        (status = 200, description = "The prompt and its latest version", body = PromptBody),
+    ),
+)]
 pub async fn get(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
@@ -190,7 +221,7 @@ pub async fn get(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CommitVersion {
     messages: Vec<ChatMessage>,
@@ -202,11 +233,12 @@ pub struct CommitVersion {
     branch: Option<String>,
     /// Compare-and-set: the head (number or id) the caller last saw.
     #[serde(default)]
+    #[schema(value_type = Option<super::openapi::VersionRefSchema>)]
     expected_head: Option<VersionRef>,
 }
 
 /// A version and the branch a commit put it on.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(super) struct CommittedBody {
     #[serde(flatten)]
     version: PromptVersion,
@@ -236,6 +268,19 @@ pub(super) fn committed(prompt_id: Uuid, branch: String, committed: Committed) -
 }
 
 /// `POST /v1/prompts/{id}/versions`: commits onto `branch` (default main).
+#[utoipa::path(
+    post,
+    operation_id = "prompts.commit_version",
+    path = "/v1/prompts/{prompt_id}/versions",
+    tag = "prompts",
+    params(("prompt_id" = Uuid, Path, description = "Prompt id")),
+    request_body = CommitVersion,
+    responses(
+        (status = 201, description = "A new version", body = CommittedBody, headers(("Location" = String, description = "The new resource"))),
+        (status = 200, description = "Same content as the head: nothing written", body = CommittedBody),
+        (status = 409, description = "`expected_head` is not the head any more (`current` says what is)"),
+    ),
+)]
 pub async fn commit_version(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
@@ -267,6 +312,16 @@ pub async fn commit_version(
     Ok(committed(prompt_id, branch, result))
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "prompts.list_versions",
+    path = "/v1/prompts/{prompt_id}/versions",
+    tag = "prompts",
+    params(("prompt_id" = Uuid, Path, description = "Prompt id"), PageQuery),
+    responses(
+        (status = 200, description = "A page of versions, newest first", body = PageBody<PromptVersion>),
+    ),
+)]
 pub async fn list_versions(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
@@ -284,6 +339,16 @@ pub async fn list_versions(
 }
 
 /// `{version}` is a version number (`3`) or a version id.
+#[utoipa::path(
+    get,
+    operation_id = "prompts.get_version",
+    path = "/v1/prompts/{prompt_id}/versions/{version}",
+    tag = "prompts",
+    params(("prompt_id" = Uuid, Path, description = "Prompt id"), ("version" = String, Path, description = "A version number (`3`) or a version id")),
+    responses(
+        (status = 200, description = "The version", body = PromptVersion),
+    ),
+)]
 pub async fn get_version(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,

@@ -53,7 +53,9 @@ const ASSETS: &[Asset] = &[
     },
 ];
 
-fn secured(mut response: actix_web::HttpResponseBuilder) -> actix_web::HttpResponseBuilder {
+pub(super) fn secured(
+    mut response: actix_web::HttpResponseBuilder,
+) -> actix_web::HttpResponseBuilder {
     response
         .insert_header((header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY))
         .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
@@ -66,14 +68,48 @@ fn secured(mut response: actix_web::HttpResponseBuilder) -> actix_web::HttpRespo
     response
 }
 
-/// `/` and `/ui`: to the viewer.
+/// The root: to the viewer.
+#[utoipa::path(
+    get,
+    operation_id = "ui.root",
+    path = "/",
+    tag = "ui",
+    responses((status = 302, description = "Redirect to `/ui/`", headers(("Location" = String)))),
+)]
+pub async fn root() -> HttpResponse {
+    to_viewer().await
+}
+
+/// To the viewer.
+#[utoipa::path(
+    get,
+    operation_id = "ui.to_viewer",
+    path = "/ui",
+    tag = "ui",
+    responses((status = 302, description = "Redirect to `/ui/`", headers(("Location" = String)))),
+)]
 pub async fn to_viewer() -> HttpResponse {
     HttpResponse::Found()
         .insert_header((header::LOCATION, "/ui/"))
         .finish()
 }
 
-/// `/ui/assets/{name}`.
+/// A file of the viewer (scripts, style, icon), embedded in the binary.
+#[utoipa::path(
+    get,
+    operation_id = "ui.asset",
+    path = "/ui/assets/{name}",
+    tag = "ui",
+    params(("name" = String, Path, description = "File name, e.g. `app.js`")),
+    responses(
+        (status = 200, description = "The file (JavaScript, CSS or SVG)", content(
+            (String = "text/javascript; charset=utf-8"),
+            (String = "text/css; charset=utf-8"),
+            (String = "image/svg+xml"),
+        )),
+        (status = 404, description = "No such file", content_type = "text/plain; charset=utf-8", body = String),
+    ),
+)]
 pub async fn asset(name: web::Path<String>) -> HttpResponse {
     match ASSETS.iter().find(|asset| asset.name == name.as_str()) {
         Some(asset) => {
@@ -91,7 +127,16 @@ pub async fn asset(name: web::Path<String>) -> HttpResponse {
     }
 }
 
-/// Any other path under `/ui/`: the page shell (the script picks the view).
+/// Any other path under `/ui/`: the page shell (its script picks the view
+/// from the path and reads the `/v1` API with the key the user pastes).
+#[utoipa::path(
+    get,
+    operation_id = "ui.page",
+    path = "/ui/{tail}",
+    tag = "ui",
+    params(("tail" = String, Path, description = "The viewer's own route, e.g. `evaluations/<id>`")),
+    responses((status = 200, description = "The viewer's HTML page", content_type = "text/html; charset=utf-8", body = String)),
+)]
 pub async fn page(_request: HttpRequest) -> HttpResponse {
     counter!("assay_ui_requests_total", "kind" => "page").increment(1);
     secured(HttpResponse::Ok())

@@ -14,8 +14,9 @@ use crate::auth::Authenticated;
 use crate::errors::ApiError;
 use crate::json::Json;
 use crate::startup::AppState;
+use assay_core::db::models::webhooks::Delivery;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateWebhook {
     /// Where events are POSTed: http or https, at most 2,048 bytes.
@@ -26,7 +27,7 @@ pub struct CreateWebhook {
 }
 
 /// A webhook as created: with its signing secret, which no later read shows.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CreatedWebhook {
     #[serde(flatten)]
     webhook: Webhook,
@@ -34,6 +35,16 @@ pub struct CreatedWebhook {
 }
 
 /// `POST /v1/webhooks`: 201 with the secret.
+#[utoipa::path(
+    post,
+    operation_id = "webhooks.create",
+    path = "/v1/webhooks",
+    tag = "tenant",
+    request_body = CreateWebhook,
+    responses(
+        (status = 201, description = "The webhook, with its signing secret (shown once)", body = CreatedWebhook, headers(("Location" = String, description = "The new resource"))),
+    ),
+)]
 pub async fn create(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
@@ -100,6 +111,16 @@ impl CreatedWebhook {
 }
 
 /// `GET /v1/webhooks`: newest first.
+#[utoipa::path(
+    get,
+    operation_id = "webhooks.list",
+    path = "/v1/webhooks",
+    tag = "tenant",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "A page of webhooks", body = PageBody<Webhook>),
+    ),
+)]
 pub async fn list(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
@@ -113,6 +134,16 @@ pub async fn list(
 }
 
 /// `GET /v1/webhooks/{id}`.
+#[utoipa::path(
+    get,
+    operation_id = "webhooks.get",
+    path = "/v1/webhooks/{webhook_id}",
+    tag = "tenant",
+    params(("webhook_id" = Uuid, Path, description = "Webhook id")),
+    responses(
+        (status = 200, description = "The webhook", body = Webhook),
+    ),
+)]
 pub async fn get(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
@@ -126,6 +157,16 @@ pub async fn get(
 }
 
 /// `DELETE /v1/webhooks/{id}`: 204; its pending deliveries end `failed`.
+#[utoipa::path(
+    delete,
+    operation_id = "webhooks.delete",
+    path = "/v1/webhooks/{webhook_id}",
+    tag = "tenant",
+    params(("webhook_id" = Uuid, Path, description = "Webhook id")),
+    responses(
+        (status = 204, description = "Deleted: no more deliveries"),
+    ),
+)]
 pub async fn delete(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
@@ -139,6 +180,16 @@ pub async fn delete(
 }
 
 /// `GET /v1/webhooks/{id}/deliveries`: newest first, each with every attempt.
+#[utoipa::path(
+    get,
+    operation_id = "webhooks.deliveries",
+    path = "/v1/webhooks/{webhook_id}/deliveries",
+    tag = "tenant",
+    params(("webhook_id" = Uuid, Path, description = "Webhook id"), PageQuery),
+    responses(
+        (status = 200, description = "Deliveries, newest first, each with every attempt", body = PageBody<Delivery>),
+    ),
+)]
 pub async fn deliveries(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,

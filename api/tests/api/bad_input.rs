@@ -421,6 +421,29 @@ async fn no_input_makes_the_api_answer_5xx() {
         .await
         .unwrap();
     assert_problem(&wrong_method, 405, "method_not_allowed", "DELETE");
+    assert_eq!(wrong_method.header("allow"), Some("GET, POST"));
+    // NUL reaches no query: in a path it names nothing, in a parameter it is
+    // invalid input naming the parameter.
+    let prompt = uuid::Uuid::now_v7();
+    for (path, status, code) in [
+        (
+            format!("/v1/prompts/{prompt}/branches?after=%00"),
+            422,
+            "invalid_input",
+        ),
+        (
+            format!("/v1/prompts/{prompt}/branches/a%00b"),
+            404,
+            "not_found",
+        ),
+        ("/v1/prompts/x%00/resolve".to_owned(), 404, "not_found"),
+    ] {
+        let response = client.get(&path).await.unwrap();
+        assert_problem(&response, status, code, "");
+        if status == 422 {
+            assert_eq!(response.body["field"], "after");
+        }
+    }
     let large = "x".repeat(2 << 20);
     let too_large = client
         .post_raw("/v1/prompts", "application/json", large)

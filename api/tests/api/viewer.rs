@@ -516,3 +516,73 @@ async fn events_stream_progress_and_status_then_the_summary_and_end() {
     .await
     .unwrap();
 }
+
+/// `/docs` and its files come from the binary with the viewer's strict
+/// headers, and read the API's own `/openapi.json`.
+#[tokio::test]
+async fn the_docs_page_is_served_from_the_binary_with_strict_headers() {
+    let app = TestApp::spawn().await;
+    let http = reqwest::Client::new();
+    let base = &app.client.base_url;
+    let page = http.get(format!("{base}/docs")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let headers = page.headers().clone();
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    let html = page.text().await.unwrap();
+    assert_eq!(
+        html.matches("<script").count(),
+        html.matches("<script type=\"module\" src=\"/docs/assets/")
+            .count()
+    );
+    assert!(!html.contains("http://") && !html.contains("https://"));
+    for (asset, kind) in [("docs.js", "text/javascript"), ("docs.css", "text/css")] {
+        let file = http
+            .get(format!("{base}/docs/assets/{asset}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(file.status(), 200, "{asset}");
+        assert!(
+            file.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with(kind)
+        );
+        assert!(file.headers().contains_key("content-security-policy"));
+        let text = file.text().await.unwrap();
+        assert!(
+            !text.contains("https://") && !text.contains("http://"),
+            "{asset}"
+        );
+        if asset == "docs.js" {
+            assert!(text.contains("fetch(\"/openapi.json\")"));
+        }
+    }
+    let missing = http
+        .get(format!("{base}/docs/assets/nope.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let document = http
+        .get(format!("{base}/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(document.status(), 200);
+    assert!(
+        document.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
+    let document: Value = document.json().await.unwrap();
+    assert_eq!(document["openapi"], "3.1.0");
+    assert!(document["paths"]["/docs"]["get"].is_object());
+    assert!(document["paths"]["/v1/evaluations/{evaluation_id}/events"]["get"]["responses"]["200"]["content"]["text/event-stream"].is_object());
+}

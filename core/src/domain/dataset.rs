@@ -28,10 +28,12 @@ pub const MAX_ITEM_GRADERS: usize = 20;
 /// output a grader may compare with (`{{ expected }}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DatasetItemInput {
     /// Stable id, unique in the dataset; defaults to the item's position.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub vars: Map<String, Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected: Option<Value>,

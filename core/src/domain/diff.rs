@@ -15,6 +15,7 @@ use super::{ChatMessage, Role};
 
 /// How one message position changed.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MessageDiff {
     /// Position in the version it comes from (`to` for added, `from` otherwise).
     pub index: usize,
@@ -28,6 +29,7 @@ pub struct MessageDiff {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum MessageStatus {
     Unchanged,
     Changed,
@@ -37,6 +39,7 @@ pub enum MessageStatus {
 
 /// One changed path of `params`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ParamChange {
     /// JSON pointer, e.g. `/temperature`.
     pub path: String,
@@ -49,6 +52,7 @@ pub struct ParamChange {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ParamOp {
     Added,
     Removed,

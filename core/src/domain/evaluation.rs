@@ -13,6 +13,7 @@ use serde_json::Value;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EvaluationRequest {
     /// The prompt version, by id; or name the prompt and a label or branch.
     #[serde(default)]
@@ -61,6 +62,7 @@ pub struct EvaluationRequest {
 /// normal before low, both when taking chunks and when handing out LLM calls.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Priority {
     High,
     #[default]

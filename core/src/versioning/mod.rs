@@ -257,6 +257,7 @@ pub async fn evaluation_for(
 /// model must pass every rule that is set).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Policy {
     /// The candidate's pass rate over the paired items must reach it (0 to 1).
     pub min_pass_rate: f64,

@@ -5,6 +5,7 @@ mod api_contract;
 mod bombs;
 mod budgets;
 mod cli;
+mod contract;
 mod evaluation;
 mod graders;
 mod hostile_templates;

@@ -26,6 +26,7 @@ pub struct Tenant {
 /// What a key may do beyond the ordinary. Stored as text in `api_keys.scope`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum KeyScope {
     /// Everything a tenant's user does.
     #[default]
@@ -125,6 +126,7 @@ pub async fn create_key_with_scope(
 /// A key as listed: never its secret, only its first characters.
 #[derive(Debug, Clone, Queryable, Selectable, serde::Serialize)]
 #[diesel(table_name = api_keys, check_for_backend(diesel::pg::Pg))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiKey {
     pub id: Uuid,
     #[serde(skip)]

@@ -47,6 +47,7 @@ pub struct Branch {
 
 /// A branch as the API shows it: with its head's number.
 #[derive(Debug, Clone, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BranchView {
     pub name: String,
     pub prompt_id: Uuid,

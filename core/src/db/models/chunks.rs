@@ -627,6 +627,7 @@ pub async fn reopen_holding(
 
 /// Chunks of an evaluation by state, for progress reports.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChunkCounts {
     pub total: i64,
     pub pending: i64,

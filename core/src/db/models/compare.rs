@@ -249,6 +249,7 @@ async fn histogram(
 
 /// Cost, tokens and latency of one side's runs of the paired items.
 #[derive(Debug, Clone, Default, QueryableByName, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Usage {
     /// Runs (all of them, errored ones too: they were paid for).
     #[diesel(sql_type = BigInt)]
@@ -321,6 +322,7 @@ pub enum Direction {
 
 /// A paired item that changed.
 #[derive(Debug, Clone, QueryableByName, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChangedItem {
     #[diesel(sql_type = Integer)]
     pub position: i32,
@@ -365,6 +367,7 @@ async fn changed_items(
 
 /// Pass rates over the paired items (means of per-item pass fractions).
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PassRates {
     pub a: f64,
     pub b: f64,
@@ -376,6 +379,7 @@ pub struct PassRates {
 
 /// The significance test on the items whose outcome changed.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Significance {
     /// `exact_mcnemar` (one run per item on both sides) or
     /// `exact_sign_test_on_pass_fractions` (repeats).
@@ -388,6 +392,7 @@ pub struct Significance {
 
 /// Mean score over items scored on both sides.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Scores {
     pub items: i64,
     pub a: f64,
@@ -402,6 +407,7 @@ pub struct Scores {
 
 /// `b - a` of every usage figure.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UsageDifference {
     pub cost_usd: f64,
     pub input_tokens: i64,
@@ -411,6 +417,7 @@ pub struct UsageDifference {
 }
 
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UsageComparison {
     pub a: Usage,
     pub b: Usage,
@@ -419,6 +426,7 @@ pub struct UsageComparison {
 
 /// A first page of changed items and the cursor to the next.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChangePage {
     pub count: i64,
     pub items: Vec<ChangedItem>,
@@ -444,6 +452,7 @@ impl ChangePage {
 
 /// Items each side graded, and how many both did.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ItemCounts {
     pub a: i64,
     pub b: i64,
@@ -452,6 +461,7 @@ pub struct ItemCounts {
 
 /// Everything about one model pair.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PairReport {
     pub a_model: String,
     pub b_model: String,

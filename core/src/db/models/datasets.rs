@@ -17,6 +17,7 @@ const ITEM_BATCH: usize = 5_000;
 
 #[derive(Debug, Clone, Queryable, Selectable, serde::Serialize)]
 #[diesel(table_name = datasets, check_for_backend(diesel::pg::Pg))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Dataset {
     pub id: Uuid,
     #[serde(skip)]
@@ -49,6 +50,7 @@ impl Dataset {
 
 #[derive(Debug, Clone, Queryable, Selectable, serde::Serialize)]
 #[diesel(table_name = dataset_items, check_for_backend(diesel::pg::Pg))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DatasetItem {
     pub position: i32,
     #[serde(rename = "id")]

@@ -25,6 +25,7 @@ use crate::queue::Push;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum EvaluationStatus {
     Queued,
     Running,
@@ -114,6 +115,7 @@ pub struct Evaluation {
 /// Why an evaluation was canceled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum CancelReason {
     /// `POST /v1/evaluations/{id}/cancel`.
     User,
@@ -151,6 +153,7 @@ impl Evaluation {
 
 /// What a finished evaluation reports.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Summary {
     /// One entry per model, in the order the evaluation lists them.
     pub models: Vec<ModelReport>,
@@ -169,6 +172,7 @@ pub struct Summary {
 
 /// One model's figures, and its repeat statistics when items ran more than once.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ModelReport {
     #[serde(flatten)]
     pub figures: ModelSummary,

@@ -21,6 +21,7 @@ pub struct NewEvent<'a> {
 
 #[derive(Debug, Clone, Queryable, Selectable, serde::Serialize)]
 #[diesel(table_name = events, check_for_backend(diesel::pg::Pg))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Event {
     pub id: i64,
     pub tenant_id: Uuid,

@@ -51,6 +51,7 @@ pub struct Label {
 
 /// A label as the API shows it: with its version's number.
 #[derive(Debug, Clone, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LabelView {
     pub name: String,
     pub prompt_id: Uuid,

@@ -19,6 +19,7 @@ pub const UNFINISHED: [&str; 2] = ["queued", "running"];
 
 #[derive(Debug, Clone, Queryable, Selectable, serde::Serialize)]
 #[diesel(table_name = optimizations, check_for_backend(diesel::pg::Pg))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Optimization {
     pub id: Uuid,
     #[serde(skip)]
@@ -94,6 +95,7 @@ pub struct NewOptimization {
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable, serde::Serialize)]
 #[diesel(table_name = optimization_candidates, check_for_backend(diesel::pg::Pg))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Candidate {
     #[serde(skip)]
     pub optimization_id: Uuid,

@@ -19,6 +19,7 @@ pub const UNFINISHED: [&str; 2] = ["queued", "evaluating"];
 
 #[derive(Debug, Clone, Queryable, Selectable, serde::Serialize)]
 #[diesel(table_name = promotions, check_for_backend(diesel::pg::Pg))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Promotion {
     pub id: Uuid,
     #[serde(skip)]

@@ -14,6 +14,7 @@ use crate::domain::PromptContent;
 
 #[derive(Debug, Clone, Queryable, Selectable, serde::Serialize)]
 #[diesel(table_name = prompts, check_for_backend(diesel::pg::Pg))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Prompt {
     pub id: Uuid,
     #[serde(skip)]
@@ -25,6 +26,7 @@ pub struct Prompt {
 
 #[derive(Debug, Clone, Queryable, QueryableByName, Selectable, serde::Serialize)]
 #[diesel(table_name = prompt_versions, check_for_backend(diesel::pg::Pg))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PromptVersion {
     pub id: Uuid,
     #[serde(skip)]

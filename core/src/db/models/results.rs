@@ -20,6 +20,7 @@ use crate::db::schema::{evaluation_results, evaluations};
 /// Outcome of one item x model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ResultStatus {
     Passed,
     Failed,
@@ -66,6 +67,7 @@ pub struct NewResult {
 
 #[derive(Debug, Clone, Queryable, Selectable, Serialize)]
 #[diesel(table_name = evaluation_results, check_for_backend(diesel::pg::Pg))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EvaluationResult {
     pub model: String,
     pub item_position: i32,
@@ -415,6 +417,7 @@ fn page_query(
 
 /// Figures of one model over its results.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, QueryableByName)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ModelSummary {
     #[diesel(sql_type = Text)]
     pub model: String,
@@ -504,6 +507,7 @@ pub async fn summarize(
 /// the evaluation's list; items' own graders grouped by type (their lists
 /// differ from item to item).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, QueryableByName)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GraderSummary {
     /// Index in the evaluation's graders; None for items' graders.
     #[diesel(sql_type = Nullable<Int8>)]
@@ -578,6 +582,7 @@ pub async fn summarize_graders(
 /// What an evaluation's results add up to so far: what a client shows
 /// while it runs (the evaluation's row has the counts, not the cost).
 #[derive(Debug, Clone, PartialEq, Serialize, QueryableByName)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Progress {
     #[diesel(sql_type = Int8)]
     pub completed: i64,
@@ -647,6 +652,7 @@ pub async fn item_runs(
 
 /// Pass statistics of one model over items run `k` times each.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RepeatStats {
     /// Runs per item.
     pub k: i64,
@@ -663,6 +669,7 @@ pub struct RepeatStats {
     /// Items whose runs disagree (some pass, some do not), by item id.
     pub flaky_items: Vec<String>,
     /// Pass fraction of every item, by item id, in item order.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<Vec<serde_json::Value>>))]
     pub item_pass_fractions: Vec<(String, f64)>,
 }
 
@@ -805,6 +812,7 @@ pub async fn item_vars(
 
 /// Answered calls of one model counted into equal-width latency buckets.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LatencyHistogram {
     /// The buckets span `[low_ms, high_ms]` over every model's answered calls.
     pub low_ms: i32,
@@ -814,6 +822,7 @@ pub struct LatencyHistogram {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ModelLatencies {
     pub model: String,
     pub counts: Vec<i64>,

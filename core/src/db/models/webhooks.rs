@@ -29,6 +29,7 @@ use crate::webhooks::{event_body, is_webhook_event};
 
 #[derive(Debug, Clone, Queryable, Selectable, Serialize)]
 #[diesel(table_name = webhooks, check_for_backend(diesel::pg::Pg))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Webhook {
     pub id: Uuid,
     #[serde(skip)]
@@ -448,6 +449,7 @@ pub async fn record_attempt(
 
 /// A delivery as its log shows it.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Delivery {
     pub id: Uuid,
     pub webhook_id: Uuid,
@@ -470,6 +472,7 @@ pub struct Delivery {
 
 #[derive(Debug, Clone, Queryable, Selectable, Serialize)]
 #[diesel(table_name = webhook_attempts, check_for_backend(diesel::pg::Pg))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Attempt {
     #[serde(skip)]
     pub delivery_id: Uuid,
