@@ -35,9 +35,9 @@ demo-ui: deps build
 test: deps build schema-check
 	@bash scripts/test.sh
 
-## bench: run the benchmarks and append their figures to BENCHMARKS.md
+## bench: run the benchmarks and append their figures to BENCHMARKS.md (ONLY=viewer,cli,... for some cases)
 bench: deps
-	@bash scripts/bench.sh
+	@ONLY="$(ONLY)" bash scripts/bench.sh
 
 ## schema-check: fail if core/src/db/schema.rs differs from what the migrations produce
 schema-check: build

@@ -7,6 +7,33 @@ cd "$(dirname "$0")/.."
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 
+machine_header() {
+  local cpu memory commit
+  cpu=$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2 | sed 's/^ //' || echo unknown)
+  memory=$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo 2>/dev/null || echo unknown)
+  commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+  [ -n "$(git status --porcelain 2>/dev/null)" ] && commit="$commit (with uncommitted changes)"
+  echo
+  echo "## $(date -u '+%Y-%m-%d %H:%M UTC'), commit $commit${1:+ ($1)}"
+  echo
+  echo "Machine: $(nproc) cores ($cpu), $memory, $(uname -sr)."
+  echo
+}
+
+[ -f BENCHMARKS.md ] || printf '# Benchmarks\n\nAppended by `make bench`; newest last. Figures of one run are compared with each other, not across runs.\n' > BENCHMARKS.md
+
+# `make bench ONLY=viewer,pressure`: only those cases of assay-bench, appended the same way.
+if [ -n "${ONLY:-}" ]; then
+  cargo build --release --workspace --bins
+  for case in ${ONLY//,/ }; do
+    echo "==> $case"
+    "${CARGO_TARGET_DIR:-target}/release/assay-bench" --only "$case" | tee -a "$out"
+  done
+  { machine_header "only: $ONLY"; cat "$out"; } >> BENCHMARKS.md
+  echo "==> appended to BENCHMARKS.md"
+  exit 0
+fi
+
 echo "==> grading and rendering (criterion)"
 cargo bench -p assay-core --bench graders -- --output-format bencher | tee -a "$out"
 echo "==> result writes (PostgreSQL)"
@@ -23,18 +50,8 @@ write_ns=$(sed -nE 's/^result_write: ([0-9]+) ns\/row.*/\1/p' "$out")
 us() { awk -v n="$1" 'BEGIN { printf "%.1f", n / 1000 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 
-cpu=$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2 | sed 's/^ //' || echo unknown)
-memory=$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo 2>/dev/null || echo unknown)
-commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-[ -n "$(git status --porcelain 2>/dev/null)" ] && commit="$commit (with uncommitted changes)"
-
-[ -f BENCHMARKS.md ] || printf '# Benchmarks\n\nAppended by `make bench`; newest last. Figures of one run are compared with each other, not across runs.\n' > BENCHMARKS.md
 {
-  echo
-  echo "## $(date -u '+%Y-%m-%d %H:%M UTC'), commit $commit"
-  echo
-  echo "Machine: $(nproc) cores ($cpu), $memory, $(uname -sr)."
-  echo
+  machine_header
   echo "### Grading and templates (per item, release build)"
   echo
   echo "| what | per item | ÷ one result write |"

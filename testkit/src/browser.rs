@@ -265,6 +265,20 @@ impl Browser {
         .map(drop)
     }
 
+    /// Emulates the system's colour-scheme setting (`"light"` or `"dark"`)
+    /// for `prefers-color-scheme`, through chromedriver's DevTools bridge:
+    /// WebDriver itself has no command for it.
+    pub async fn prefer_color_scheme(&self, scheme: &str) -> anyhow::Result<()> {
+        self.session_command(
+            reqwest::Method::POST,
+            "/goog/cdp/execute",
+            Some(json!({"cmd": "Emulation.setEmulatedMedia", "params": {
+                "features": [{"name": "prefers-color-scheme", "value": scheme}]}})),
+        )
+        .await
+        .map(drop)
+    }
+
     /// Saves a PNG of the viewport to `path`.
     pub async fn screenshot(&self, path: &Path) -> anyhow::Result<()> {
         let encoded = self

@@ -16,13 +16,14 @@ pub mod environment;
 pub mod jobs;
 pub mod leases;
 pub mod metrics;
+pub mod restarts;
 pub mod server;
 pub mod sweeper;
 pub mod wake;
 
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -55,10 +56,11 @@ pub struct WorkerConfig {
     pub shutdown_timeout: Duration,
     /// How often an idle worker looks for new chunks (pushes also wake it at once).
     pub poll_interval: Duration,
-    /// Restarts of the queue consumers (after Redis errors) before the process
-    /// gives up and exits non-zero, so that its supervisor restarts it. Each
-    /// failing restart takes about 10 s (the connection's reconnect backoff),
-    /// so the default of 30 rides out a Redis outage of about 5 minutes.
+    /// Restarts of the queue consumers (after Redis errors) in a row, with no
+    /// healthy period between them ([`restarts`]), before the process gives up
+    /// and exits non-zero, so that its supervisor restarts it. Each failing
+    /// restart takes about 10 s (the connection's reconnect backoff), so the
+    /// default of 30 rides out a Redis outage of about 5 minutes.
     pub max_restarts: usize,
     /// How long cached answers are kept; zero turns the response cache off.
     pub cache_ttl: Duration,
@@ -151,7 +153,12 @@ pub async fn run(config: WorkerConfig) -> anyhow::Result<()> {
                 assay_core::config::redact_url(&settings.redis_url)
             )
         })?;
-    let restarts = Arc::new(AtomicUsize::new(0));
+    let restarts = Arc::new(restarts::RestartBudget::new(config.max_restarts));
+    tokio::spawn(
+        restarts
+            .clone()
+            .watch_redis(redis.clone(), Duration::from_secs(1)),
+    );
     let chunk_runs = usize::try_from(settings.runs_per_chunk).unwrap_or(1);
     let mut monitor = Monitor::new();
     // The chunk kind's own state, shared by its three priority consumers.
@@ -248,9 +255,12 @@ pub async fn run(config: WorkerConfig) -> anyhow::Result<()> {
         .should_restart({
             let restarts = restarts.clone();
             move |worker, error| {
-                let count = restarts.fetch_add(1, Ordering::SeqCst) + 1;
-                tracing::error!(worker = worker.name(), error = %error, restarts = count, max_restarts, "queue consumer stopped");
-                count <= max_restarts
+                // The name without its restart number: one count per consumer.
+                let name = worker.name();
+                let consumer = name.rsplit_once('-').map_or(name, |(consumer, _)| consumer);
+                let restart = restarts.restart(consumer);
+                tracing::error!(worker = worker.name(), error = %error, in_a_row = restart.in_a_row, max_restarts, "queue consumer stopped");
+                restart.allowed
             }
         })
         .shutdown_timeout(config.shutdown_timeout);
@@ -282,8 +292,8 @@ pub async fn run(config: WorkerConfig) -> anyhow::Result<()> {
     // `run_with_signal` also returns Ok when every consumer died without a signal.
     anyhow::ensure!(
         signalled.load(Ordering::SeqCst),
-        "the queue consumers stopped for good after {} restarts",
-        restarts.load(Ordering::SeqCst)
+        "the queue consumers stopped for good after {} restarts ({max_restarts} in a row without a healthy Redis)",
+        restarts.total()
     );
     tracing::info!("assay-worker stopped");
     Ok(())

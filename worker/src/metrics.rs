@@ -42,6 +42,10 @@ pub fn describe() {
     );
     describe_gauge!("assay_chunks_in_flight", "Chunks this worker runs now.");
     describe_counter!(
+        "assay_worker_consumer_restarts_total",
+        "Queue consumers restarted after a Redis error (a flush, a restart, a lost connection)."
+    );
+    describe_counter!(
         "assay_item_graders_compiled_total",
         "Graders of dataset items (per-test assertions) compiled, once per item per chunk."
     );

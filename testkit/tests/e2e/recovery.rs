@@ -658,3 +658,149 @@ async fn higher_priorities_are_served_first() {
         refused.body
     );
 }
+
+/// A worker SIGKILLed under steady results costs only what it had not
+/// saved: the calls in flight and about 250 ms of answers (the writer saves
+/// every 100 ms), not a batch or a chunk's worth of calls billed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_makes_again_only_its_calls_in_flight_and_its_last_moments() {
+    const ITEMS: usize = 4000;
+    const CONCURRENCY: usize = 16;
+    let server = recording_server();
+    let dir = TempDir::new();
+    let mut stack = Stack::start_with(
+        1,
+        &["--concurrency", "16"],
+        StackOptions {
+            env: registry(&dir, &server, ""),
+            ..StackOptions::default()
+        },
+    )
+    .await;
+    let id = submit(&stack, ITEMS, &["slow"], json!({}), json!({})).await;
+    wait_until_completed(&stack, &id, 1200).await;
+    let victim = stack.workers[0].0.pid();
+    assert!(
+        !chunks_held_by(&stack, &id, victim).await.is_empty(),
+        "killed mid-chunk"
+    );
+    stack.workers[0].0.signal("KILL").unwrap();
+    let killed_at = chrono::Utc::now().timestamp_millis();
+    stack.start_worker(&["--concurrency", "16"]).await;
+    assert_exactly_once(&stack, &server, "mock", &id, ITEMS).await;
+
+    let calls = calls_by_item(&server, "mock").await;
+    let made_again: usize = calls.values().map(|at| at.len() - 1).sum();
+    // The answer rate the killed worker had: requests in its last second.
+    let last_second = calls
+        .values()
+        .flatten()
+        .filter(|at| (killed_at - 1000..killed_at).contains(*at))
+        .count();
+    let bound = CONCURRENCY + last_second / 4;
+    println!(
+        "made again after SIGKILL: {made_again} calls (bound {bound}: {CONCURRENCY} in flight + 250 ms at {last_second}/s)"
+    );
+    assert!(
+        made_again <= bound,
+        "{made_again} calls made again, more than {CONCURRENCY} in flight + 250 ms of answers ({last_second}/s)"
+    );
+}
+
+/// A SIGTERMed worker hands its chunks back and exits right after, not at
+/// the end of its shutdown timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_worker_exits_as_soon_as_its_chunks_are_handed_back() {
+    const ITEMS: usize = 3000;
+    let server = recording_server();
+    let dir = TempDir::new();
+    let mut stack = Stack::start_with(
+        1,
+        &["--concurrency", "16"],
+        StackOptions {
+            env: registry(&dir, &server, ""),
+            ..StackOptions::default()
+        },
+    )
+    .await;
+    let id = submit(&stack, ITEMS, &["slow"], json!({}), json!({})).await;
+    wait_until_completed(&stack, &id, 500).await;
+    let pid = stack.workers[0].0.pid();
+    assert!(!chunks_held_by(&stack, &id, pid).await.is_empty());
+    let signalled = std::time::Instant::now();
+    stack.workers[0].0.signal("TERM").unwrap();
+    let handed_back = eventually(
+        Duration::from_secs(30),
+        "the chunks to be handed back",
+        || async {
+            Ok(chunks_held_by(&stack, &id, pid)
+                .await
+                .is_empty()
+                .then(|| signalled.elapsed()))
+        },
+    )
+    .await
+    .unwrap();
+    let code = stack.workers[0]
+        .0
+        .wait(Duration::from_secs(40))
+        .await
+        .unwrap();
+    let exited = signalled.elapsed();
+    println!("SIGTERM: chunks handed back after {handed_back:?}, exited after {exited:?}");
+    assert_eq!(code, Some(0));
+    assert!(
+        exited <= handed_back + Duration::from_secs(2),
+        "exited {:?} after the hand-back",
+        exited - handed_back
+    );
+    // The work goes on elsewhere.
+    stack.start_worker(&["--concurrency", "16"]).await;
+    assert_exactly_once(&stack, &server, "mock", &id, ITEMS).await;
+}
+
+/// A Redis flushed again and again costs the worker restarts of its queue
+/// consumers, never the process: more flushes than `--max-restarts`, and
+/// the worker still runs evaluations afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_survives_a_redis_flushed_again_and_again() {
+    const FLUSHES: usize = 20;
+    let redis = PrivateRedis::start().unwrap();
+    let server = recording_server();
+    let dir = TempDir::new();
+    let mut stack = Stack::start_with(
+        1,
+        &[
+            "--concurrency",
+            "8",
+            "--max-restarts",
+            "5",
+            "--sweep-interval",
+            "1s",
+        ],
+        StackOptions {
+            env: registry(&dir, &server, ""),
+            redis_url: Some(redis.url.clone()),
+            ..StackOptions::default()
+        },
+    )
+    .await;
+    for _ in 0..FLUSHES {
+        redis.flush_all().unwrap();
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert!(
+            stack.workers[0].0.is_running(),
+            "the worker exited after {} restarts",
+            stack
+                .metric_sum("assay_worker_consumer_restarts_total", &[])
+                .await
+        );
+    }
+    let restarts = stack
+        .metric_sum("assay_worker_consumer_restarts_total", &[])
+        .await;
+    println!("{FLUSHES} flushes: {restarts} consumer restarts");
+    let id = submit(&stack, 200, &["slow"], json!({}), json!({})).await;
+    assert_exactly_once(&stack, &server, "mock", &id, 200).await;
+    assert!(stack.workers[0].0.is_running());
+}

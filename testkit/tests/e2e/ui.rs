@@ -524,6 +524,112 @@ async fn the_viewer_shows_what_the_api_answers_in_a_real_browser() {
     assert_eq!(text(&browser, "#not-found").await, "Not found");
     shot(&browser, &dir, "not-found").await;
 
+    // A key revoked while a tab uses it: the next page sends the tab back to
+    // sign-in with a message that says so, and the key no longer signs in.
+    let admin = assay_testkit::Client::new(
+        origin.clone(),
+        Some(
+            assay_testkit::api_key_with_scope(
+                &stack.database,
+                "e2e",
+                assay_core::db::models::api_keys::KeyScope::Admin,
+            )
+            .await
+            .unwrap(),
+        ),
+    );
+    let created = admin
+        .post("/v1/keys", &json!({"name": "a viewer tab"}))
+        .await
+        .unwrap();
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    let doomed = created.body["secret"].as_str().unwrap().to_owned();
+    browser
+        .execute(
+            "sessionStorage.setItem('assay.apiKey', arguments[0]);",
+            vec![json!(doomed)],
+        )
+        .await
+        .unwrap();
+    record(&browser, &mut seen).await;
+    browser.goto(&format!("{origin}/ui/")).await.unwrap();
+    page_ready(&browser, "evaluations").await;
+    let revoked = admin
+        .delete(&format!(
+            "/v1/keys/{}",
+            created.body["id"].as_str().unwrap()
+        ))
+        .await
+        .unwrap();
+    assert_eq!(revoked.status, 200, "{:?}", revoked.body);
+    record(&browser, &mut seen).await;
+    browser
+        .goto(&format!("{origin}/ui/evaluations/{a}"))
+        .await
+        .unwrap();
+    let message = browser
+        .wait_for(
+            "the revoked key's sign-in message",
+            "document.querySelector('#signin-error') && !document.querySelector('#signin-error').hidden \
+             && document.querySelector('#signin-error').textContent",
+            WAIT,
+        )
+        .await
+        .unwrap();
+    assert!(message.as_str().unwrap().contains("revoked"), "{message}");
+    let stored = browser
+        .execute("return sessionStorage.getItem('assay.apiKey');", vec![])
+        .await
+        .unwrap();
+    assert_eq!(stored, Value::Null, "a refused key is forgotten");
+    assert!(
+        !text(&browser, "#app").await.contains(&a.to_string()),
+        "nothing of the evaluation is shown"
+    );
+    shot(&browser, &dir, "signin-revoked").await;
+    browser.type_into("#api-key", &doomed).await.unwrap();
+    browser.click("#signin button[type=submit]").await.unwrap();
+    browser
+        .wait_for(
+            "the revoked key refused at sign-in",
+            "document.querySelector('#signin-error').textContent.includes('refused') \
+             && sessionStorage.getItem('assay.apiKey') === null",
+            WAIT,
+        )
+        .await
+        .unwrap();
+    record(&browser, &mut seen).await;
+    browser.type_into("#api-key", &key).await.unwrap();
+    browser.click("#signin button[type=submit]").await.unwrap();
+    page_ready(&browser, "evaluation").await;
+
+    // Dark and light follow the system setting.
+    for (scheme, background) in [("dark", "rgb(15, 18, 22)"), ("light", "rgb(247, 248, 250)")] {
+        browser.prefer_color_scheme(scheme).await.unwrap();
+        record(&browser, &mut seen).await;
+        browser
+            .goto(&format!("{origin}/ui/evaluations/{a}"))
+            .await
+            .unwrap();
+        page_ready(&browser, "evaluation").await;
+        let colours = browser
+            .execute(
+                "const style = getComputedStyle(document.body); \
+                 return [style.backgroundColor, style.color];",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(colours[0], json!(background), "{scheme}: {colours}");
+        assert_ne!(
+            colours[0], colours[1],
+            "{scheme}: text readable on its background"
+        );
+        if scheme == "dark" {
+            shot(&browser, &dir, "evaluation-dark").await;
+        }
+    }
+
     // A phone's width: nothing wider than the screen but the tables' own scroll.
     browser.set_size(390, 844).await.unwrap();
     record(&browser, &mut seen).await;
