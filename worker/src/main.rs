@@ -44,9 +44,15 @@ struct Cli {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     assay_core::telemetry::init_logging();
     let cli = Cli::parse();
+    let outcome = run(cli).await;
+    assay_core::telemetry::shutdown_tracing();
+    assay_core::telemetry::exit_code(outcome)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     anyhow::ensure!(cli.concurrency >= 1, "--concurrency must be at least 1");
     anyhow::ensure!(cli.jobs >= 1, "--jobs must be at least 1");
     let mut settings = Settings::from_env();
@@ -67,6 +73,5 @@ async fn main() -> anyhow::Result<()> {
         max_chunk_crashes: cli.max_chunk_crashes,
     })
     .await;
-    assay_core::telemetry::shutdown_tracing();
     outcome
 }
