@@ -59,7 +59,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     // Chunks write results and read pages, leases and the sweeper need one
     // each; the LLM calls themselves need none.
     settings.database_pool_size = settings.database_pool_size.max(16);
-    let outcome = assay_worker::run(WorkerConfig {
+    assay_worker::run(WorkerConfig {
         settings,
         concurrency: cli.concurrency,
         jobs: cli.jobs,
@@ -72,6 +72,5 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         job_retention: cli.job_retention,
         max_chunk_crashes: cli.max_chunk_crashes,
     })
-    .await;
-    outcome
+    .await
 }

@@ -55,13 +55,16 @@ pub async fn run_migrations(database_url: &str) -> anyhow::Result<Vec<String>> {
 /// race is fine when the database exists afterwards.
 pub async fn create_database_if_missing(database_url: &str) -> anyhow::Result<bool> {
     use diesel_async::{AsyncConnection, RunQueryDsl};
-    let missing = match AsyncPgConnection::establish(database_url).await {
-        Ok(_) => return Ok(false),
-        // SQLSTATE 3D000 (invalid_catalog_name) reaches diesel as text only.
-        Err(error) => error.to_string().contains("does not exist"),
-    };
     let Some((name, admin_url)) = split_database_url(database_url) else {
         return Ok(false);
+    };
+    // SQLSTATE 3D000 (invalid_catalog_name) reaches diesel as text only; a
+    // missing role also "does not exist", so the database's name is matched.
+    let missing = match AsyncPgConnection::establish(database_url).await {
+        Ok(_) => false,
+        Err(error) => error
+            .to_string()
+            .contains(&format!("database {name:?} does not exist")),
     };
     if !missing {
         return Ok(false);

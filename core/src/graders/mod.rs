@@ -527,14 +527,15 @@ impl Text {
 #[derive(Debug)]
 enum Pattern {
     Fixed(regex::Regex),
-    Templated(Text),
+    /// Boxed: a template holds its own environment, far larger than a regex.
+    Templated(Box<Text>),
 }
 
 impl Pattern {
     fn compile(field: String, source: &str) -> Result<Self, InvalidInput> {
         let text = Text::compile(field.clone(), source)?;
         if text.template.is_some() {
-            Ok(Pattern::Templated(text))
+            Ok(Pattern::Templated(Box::new(text)))
         } else {
             Ok(Pattern::Fixed(compile_regex(field, source)?))
         }
@@ -572,7 +573,8 @@ impl Pattern {
 #[derive(Debug)]
 enum Expected {
     Fixed(Value),
-    Templated(Text),
+    /// Boxed, like [`Pattern::Templated`].
+    Templated(Box<Text>),
 }
 
 impl Expected {
@@ -580,7 +582,7 @@ impl Expected {
         if let Value::String(source) = value {
             let text = Text::compile(field, source)?;
             if text.template.is_some() {
-                return Ok(Expected::Templated(text));
+                return Ok(Expected::Templated(Box::new(text)));
             }
         }
         Ok(Expected::Fixed(value.clone()))
