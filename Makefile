@@ -17,10 +17,8 @@ deps:
 build:
 	$(CARGO) build --workspace --bins
 
-## migrate: apply migrations to DATABASE_URL (created if missing)
+## migrate: apply migrations to DATABASE_URL (`assay-api migrate` creates it if missing)
 migrate: deps build
-	@psql "$(dir $(DATABASE_URL))postgres" -Atc "SELECT 1 FROM pg_database WHERE datname = '$(notdir $(DATABASE_URL))'" | grep -q 1 \
-		|| psql "$(dir $(DATABASE_URL))postgres" -qc 'CREATE DATABASE "$(notdir $(DATABASE_URL))"'
 	$(BIN)/assay-api migrate
 
 ## demo: start the API and two workers, run a 200-item evaluation over two mock models, stop

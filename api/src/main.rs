@@ -87,9 +87,15 @@ enum KeysCommand {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     assay_core::telemetry::init_logging();
     let cli = Cli::parse();
+    let outcome = run(cli).await;
+    assay_core::telemetry::shutdown_tracing();
+    assay_core::telemetry::exit_code(outcome)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = ApiConfig::from_env();
     match cli.command {
         Command::Serve { migrate } => {
@@ -104,11 +110,15 @@ async fn main() -> anyhow::Result<()> {
         Command::Keys { command } => keys(&config.settings.database_url, command).await?,
         Command::Limits { command } => limits(&config.settings.database_url, command).await?,
     }
-    assay_core::telemetry::shutdown_tracing();
     Ok(())
 }
 
+/// Creates the database when it is missing (as `make migrate` does), then
+/// applies pending migrations.
 async fn migrate_database(database_url: &str) -> anyhow::Result<()> {
+    if assay_core::db::create_database_if_missing(database_url).await? {
+        tracing::info!("database created");
+    }
     let applied = assay_core::db::run_migrations(database_url).await?;
     tracing::info!(applied = ?applied, "migrations applied");
     Ok(())

@@ -37,6 +37,14 @@ pub fn describe() {
         "assay_dataset_hash_lookups_total",
         "Dataset lists filtered by content_hash (a client looking for an identical dataset), by outcome (hit, miss)."
     );
+    describe_histogram!(
+        "assay_evaluation_chunk_runs",
+        "Runs per chunk of the evaluations submitted by the API: the configured size, or smaller so that a small evaluation has about 8 chunks per live worker."
+    );
+    describe_histogram!(
+        "assay_evaluation_chunks",
+        "Chunks per evaluation submitted by the API."
+    );
     describe_counter!(
         "assay_evaluations_submitted_total",
         "Evaluations submitted (by the API, and by versioning jobs in the worker)."

@@ -25,12 +25,18 @@
 //! - the web viewer: the first screen of each page of a 100,000-item
 //!   evaluation in headless Chromium ([`viewer`]).
 //!
-//! `--only compare`, `--only cli` and `--only viewer` run one case alone.
+//! - even spread: 1,000 items on 1 and on 2 workers, 10 runs each: the
+//!   calls each worker makes and the time against half the 1-worker time
+//!   ([`spread`]).
+//!
+//! `--only compare`, `--only cli`, `--only viewer` and `--only spread` run
+//! one case alone.
 //!
 //! Figures compare within one run: the machine may be shared and noisy.
 
 mod cli;
 mod compare;
+mod spread;
 mod viewer;
 
 use std::fmt::Write as _;
@@ -70,6 +76,29 @@ struct Cli {
     /// Items of the web viewer's evaluation.
     #[arg(long, default_value_t = 100_000)]
     viewer_items: usize,
+    /// Items of the even-spread case.
+    #[arg(long, default_value_t = 1_000)]
+    spread_items: usize,
+    /// Runs of the even-spread case, on 1 worker and on 2.
+    #[arg(long, default_value_t = 10)]
+    spread_runs: usize,
+    /// Calls in flight per worker in the even-spread case.
+    #[arg(long, default_value_t = 64)]
+    spread_concurrency: usize,
+    /// Mock latency of the even-spread case.
+    #[arg(long, default_value = "200ms", value_parser = humantime_ms)]
+    spread_latency: Duration,
+}
+
+impl Cli {
+    fn spread(&self) -> spread::Setup {
+        spread::Setup {
+            items: self.spread_items,
+            runs: self.spread_runs,
+            concurrency: self.spread_concurrency,
+            latency: self.spread_latency,
+        }
+    }
 }
 
 fn humantime_ms(text: &str) -> Result<Duration, String> {
@@ -319,6 +348,10 @@ impl Deployment {
 impl Deployment {
     fn database(&self) -> &TestDatabase {
         &self._database
+    }
+
+    fn redis(&self) -> &TestRedis {
+        &self._redis
     }
 }
 
@@ -622,6 +655,10 @@ async fn main() -> anyhow::Result<()> {
         println!("{}", viewer::report(&viewer::run(cli.viewer_items).await?));
         return Ok(());
     }
+    if cli.only.as_deref() == Some("spread") {
+        println!("{}", spread::report(&spread::run(cli.spread()).await?)?);
+        return Ok(());
+    }
     let mut compare_runs = Vec::new();
     for items in &cli.compare_items {
         compare_runs.push(compare::run(*items).await?);
@@ -631,7 +668,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", compare::report(&compare_runs));
             return Ok(());
         }
-        Some(other) => anyhow::bail!("unknown case {other:?} (compare, cli, viewer)"),
+        Some(other) => anyhow::bail!("unknown case {other:?} (compare, cli, viewer, spread)"),
         None => {}
     }
     let latency = cli.latency.as_secs_f64();
@@ -686,6 +723,7 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     let large = large(cli.large_items).await?;
+    let spread = spread::run(cli.spread()).await?;
     let client = cli::run(cli.cli_tests).await?;
 
     let mut out = String::new();
@@ -822,7 +860,8 @@ async fn main() -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let _ = writeln!(out, "\n{}", compare::report(&compare_runs));
+    let _ = writeln!(out, "\n{}", spread::report(&spread)?);
+    let _ = writeln!(out, "{}", compare::report(&compare_runs));
     let _ = writeln!(out, "{}", cli::report(&client));
     let _ = writeln!(
         out,

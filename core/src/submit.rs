@@ -56,6 +56,7 @@ pub async fn submit_within_quota(
     on_push_failure: OnPushFailure,
     max_active: Option<i64>,
 ) -> Result<Evaluation, SubmitError> {
+    let planning = spread(queue, new, planning).await;
     let (evaluation, pushes) = match max_active {
         None => evaluations::create(conn, actor, new, planning).await?,
         Some(limit) => evaluations::create_within_quota(conn, actor, new, planning, limit)
@@ -85,4 +86,30 @@ pub async fn submit_within_quota(
     metrics::counter!("assay_evaluations_submitted_total").increment(1);
     tracing::info!(evaluation.id = %evaluation.id, total = new.total, chunks = pushes.len(), "evaluation queued");
     Ok(evaluation)
+}
+
+/// `planning` with its chunks cut for the workers live now, so that a small
+/// evaluation spreads evenly over every replica (see
+/// [`crate::db::models::chunks::spread_runs_per_chunk`]). Without an answer
+/// from Redis the configured size is kept: the push will likely fail too.
+async fn spread(queue: &JobQueue, new: &NewEvaluation, planning: Planning) -> Planning {
+    let live = match queue.live_workers().await {
+        Ok(live) => live,
+        Err(error) => {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "could not count live workers; chunks keep the configured size"
+            );
+            0
+        }
+    };
+    let spread = planning.spread_over(i64::from(new.total), live);
+    let models = new.models.as_array().map_or(1, Vec::len);
+    metrics::histogram!("assay_evaluation_chunk_runs").record(f64::from(spread.runs_per_chunk));
+    metrics::histogram!("assay_evaluation_chunks")
+        .record(spread.chunks(new.repeats, models) as f64);
+    if spread.runs_per_chunk != planning.runs_per_chunk {
+        tracing::debug!(evaluation.id = %new.id, live_workers = live, runs_per_chunk = spread.runs_per_chunk, "chunks cut finer to spread over the live workers");
+    }
+    spread
 }

@@ -203,12 +203,44 @@ pub fn resident_memory_bytes() -> Option<u64> {
     Some(kilobytes * 1024)
 }
 
+/// A binary's exit: success, or its error on stderr and status 1. The error
+/// is one line, its causes joined by `: ` (`{:#}`), so an operator reads
+/// what went wrong without a `Debug` dump; with `RUST_BACKTRACE` set (not
+/// `0`) it is printed in full, with the backtrace anyhow captured.
+pub fn exit_code(outcome: anyhow::Result<()>) -> std::process::ExitCode {
+    let Err(error) = outcome else {
+        return std::process::ExitCode::SUCCESS;
+    };
+    let verbose = std::env::var("RUST_BACKTRACE").is_ok_and(|value| value != "0");
+    eprintln!("{}", error_line(&error, verbose));
+    std::process::ExitCode::FAILURE
+}
+
+/// `error: <message>: <cause>: ...` on one line, or everything when `verbose`.
+pub fn error_line(error: &anyhow::Error, verbose: bool) -> String {
+    if verbose {
+        return format!("error: {error:?}");
+    }
+    let line = format!("{error:#}");
+    let line: Vec<&str> = line.split_whitespace().collect();
+    format!("error: {}", line.join(" "))
+}
+
 /// Buckets for latencies in seconds: from 1 ms (cached or mocked calls) to
 /// 2 minutes (slow LLM calls), so Grafana can compute quantiles across replicas.
 /// 0.2 is the API's latency SLO: its alert reads the `le="0.2"` bucket.
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
+
+/// Buckets for the runs per chunk an evaluation was planned with: the
+/// default 250 and the sizes small evaluations are cut to (down to 25).
+const CHUNK_RUNS_BUCKETS: &[f64] = &[
+    1.0, 10.0, 25.0, 50.0, 100.0, 150.0, 200.0, 250.0, 500.0, 1000.0,
+];
+
+/// Buckets for the chunks of one evaluation.
+const CHUNK_COUNT_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 512.0, 4096.0];
 
 /// Installs the global Prometheus recorder once per process and returns the
 /// handle that renders `/metrics`. Later calls (tests start several apps in one
@@ -219,6 +251,16 @@ pub fn install_prometheus() -> PrometheusHandle {
         .get_or_init(|| {
             let handle = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .expect("bucket list is not empty")
+                .set_buckets_for_metric(
+                    Matcher::Full("assay_evaluation_chunk_runs".into()),
+                    CHUNK_RUNS_BUCKETS,
+                )
+                .expect("bucket list is not empty")
+                .set_buckets_for_metric(
+                    Matcher::Full("assay_evaluation_chunks".into()),
+                    CHUNK_COUNT_BUCKETS,
+                )
                 .expect("bucket list is not empty")
                 .install_recorder()
                 .expect("no other metrics recorder is installed in this process");
@@ -241,6 +283,18 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
+
+    #[test]
+    fn errors_print_as_one_line_unless_asked_for_more() {
+        let error = anyhow::anyhow!("connection refused\n(is the server up?)")
+            .context("connecting to postgres://u:***@db/assay");
+        assert_eq!(
+            error_line(&error, false),
+            "error: connecting to postgres://u:***@db/assay: connection refused (is the server up?)"
+        );
+        let verbose = error_line(&error, true);
+        assert!(verbose.contains("Caused by:"), "{verbose}");
+    }
 
     #[derive(Clone, Default)]
     struct Buffer(Arc<Mutex<Vec<u8>>>);

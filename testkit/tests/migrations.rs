@@ -77,3 +77,114 @@ async fn events_cannot_be_rewritten() {
         .await;
     assert!(delete.is_err(), "events are append-only");
 }
+
+/// Drops a database by name when dropped, also when the test fails midway.
+struct DropDatabase {
+    name: String,
+}
+
+impl Drop for DropDatabase {
+    fn drop(&mut self) {
+        let name = self.name.replace('"', "\"\"");
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(async {
+                    let mut conn = AsyncPgConnection::establish(ADMIN).await?;
+                    diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                        .execute(&mut conn)
+                        .await?;
+                    anyhow::Ok(())
+                })
+        })
+        .join();
+    }
+}
+
+const ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = diesel::sql_types::Int8)]
+    count: i64,
+}
+
+async fn database_exists(name: &str) -> bool {
+    let mut conn = AsyncPgConnection::establish(ADMIN).await.unwrap();
+    diesel::sql_query("SELECT count(*) AS count FROM pg_database WHERE datname = $1")
+        .bind::<diesel::sql_types::Text, _>(name)
+        .get_result::<Count>(&mut conn)
+        .await
+        .unwrap()
+        .count
+        == 1
+}
+
+/// Runs `assay-api migrate` against `database_url`; its exit status and stderr.
+fn migrate(database_url: &str, backtrace: Option<&str>) -> (bool, String) {
+    let mut command = std::process::Command::new(assay_testkit::binary("assay-api"));
+    command
+        .arg("migrate")
+        .env("DATABASE_URL", database_url)
+        .env("RUST_LOG", "warn")
+        .env_remove("RUST_BACKTRACE");
+    if let Some(value) = backtrace {
+        command.env("RUST_BACKTRACE", value);
+    }
+    let output = command.output().expect("assay-api runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn migrate_creates_a_missing_database() {
+    // Mixed case and a hyphen: the name must be quoted as an identifier.
+    let name = format!("assay_Migrate-{}", uuid::Uuid::new_v4().simple());
+    let _cleanup = DropDatabase { name: name.clone() };
+    assert!(!database_exists(&name).await);
+    let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+
+    let (ok, stderr) = migrate(&url, None);
+    assert!(ok, "migrate failed: {stderr}");
+    assert!(database_exists(&name).await, "{name} was not created");
+    let created = tables(&url).await;
+    assert!(
+        created.contains(&"evaluation_results".to_owned()),
+        "{created:?}"
+    );
+
+    // Again: the database exists, nothing to do, still a success.
+    let (ok, stderr) = migrate(&url, None);
+    assert!(ok, "a second migrate failed: {stderr}");
+    assert_eq!(tables(&url).await, created);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_binary_prints_one_line_unless_a_backtrace_is_asked_for() {
+    // Nothing listens on port 1.
+    let url = "postgres://postgres:secret@127.0.0.1:1/assay";
+    let (ok, stderr) = migrate(url, None);
+    assert!(!ok);
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .collect();
+    assert_eq!(lines.len(), 1, "one line, got:\n{stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    assert!(
+        lines[0].contains("127.0.0.1:1"),
+        "names the server: {stderr}"
+    );
+    assert!(!lines[0].contains("secret"), "no password: {stderr}");
+    assert!(
+        !stderr.contains("Caused by") && !stderr.contains("Backtrace"),
+        "{stderr}"
+    );
+
+    let (ok, stderr) = migrate(url, Some("1"));
+    assert!(!ok);
+    assert!(stderr.lines().count() > 1, "more when asked for:\n{stderr}");
+}

@@ -159,7 +159,16 @@ pub async fn run(config: WorkerConfig) -> anyhow::Result<()> {
             .clone()
             .watch_redis(redis.clone(), Duration::from_secs(1)),
     );
-    let chunk_runs = usize::try_from(settings.runs_per_chunk).unwrap_or(1);
+    // The gate looks one *small* chunk ahead, not one configured chunk: a
+    // small evaluation is cut into chunks of down to MIN_RUNS_PER_CHUNK
+    // runs so that it spreads over the replicas, and a gate open for a whole
+    // configured chunk's worth (250 runs) would let the first worker to poll
+    // take several of them at once. A large evaluation's 250-run chunks still
+    // arrive while the permits have `permits + 25` runs waiting.
+    let chunk_runs = usize::try_from(
+        assay_core::db::models::chunks::MIN_RUNS_PER_CHUNK.min(settings.runs_per_chunk),
+    )
+    .unwrap_or(1);
     let mut monitor = Monitor::new();
     // The chunk kind's own state, shared by its three priority consumers.
     let chunk_kind = Arc::new(jobs::chunk::ChunkKind::default());

@@ -44,16 +44,22 @@ struct Cli {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     assay_core::telemetry::init_logging();
     let cli = Cli::parse();
+    let outcome = run(cli).await;
+    assay_core::telemetry::shutdown_tracing();
+    assay_core::telemetry::exit_code(outcome)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     anyhow::ensure!(cli.concurrency >= 1, "--concurrency must be at least 1");
     anyhow::ensure!(cli.jobs >= 1, "--jobs must be at least 1");
     let mut settings = Settings::from_env();
     // Chunks write results and read pages, leases and the sweeper need one
     // each; the LLM calls themselves need none.
     settings.database_pool_size = settings.database_pool_size.max(16);
-    let outcome = assay_worker::run(WorkerConfig {
+    assay_worker::run(WorkerConfig {
         settings,
         concurrency: cli.concurrency,
         jobs: cli.jobs,
@@ -66,7 +72,5 @@ async fn main() -> anyhow::Result<()> {
         job_retention: cli.job_retention,
         max_chunk_crashes: cli.max_chunk_crashes,
     })
-    .await;
-    assay_core::telemetry::shutdown_tracing();
-    outcome
+    .await
 }

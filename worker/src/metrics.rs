@@ -28,6 +28,14 @@ pub fn describe() {
         "assay_optimization_cost_microusd_total",
         "What optimizations spent, in millionths of a US dollar, by source (optimizer: its own calls; evaluations: the calls of the evaluations it ran)."
     );
+    describe_histogram!(
+        "assay_evaluation_chunk_runs",
+        "Runs per chunk of the evaluations submitted by versioning jobs in this worker: the configured size, or smaller so that a small evaluation has about 8 chunks per live worker."
+    );
+    describe_histogram!(
+        "assay_evaluation_chunks",
+        "Chunks per evaluation submitted by versioning jobs in this worker."
+    );
     describe_counter!(
         "assay_evaluations_submitted_total",
         "Evaluations submitted by versioning jobs in this worker (the API counts its own)."

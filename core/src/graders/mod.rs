@@ -518,6 +518,93 @@ impl Text {
     }
 }
 
+/// A regex option (`regex`'s `pattern`, `json-path`'s `matches`): a
+/// template like every other string option. Without template syntax it is
+/// compiled once, at submission; with it, it is rendered per item and the
+/// rendered text compiled then (an invalid one is a grader error on that
+/// item). The rendered text is a regex, not a literal: `^{{ expected }}$`
+/// with an expected `1+1` matches `11`.
+#[derive(Debug)]
+enum Pattern {
+    Fixed(regex::Regex),
+    /// Boxed: a template holds its own environment, far larger than a regex.
+    Templated(Box<Text>),
+}
+
+impl Pattern {
+    fn compile(field: String, source: &str) -> Result<Self, InvalidInput> {
+        let text = Text::compile(field.clone(), source)?;
+        if text.template.is_some() {
+            Ok(Pattern::Templated(Box::new(text)))
+        } else {
+            Ok(Pattern::Fixed(compile_regex(field, source)?))
+        }
+    }
+
+    fn variables(&self) -> BTreeSet<String> {
+        match self {
+            Pattern::Fixed(_) => BTreeSet::new(),
+            Pattern::Templated(text) => text.variables(),
+        }
+    }
+
+    /// The regex for the item in `context`.
+    fn resolve(&self, context: &Value) -> Result<std::borrow::Cow<'_, regex::Regex>, String> {
+        match self {
+            Pattern::Fixed(regex) => Ok(std::borrow::Cow::Borrowed(regex)),
+            Pattern::Templated(text) => {
+                let rendered = text.render(context)?;
+                compile_regex(String::new(), &rendered)
+                    .map(std::borrow::Cow::Owned)
+                    .map_err(|error| {
+                        format!(
+                            "the rendered pattern {} is not a regex: {}",
+                            strings::excerpt(&rendered),
+                            error.message
+                        )
+                    })
+            }
+        }
+    }
+}
+
+/// `json-path`'s `equals`: any JSON value; a string is a template like every
+/// other string option, rendered per item (`"{{ expected }}"`).
+#[derive(Debug)]
+enum Expected {
+    Fixed(Value),
+    /// Boxed, like [`Pattern::Templated`].
+    Templated(Box<Text>),
+}
+
+impl Expected {
+    fn compile(field: String, value: &Value) -> Result<Self, InvalidInput> {
+        if let Value::String(source) = value {
+            let text = Text::compile(field, source)?;
+            if text.template.is_some() {
+                return Ok(Expected::Templated(Box::new(text)));
+            }
+        }
+        Ok(Expected::Fixed(value.clone()))
+    }
+
+    fn variables(&self) -> BTreeSet<String> {
+        match self {
+            Expected::Fixed(_) => BTreeSet::new(),
+            Expected::Templated(text) => text.variables(),
+        }
+    }
+
+    fn resolve(&self, context: &Value) -> Result<std::borrow::Cow<'_, Value>, String> {
+        match self {
+            Expected::Fixed(value) => Ok(std::borrow::Cow::Borrowed(value)),
+            Expected::Templated(text) => Ok(std::borrow::Cow::Owned(Value::String(
+                text.render(context)?,
+            ))),
+        }
+    }
+}
+
 #[derive(Debug)]
 enum Check {
     Equals {
@@ -539,15 +626,15 @@ enum Check {
     },
     StartsWith(Text),
     EndsWith(Text),
-    Regex(regex::Regex),
+    Regex(Pattern),
     IsJson,
     ContainsJson,
     JsonSchema(extract::CompiledSchema),
     JsonPath {
         path: extract::CompiledPath,
         source: String,
-        equals: Option<Value>,
-        matches: Option<regex::Regex>,
+        equals: Option<Expected>,
+        matches: Option<Pattern>,
     },
     IsXml,
     Levenshtein {
@@ -648,7 +735,7 @@ impl Grader {
             GraderKind::StartsWith { value } => Check::StartsWith(text("value", value)?),
             GraderKind::EndsWith { value } => Check::EndsWith(text("value", value)?),
             GraderKind::Regex { pattern } => {
-                Check::Regex(compile_regex(format!("{field}.pattern"), pattern)?)
+                Check::Regex(Pattern::compile(format!("{field}.pattern"), pattern)?)
             }
             GraderKind::IsJson {} => Check::IsJson,
             GraderKind::ContainsJson {} => Check::ContainsJson,
@@ -679,10 +766,13 @@ impl Grader {
                         )
                     })?,
                     source: path.clone(),
-                    equals: equals.clone(),
+                    equals: equals
+                        .as_ref()
+                        .map(|value| Expected::compile(format!("{field}.equals"), value))
+                        .transpose()?,
                     matches: matches
                         .as_deref()
-                        .map(|pattern| compile_regex(format!("{field}.matches"), pattern))
+                        .map(|pattern| Pattern::compile(format!("{field}.matches"), pattern))
                         .transpose()?,
                 }
             }
@@ -782,11 +872,17 @@ impl Grader {
             | Check::FinishReason(value) => value.variables(),
             Check::ContainsAny { values, .. } | Check::ContainsAll { values, .. } => of_all(values),
             Check::Judge(judge) => judge.variables(),
-            Check::Regex(_)
-            | Check::IsJson
+            Check::Regex(pattern) => pattern.variables(),
+            Check::JsonPath {
+                equals, matches, ..
+            } => {
+                let mut variables = equals.as_ref().map(Expected::variables).unwrap_or_default();
+                variables.extend(matches.as_ref().map(Pattern::variables).unwrap_or_default());
+                variables
+            }
+            Check::IsJson
             | Check::ContainsJson
             | Check::JsonSchema(_)
-            | Check::JsonPath { .. }
             | Check::IsXml
             | Check::WordCount { .. }
             | Check::Length { .. }
@@ -871,7 +967,7 @@ impl Grader {
             } => strings::contains_all(output, &Text::render_all(values, context)?, *ignore_case),
             Check::StartsWith(value) => strings::starts_with(output, &value.render(context)?),
             Check::EndsWith(value) => strings::ends_with(output, &value.render(context)?),
-            Check::Regex(regex) => strings::regex(output, regex),
+            Check::Regex(pattern) => strings::regex(output, &*pattern.resolve(context)?),
             Check::IsJson => structure::is_json(output),
             Check::ContainsJson => structure::contains_json(output),
             Check::JsonSchema(schema) => structure::json_schema(output, schema),
@@ -880,7 +976,17 @@ impl Grader {
                 source,
                 equals,
                 matches,
-            } => structure::json_path(output, path, source, equals.as_ref(), matches.as_ref()),
+            } => {
+                let equals = equals
+                    .as_ref()
+                    .map(|expected| expected.resolve(context))
+                    .transpose()?;
+                let matches = matches
+                    .as_ref()
+                    .map(|pattern| pattern.resolve(context))
+                    .transpose()?;
+                structure::json_path(output, path, source, equals.as_deref(), matches.as_deref())
+            }
             Check::IsXml => structure::is_xml(output),
             Check::Levenshtein {
                 value,
@@ -1034,6 +1140,83 @@ mod tests {
                 text: completion.text,
                 cost_usd: 0.001,
             })
+        }
+    }
+
+    #[test]
+    fn regex_and_json_path_options_are_templates_like_the_others() {
+        let grader = |spec: Value| {
+            let spec = GraderSpec::parse("graders[0]", &spec).unwrap();
+            Grader::compile("graders[0]", &spec).unwrap()
+        };
+        let grade = |grader: &Grader, output: &str, context: Value| {
+            let input = GradeInput {
+                output,
+                context: &context,
+                latency_ms: None,
+                cost_usd: 0.0,
+                finish_reason: None,
+            };
+            futures::executor::block_on(grader.grade(&input, &NoJudge))
+        };
+        let regex = grader(json!({"type": "regex", "pattern": "^{{ expected }}$"}));
+        assert_eq!(regex.variables(), BTreeSet::from(["expected".to_owned()]));
+        assert!(grade(&regex, "595", json!({"expected": 595})).passed);
+        assert!(!grade(&regex, "5950", json!({"expected": 595})).passed);
+        // The rendered text is a regex: `a+` matches `aaa`.
+        assert!(grade(&regex, "aaa", json!({"expected": "a+"})).passed);
+        let broken = grade(&regex, "x", json!({"expected": "("}));
+        assert!(broken.error.is_some(), "{broken:?}");
+        assert!(broken.reason.contains("not a regex"), "{}", broken.reason);
+        let lacking = grade(&regex, "x", json!({}));
+        assert!(lacking.error.is_some(), "{lacking:?}");
+
+        let equals =
+            grader(json!({"type": "json-path", "path": "$.answer", "equals": "{{ expected }}"}));
+        assert_eq!(equals.variables(), BTreeSet::from(["expected".to_owned()]));
+        let passed = grade(&equals, r#"{"answer": 595}"#, json!({"expected": "595"}));
+        assert!(passed.passed, "{passed:?}");
+        assert!(grade(&equals, r#"{"answer": 595}"#, json!({"expected": 595})).passed);
+        assert!(grade(&equals, r#"{"answer": "595"}"#, json!({"expected": 595})).passed);
+        let failed = grade(&equals, r#"{"answer": 596}"#, json!({"expected": 595}));
+        assert!(!failed.passed && failed.error.is_none());
+        assert!(failed.reason.contains("(a number)"), "{}", failed.reason);
+        // A literal `equals` keeps its JSON type, and without braces stays literal.
+        let literal = grader(json!({"type": "json-path", "path": "$.answer", "equals": 595}));
+        assert!(literal.variables().is_empty());
+        assert!(grade(&literal, r#"{"answer": 595.0}"#, json!({})).passed);
+        let text = grader(json!({"type": "json-path", "path": "$.a", "equals": "{x}"}));
+        assert!(grade(&text, r#"{"a": "{x}"}"#, json!({})).passed);
+
+        let matches =
+            grader(json!({"type": "json-path", "path": "$.city", "matches": "^{{ expected }}$"}));
+        assert!(
+            grade(
+                &matches,
+                r#"{"city": "Paris"}"#,
+                json!({"expected": "Paris"})
+            )
+            .passed
+        );
+        assert!(
+            !grade(
+                &matches,
+                r#"{"city": "Paris"}"#,
+                json!({"expected": "Rome"})
+            )
+            .passed
+        );
+
+        // Without template syntax a bad pattern is refused at submission,
+        // and a template that does not compile too.
+        for spec in [
+            json!({"type": "regex", "pattern": "("}),
+            json!({"type": "regex", "pattern": "{{ expected"}),
+            json!({"type": "json-path", "path": "$.a", "matches": "("}),
+            json!({"type": "json-path", "path": "$.a", "equals": "{{ x"}),
+        ] {
+            let parsed = GraderSpec::parse("graders[0]", &spec).unwrap();
+            assert!(Grader::compile("graders[0]", &parsed).is_err(), "{spec}");
         }
     }
 

@@ -42,6 +42,13 @@ pub(super) fn json_schema(output: &str, schema: &CompiledSchema) -> Outcome {
 
 /// Passes when the path selects a value (that equals `equals`, or whose text
 /// matches `matches`, when given).
+///
+/// Equality is JSON equality, except that numbers compare as numbers: a
+/// selected number equals a number of the same value (`595` and `595.0`) and
+/// a string that reads as that number (`"595"`, which is what a templated
+/// `"equals": "{{ expected }}"` renders to). A selected string is compared
+/// as a string: `"595"` does not equal `595.0`. A failure names both types,
+/// so a type mismatch is not hidden behind two texts that look alike.
 pub(super) fn json_path(
     output: &str,
     path: &CompiledPath,
@@ -61,16 +68,22 @@ pub(super) fn json_path(
         other => other.to_string(),
     };
     match (equals, matches) {
-        (Some(expected), _) => {
-            if nodes.contains(&expected) {
-                Outcome::pass(format!("{source} equals {expected}"))
-            } else {
-                Outcome::fail(format!(
-                    "{source} is {}, expected {expected}",
-                    excerpt(&text(first))
-                ))
+        (Some(expected), _) => match nodes.iter().find(|node| same_value(node, expected)) {
+            Some(node) if *node == expected => {
+                Outcome::pass(format!("{source} equals {}", json_excerpt(expected)))
             }
-        }
+            Some(node) => Outcome::pass(format!(
+                "{source} = {} equals {} as a number",
+                json_excerpt(node),
+                typed(expected)
+            )),
+            None => Outcome::fail(format!(
+                "{source} is {}, expected {}{}",
+                typed(first),
+                typed(expected),
+                mismatch_hint(first, expected)
+            )),
+        },
         (None, Some(pattern)) => match nodes.iter().find(|node| pattern.is_match(&text(node))) {
             Some(node) => Outcome::pass(format!(
                 "{source} = {} matches /{}/",
@@ -84,6 +97,76 @@ pub(super) fn json_path(
             )),
         },
         (None, None) => Outcome::pass(format!("{source} selects {}", excerpt(&text(first)))),
+    }
+}
+
+/// `node == expected`, with numbers compared as numbers (see [`json_path`]).
+fn same_value(node: &Value, expected: &Value) -> bool {
+    if node == expected {
+        return true;
+    }
+    match (node, expected) {
+        (Value::Number(node), Value::Number(expected)) => same_number(node, expected),
+        (Value::Number(node), Value::String(text)) => {
+            number_in(text).is_some_and(|expected| same_number(node, &expected))
+        }
+        _ => false,
+    }
+}
+
+/// The number a string reads as: JSON number syntax, outer white space aside.
+fn number_in(text: &str) -> Option<serde_json::Number> {
+    serde_json::from_str(text.trim()).ok()
+}
+
+/// Integers exactly (beyond 2^53 too), anything else as f64.
+fn same_number(a: &serde_json::Number, b: &serde_json::Number) -> bool {
+    if let (Some(a), Some(b)) = (a.as_i64(), b.as_i64()) {
+        return a == b;
+    }
+    if let (Some(a), Some(b)) = (a.as_u64(), b.as_u64()) {
+        return a == b;
+    }
+    matches!((a.as_f64(), b.as_f64()), (Some(a), Some(b)) if a == b)
+}
+
+/// A value as JSON (strings quoted) with its type: `"595" (a string)`.
+fn typed(value: &Value) -> String {
+    let kind = match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    };
+    format!("{} ({kind})", json_excerpt(value))
+}
+
+/// A value as JSON text (strings quoted once), cut like [`excerpt`].
+fn json_excerpt(value: &Value) -> String {
+    let text = value.to_string();
+    if text.chars().count() <= 80 {
+        text
+    } else {
+        let head: String = text.chars().take(80).collect();
+        format!("{head}…")
+    }
+}
+
+/// Why two values that may look alike differ.
+fn mismatch_hint(node: &Value, expected: &Value) -> &'static str {
+    match (node, expected) {
+        (Value::Number(_), Value::String(text)) if number_in(text).is_none() => {
+            "; the expected text is not a number"
+        }
+        (Value::String(text), Value::Number(_)) if number_in(text).is_some() => {
+            "; a string is compared as a string, not as a number"
+        }
+        (Value::String(text), Value::String(expected)) if text.trim() == expected.trim() => {
+            "; they differ in outer white space"
+        }
+        _ => "",
     }
 }
 
@@ -150,6 +233,44 @@ mod tests {
             )
             .passed
         );
+        // Numbers compare as numbers; strings as strings; failures name the types.
+        let equals = |output: &str, expected: Value| {
+            json_path(output, &path, "$.answer", Some(&expected), None)
+        };
+        assert!(equals(r#"{"answer": 595}"#, json!("595")).passed);
+        assert!(equals(r#"{"answer": 595}"#, json!(" 595 ")).passed);
+        assert!(equals(r#"{"answer": 595.0}"#, json!("595")).passed);
+        assert!(equals(r#"{"answer": 595}"#, json!(595.0)).passed);
+        assert!(equals(r#"{"answer": 9007199254740993}"#, json!("9007199254740993")).passed);
+        assert!(!equals(r#"{"answer": 9007199254740993}"#, json!("9007199254740992")).passed);
+        assert!(equals(r#"{"answer": "595"}"#, json!("595")).passed);
+        assert!(!equals(r#"{"answer": [1, 595]}"#, json!("595")).passed);
+        let passed = equals(r#"{"answer": 595}"#, json!("595"));
+        assert_eq!(
+            passed.reason,
+            "$.answer = 595 equals \"595\" (a string) as a number"
+        );
+        let failed = equals(r#"{"answer": 596}"#, json!("595"));
+        assert!(!failed.passed);
+        assert_eq!(
+            failed.reason,
+            "$.answer is 596 (a number), expected \"595\" (a string)"
+        );
+        let failed = equals(r#"{"answer": "595"}"#, json!(595));
+        assert!(!failed.passed);
+        assert_eq!(
+            failed.reason,
+            "$.answer is \"595\" (a string), expected 595 (a number); a string is compared as a string, not as a number"
+        );
+        let failed = equals(r#"{"answer": 595}"#, json!("five"));
+        assert!(
+            failed.reason.ends_with("the expected text is not a number"),
+            "{}",
+            failed.reason
+        );
+        assert!(!equals(r#"{"answer": "595"}"#, json!("595.0")).passed);
+        assert!(!equals(r#"{"answer": true}"#, json!("true")).passed);
+
         let pattern = regex::Regex::new("^4").unwrap();
         assert!(json_path(r#"{"answer": 42}"#, &path, "$.answer", None, Some(&pattern)).passed);
         assert!(!json_path(r#"{"other": 1}"#, &path, "$.answer", None, None).passed);

@@ -450,3 +450,111 @@ async fn an_items_threshold_wins_over_the_evaluations() {
     assert_eq!(results[0]["status"], "passed", "{evaluation}");
     assert_eq!(results[1]["status"], "failed");
 }
+
+/// `json-path`'s `equals` and `regex`'s `pattern` are templates like every
+/// other string option, rendered per item, and a selected number compares
+/// as a number with the rendered text. The pass counts are computed here
+/// from the dataset, independently of the graders.
+#[tokio::test]
+async fn templated_json_path_and_regex_pass_the_independently_computed_items() {
+    const ITEMS: usize = 10_000;
+    let stack = Stack::start(2, &["--concurrency", "64"]).await;
+    // The mock echoes the prompt: `{"answer": 595 }` or `{"answer": "595" }`.
+    let version = stack.prompt(r#"{"answer": {{ answer }} }"#).await;
+    let mut items = Vec::with_capacity(ITEMS);
+    let (mut path_passes, mut regex_passes, mut both) = (0, 0, 0);
+    for n in 0..ITEMS {
+        let answer = (n * 37) % 1000;
+        let quoted = n % 3 == 0;
+        // A spread of expectations: the number, its text, a float text, a
+        // wrong number, a wrong text.
+        let expected = match (n * 7 + n / 13) % 10 {
+            0..=3 => json!(answer),
+            4..=6 => json!(answer.to_string()),
+            7 => json!(format!("{answer}.0")),
+            8 => json!(answer + 1),
+            _ => json!(format!("{}", answer + 2)),
+        };
+        let rendered = match &expected {
+            Value::String(text) => text.clone(),
+            other => other.to_string(),
+        };
+        // A selected string equals the same text; a selected number any
+        // text that reads as the same number.
+        let path_pass = if quoted {
+            rendered == answer.to_string()
+        } else {
+            rendered.parse::<f64>() == Ok(answer as f64)
+        };
+        // The regex is the rendered text, so `595.0` does not match `595`.
+        let regex_pass = rendered == answer.to_string();
+        path_passes += usize::from(path_pass);
+        regex_passes += usize::from(regex_pass);
+        both += usize::from(path_pass && regex_pass);
+        let answer = if quoted {
+            format!("\"{answer}\"")
+        } else {
+            answer.to_string()
+        };
+        items
+            .push(json!({"id": format!("i{n}"), "vars": {"answer": answer}, "expected": expected}));
+    }
+    assert!(
+        path_passes > regex_passes && regex_passes > ITEMS / 2,
+        "a test that can tell"
+    );
+    let dataset = stack.dataset(items).await;
+    let id = stack
+        .submit_body(json!({
+            "prompt_version_id": version,
+            "dataset_id": dataset,
+            "models": ["mock"],
+            "graders": [
+                {"type": "json-path", "path": "$.answer", "equals": "{{ expected }}"},
+                {"type": "regex", "pattern": "\"answer\": \"?{{ expected }}\"? \\}$"},
+            ],
+        }))
+        .await;
+    let evaluation = stack.wait_finished(&id, Duration::from_secs(300)).await;
+    assert_eq!(evaluation["status"], "succeeded", "{evaluation}");
+    assert_eq!(evaluation["counts"]["passed"], both, "{evaluation}");
+    assert_eq!(evaluation["counts"]["errored"], 0, "{evaluation}");
+
+    let results = stack.results(&id).await;
+    assert_eq!(results.len(), ITEMS);
+    let passes = |grader: &str| {
+        results
+            .iter()
+            .filter(|result| {
+                result["grades"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|grade| grade["grader"] == grader && grade["passed"] == true)
+            })
+            .count()
+    };
+    assert_eq!(passes("json-path"), path_passes);
+    assert_eq!(passes("regex"), regex_passes);
+    // Failures name the types of both sides.
+    let reasons: Vec<&str> = results
+        .iter()
+        .flat_map(|result| result["grades"].as_array().unwrap())
+        .filter(|grade| grade["grader"] == "json-path" && grade["passed"] == false)
+        .map(|grade| grade["reason"].as_str().unwrap())
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|reason| reason.contains("(a string), expected") && reason.contains("(a string)")),
+        "{:?}",
+        &reasons[..reasons.len().min(5)]
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|reason| reason.contains("(a number), expected")),
+        "{:?}",
+        &reasons[..reasons.len().min(5)]
+    );
+}

@@ -13,6 +13,7 @@ mod observability;
 mod poison;
 mod providers;
 mod recovery;
+mod spread;
 mod ui;
 mod versioning;
 mod webhooks;
@@ -354,6 +355,36 @@ impl Stack {
             .filter(assay_core::db::schema::tenants::name.eq("e2e"))
             .select(assay_core::db::schema::tenants::id)
             .first(&mut conn)
+            .await
+            .unwrap()
+    }
+
+    /// Waits until `count` workers heartbeat in Redis: what the API counts
+    /// when it cuts an evaluation into chunks.
+    pub async fn wait_live_workers(&self, count: u64) {
+        let queue = assay_core::queue::JobQueue::connect(&self.redis.url, &self.redis.prefix)
+            .await
+            .unwrap();
+        eventually(
+            Duration::from_secs(20),
+            "the workers to heartbeat",
+            || async { Ok((queue.live_workers().await? == count).then_some(())) },
+        )
+        .await
+        .unwrap();
+    }
+
+    /// Chunks in the plan of an evaluation.
+    pub async fn chunk_count(&self, id: &str) -> i64 {
+        use diesel::prelude::*;
+        use diesel_async::RunQueryDsl;
+        let evaluation: uuid::Uuid = id.parse().unwrap();
+        let pool = self.database.pool(1);
+        let mut conn = pool.get().await.unwrap();
+        assay_core::db::schema::evaluation_chunks::table
+            .filter(assay_core::db::schema::evaluation_chunks::evaluation_id.eq(evaluation))
+            .count()
+            .get_result(&mut conn)
             .await
             .unwrap()
     }

@@ -43,6 +43,43 @@ pub const QUEUED_PER_EVALUATION: i64 = 1;
 /// replica gets work and a crash redoes little.
 pub const DEFAULT_RUNS_PER_CHUNK: i32 = 250;
 
+/// Chunks per live worker an evaluation is cut into at least, when that
+/// keeps chunks above [`MIN_RUNS_PER_CHUNK`]: a worker takes chunks as its
+/// permits free up, so with many small chunks per worker the replicas end
+/// within about one chunk of each other. With 250-run chunks, a 1,000-run
+/// evaluation on two workers has 4 chunks, and a worker that takes three of
+/// them does 75% of the calls while the other idles.
+pub const CHUNKS_PER_WORKER: i64 = 8;
+
+/// Chunks are never cut smaller than this (unless the configured size is
+/// smaller): each chunk costs a queue round trip, a lease and a transaction.
+pub const MIN_RUNS_PER_CHUNK: i32 = 25;
+
+/// Runs per chunk for an evaluation of `total_runs` runs (over all models)
+/// with `live_workers` workers heartbeating: the configured size, shrunk so
+/// that every live worker gets about [`CHUNKS_PER_WORKER`] chunks, but not
+/// below [`MIN_RUNS_PER_CHUNK`]. Large evaluations keep the configured size
+/// (20,000 runs on 4 workers: 625 > 250), and with no live worker known
+/// (Redis unreachable, none started yet) nothing changes.
+///
+/// Worked example: 1,000 runs, 2 workers: ceil(1000 / 16) = 63 runs per
+/// chunk, 16 chunks; 1 worker: 125 runs, 8 chunks.
+pub fn spread_runs_per_chunk(configured: i32, total_runs: i64, live_workers: u64) -> i32 {
+    let configured = configured.max(1);
+    if live_workers == 0 || total_runs <= 0 {
+        return configured;
+    }
+    let wanted = i64::try_from(live_workers)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(CHUNKS_PER_WORKER);
+    // Both positive here (`i64::div_ceil` is not stable for signed integers).
+    let runs = (total_runs - 1) / wanted + 1;
+    let floor = MIN_RUNS_PER_CHUNK.min(configured);
+    i32::try_from(runs)
+        .unwrap_or(i32::MAX)
+        .clamp(floor, configured)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
 #[diesel(table_name = evaluation_chunks, check_for_backend(diesel::pg::Pg))]
 pub struct Chunk {
@@ -913,6 +950,39 @@ pub async fn plan_unplanned(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_evaluations_are_cut_finer_when_several_workers_are_live() {
+        // 1,000 runs on 2 workers: 16 chunks of 63 (the last 55).
+        assert_eq!(spread_runs_per_chunk(250, 1_000, 2), 63);
+        let chunks = plan(
+            Uuid::nil(),
+            Uuid::nil(),
+            &["m".to_owned()],
+            1_000,
+            1,
+            63,
+            Priority::Normal,
+        );
+        assert_eq!(chunks.len(), 16);
+        assert_eq!(spread_runs_per_chunk(250, 1_000, 1), 125);
+        // Large evaluations keep the configured size.
+        assert_eq!(spread_runs_per_chunk(250, 20_000, 2), 250);
+        assert_eq!(spread_runs_per_chunk(250, 20_000, 4), 250);
+        assert_eq!(spread_runs_per_chunk(250, 10_000, 4), 250);
+        // Never below the minimum, nor above the configured size.
+        assert_eq!(spread_runs_per_chunk(250, 100, 8), MIN_RUNS_PER_CHUNK);
+        assert_eq!(spread_runs_per_chunk(10, 100, 8), 10);
+        assert_eq!(spread_runs_per_chunk(250, 3, 2), MIN_RUNS_PER_CHUNK);
+        // No live worker known, or nothing to run: unchanged.
+        assert_eq!(spread_runs_per_chunk(250, 1_000, 0), 250);
+        assert_eq!(spread_runs_per_chunk(250, 0, 2), 250);
+        assert_eq!(spread_runs_per_chunk(250, i64::MAX, 2), 250);
+        assert_eq!(
+            spread_runs_per_chunk(250, 1_000, u64::MAX),
+            MIN_RUNS_PER_CHUNK
+        );
+    }
 
     #[test]
     fn plans_cover_every_item_once_per_model_with_models_interleaved() {

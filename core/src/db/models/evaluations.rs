@@ -213,6 +213,28 @@ pub struct Planning {
     pub runs_per_chunk: i32,
 }
 
+impl Planning {
+    /// The same planning with chunks shrunk for `live_workers` (see
+    /// [`chunks::spread_runs_per_chunk`]); `total_runs` counts every model.
+    pub fn spread_over(self, total_runs: i64, live_workers: u64) -> Self {
+        Self {
+            runs_per_chunk: chunks::spread_runs_per_chunk(
+                self.runs_per_chunk,
+                total_runs,
+                live_workers,
+            ),
+            ..self
+        }
+    }
+
+    /// Chunks the plan of an evaluation with `repeats` and `models` has.
+    pub fn chunks(&self, repeats: i32, models: usize) -> i64 {
+        let items_per_chunk = (self.runs_per_chunk / repeats.max(1)).max(1);
+        let items = i64::from(self.items.max(0));
+        (items + i64::from(items_per_chunk) - 1) / i64::from(items_per_chunk) * models as i64
+    }
+}
+
 /// Writes the evaluation (status `queued`), its plan of chunks and its
 /// `evaluation.created` event, and queues its first chunks: push the
 /// returned jobs after this returns (the rows exist before any job runs).
