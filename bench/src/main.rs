@@ -25,12 +25,17 @@
 //! - the web viewer: the first screen of each page of a 100,000-item
 //!   evaluation in headless Chromium ([`viewer`]).
 //!
-//! `--only compare`, `--only cli` and `--only viewer` run one case alone.
+//! - providers under pressure: random 429s, a hard cap the registry does not
+//!   know, and the CPU a shared rate limit costs per call ([`pressure`]).
+//!
+//! `--only compare`, `--only cli`, `--only viewer` and `--only pressure` run
+//! one case alone.
 //!
 //! Figures compare within one run: the machine may be shared and noisy.
 
 mod cli;
 mod compare;
+mod pressure;
 mod viewer;
 
 use std::fmt::Write as _;
@@ -61,7 +66,7 @@ struct Cli {
     /// Items per evaluation of the comparison runs.
     #[arg(long, value_delimiter = ',', default_value = "20000,100000")]
     compare_items: Vec<usize>,
-    /// Run one case only (`compare` or `cli`).
+    /// Run one case only (`compare`, `cli`, `viewer` or `pressure`).
     #[arg(long)]
     only: Option<String>,
     /// Tests of the client run.
@@ -110,15 +115,16 @@ async fn arrivals(mock: &Mock, calls: usize, pipeline: usize) -> anyhow::Result<
 
 impl Mock {
     fn start(latency: Duration) -> anyhow::Result<Self> {
-        let server = assay_mockllm::build(
-            "127.0.0.1:0",
-            MockConfig {
-                latency,
-                // The arrival of every request: how fast a worker fills its pipeline.
-                record_requests: true,
-                ..MockConfig::default()
-            },
-        )?;
+        Self::start_with(MockConfig {
+            latency,
+            // The arrival of every request: how fast a worker fills its pipeline.
+            record_requests: true,
+            ..MockConfig::default()
+        })
+    }
+
+    fn start_with(config: MockConfig) -> anyhow::Result<Self> {
+        let server = assay_mockllm::build("127.0.0.1:0", config)?;
         let url = format!("http://127.0.0.1:{}", server.port);
         tokio::spawn(server.server);
         Ok(Self { url })
@@ -149,8 +155,19 @@ impl Deployment {
         concurrency: usize,
         mock: Option<&Mock>,
     ) -> anyhow::Result<Self> {
+        Self::start_with(workers, concurrency, mock, "", TestRedis::new()).await
+    }
+
+    /// As [`Deployment::start`], with `registry_extra` added to the model
+    /// `bench`'s entry (limits, say) and the keys under `redis`.
+    async fn start_with(
+        workers: usize,
+        concurrency: usize,
+        mock: Option<&Mock>,
+        registry_extra: &str,
+        redis: TestRedis,
+    ) -> anyhow::Result<Self> {
         let database = TestDatabase::create().await?;
-        let redis = TestRedis::new();
         let dir =
             std::env::temp_dir().join(format!("assay-bench-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir)?;
@@ -166,7 +183,7 @@ impl Deployment {
             std::fs::write(
                 &registry,
                 format!(
-                    "[models.bench]\nprovider = \"openai\"\nmodel = \"mock\"\nbase_url = \"{}/v1\"\ntimeout = \"120s\"\n",
+                    "[models.bench]\nprovider = \"openai\"\nmodel = \"mock\"\nbase_url = \"{}/v1\"\ntimeout = \"120s\"\n{registry_extra}\n",
                     mock.url
                 ),
             )?;
@@ -285,6 +302,18 @@ impl Deployment {
         dataset: &Value,
         model: &str,
     ) -> anyhow::Result<Value> {
+        self.evaluate_polling(version, dataset, model, Duration::from_millis(50))
+            .await
+    }
+
+    /// As [`Deployment::evaluate`], looking every `poll`.
+    async fn evaluate_polling(
+        &self,
+        version: &Value,
+        dataset: &Value,
+        model: &str,
+        poll: Duration,
+    ) -> anyhow::Result<Value> {
         let submitted = self
             .client
             .post(
@@ -311,7 +340,7 @@ impl Deployment {
                 Instant::now() < deadline,
                 "the evaluation did not finish: {evaluation}"
             );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(poll).await;
         }
     }
 }
@@ -618,6 +647,10 @@ async fn main() -> anyhow::Result<()> {
         println!("{}", cli::report(&cli::run(cli.cli_tests).await?));
         return Ok(());
     }
+    if cli.only.as_deref() == Some("pressure") {
+        println!("{}", pressure::run().await?);
+        return Ok(());
+    }
     if cli.only.as_deref() == Some("viewer") {
         println!("{}", viewer::report(&viewer::run(cli.viewer_items).await?));
         return Ok(());
@@ -631,7 +664,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", compare::report(&compare_runs));
             return Ok(());
         }
-        Some(other) => anyhow::bail!("unknown case {other:?} (compare, cli, viewer)"),
+        Some(other) => anyhow::bail!("unknown case {other:?} (compare, cli, viewer, pressure)"),
         None => {}
     }
     let latency = cli.latency.as_secs_f64();
@@ -686,6 +719,7 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     let large = large(cli.large_items).await?;
+    let pressure = pressure::run().await?;
     let client = cli::run(cli.cli_tests).await?;
 
     let mut out = String::new();
@@ -822,6 +856,7 @@ async fn main() -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    let _ = writeln!(out, "\n{pressure}");
     let _ = writeln!(out, "\n{}", compare::report(&compare_runs));
     let _ = writeln!(out, "{}", cli::report(&client));
     let _ = writeln!(

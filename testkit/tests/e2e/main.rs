@@ -10,6 +10,7 @@ mod graders;
 mod hostile_templates;
 mod observability;
 mod poison;
+mod pressure;
 mod providers;
 mod recovery;
 mod ui;
