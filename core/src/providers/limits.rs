@@ -70,13 +70,13 @@ use super::Model;
 /// A 429 multiplies the learned rate by this (at most once per window).
 pub const DECREASE_FACTOR: f64 = 0.95;
 /// Each answered call adds this many requests per second to a learned rate:
-/// about 8% a second when the rate binds (7% with 10% of calls refused),
-/// more than the 5% a window's decrease takes, so random 429s at a steady
-/// share do not drag it down; and an overshoot past a hard cap stays
-/// within about 8% before the next decrease.
-pub const INCREASE_PER_SUCCESS: f64 = 0.08;
-/// 429s within this long after a decrease do not decrease again.
-pub const DECREASE_WINDOW: Duration = Duration::from_secs(1);
+/// about 5% a second when the rate binds, so an overshoot past a hard cap
+/// stays within about 5% before the next decrease.
+pub const INCREASE_PER_SUCCESS: f64 = 0.05;
+/// 429s within this long after a decrease do not decrease again. A little
+/// under a second: a provider's per-second window refuses at the same phase
+/// every second, and a 1 s window would skip every other one of them.
+pub const DECREASE_WINDOW: Duration = Duration::from_millis(900);
 /// A model without limits starts learning when this share of the last
 /// second's answers are 429s...
 pub const STORM_SHARE: f64 = 0.5;
@@ -258,7 +258,7 @@ end
 cok, clim, csent = cok + ok, clim + limited, csent + sent
 local answers = cok + clim + pok + plim
 local refused = clim + plim
-local span = math.max(window, now - pwin) / 1000
+local span = math.max(1000, now - pwin) / 1000
 -- Requests sent and not refused, per second: what the provider accepts.
 local accepted = math.max(0, csent + psent - refused) / span
 local event, paused = 0, 0
@@ -268,9 +268,8 @@ end
 if limited > 0 and now - decreased >= window then
   if rate then
     -- While the rate binds (requests go out at about that rate), what the
-    -- provider did not refuse is what it takes: no more than that. Random
-    -- 429s at a share p leave that at (1 - p) x rate, so only a cap pulls
-    -- the rate below 0.9 x rate.
+    -- provider did not refuse is what it takes: no more than that. (Random
+    -- 429s at a share p cut it to (1 - p) x rate as well.)
     local sent_rate = (csent + psent) / span
     rate = rate * beta
     if sent_rate >= 0.9 * rate / beta and accepted < rate then rate = accepted end
