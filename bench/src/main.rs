@@ -29,13 +29,17 @@
 //!   calls each worker makes and the time against half the 1-worker time
 //!   ([`spread`]).
 //!
-//! `--only compare`, `--only cli`, `--only viewer` and `--only spread` run
-//! one case alone.
+//! - providers under pressure: random 429s, a hard cap the registry does not
+//!   know, and the CPU a shared rate limit costs per call ([`pressure`]).
+//!
+//! `--only compare`, `--only cli`, `--only viewer`, `--only spread` and
+//! `--only pressure` run one case alone.
 //!
 //! Figures compare within one run: the machine may be shared and noisy.
 
 mod cli;
 mod compare;
+mod pressure;
 mod spread;
 mod viewer;
 
@@ -67,7 +71,7 @@ struct Cli {
     /// Items per evaluation of the comparison runs.
     #[arg(long, value_delimiter = ',', default_value = "20000,100000")]
     compare_items: Vec<usize>,
-    /// Run one case only (`compare` or `cli`).
+    /// Run one case only (`compare`, `cli`, `viewer` or `pressure`).
     #[arg(long)]
     only: Option<String>,
     /// Tests of the client run.
@@ -139,15 +143,16 @@ async fn arrivals(mock: &Mock, calls: usize, pipeline: usize) -> anyhow::Result<
 
 impl Mock {
     fn start(latency: Duration) -> anyhow::Result<Self> {
-        let server = assay_mockllm::build(
-            "127.0.0.1:0",
-            MockConfig {
-                latency,
-                // The arrival of every request: how fast a worker fills its pipeline.
-                record_requests: true,
-                ..MockConfig::default()
-            },
-        )?;
+        Self::start_with(MockConfig {
+            latency,
+            // The arrival of every request: how fast a worker fills its pipeline.
+            record_requests: true,
+            ..MockConfig::default()
+        })
+    }
+
+    fn start_with(config: MockConfig) -> anyhow::Result<Self> {
+        let server = assay_mockllm::build("127.0.0.1:0", config)?;
         let url = format!("http://127.0.0.1:{}", server.port);
         tokio::spawn(server.server);
         Ok(Self { url })
@@ -178,8 +183,19 @@ impl Deployment {
         concurrency: usize,
         mock: Option<&Mock>,
     ) -> anyhow::Result<Self> {
+        Self::start_with(workers, concurrency, mock, "", TestRedis::new()).await
+    }
+
+    /// As [`Deployment::start`], with `registry_extra` added to the model
+    /// `bench`'s entry (limits, say) and the keys under `redis`.
+    async fn start_with(
+        workers: usize,
+        concurrency: usize,
+        mock: Option<&Mock>,
+        registry_extra: &str,
+        redis: TestRedis,
+    ) -> anyhow::Result<Self> {
         let database = TestDatabase::create().await?;
-        let redis = TestRedis::new();
         let dir =
             std::env::temp_dir().join(format!("assay-bench-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir)?;
@@ -195,7 +211,7 @@ impl Deployment {
             std::fs::write(
                 &registry,
                 format!(
-                    "[models.bench]\nprovider = \"openai\"\nmodel = \"mock\"\nbase_url = \"{}/v1\"\ntimeout = \"120s\"\n",
+                    "[models.bench]\nprovider = \"openai\"\nmodel = \"mock\"\nbase_url = \"{}/v1\"\ntimeout = \"120s\"\n{registry_extra}\n",
                     mock.url
                 ),
             )?;
@@ -314,6 +330,18 @@ impl Deployment {
         dataset: &Value,
         model: &str,
     ) -> anyhow::Result<Value> {
+        self.evaluate_polling(version, dataset, model, Duration::from_millis(50))
+            .await
+    }
+
+    /// As [`Deployment::evaluate`], looking every `poll`.
+    async fn evaluate_polling(
+        &self,
+        version: &Value,
+        dataset: &Value,
+        model: &str,
+        poll: Duration,
+    ) -> anyhow::Result<Value> {
         let submitted = self
             .client
             .post(
@@ -340,7 +368,7 @@ impl Deployment {
                 Instant::now() < deadline,
                 "the evaluation did not finish: {evaluation}"
             );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(poll).await;
         }
     }
 }
@@ -651,6 +679,10 @@ async fn main() -> anyhow::Result<()> {
         println!("{}", cli::report(&cli::run(cli.cli_tests).await?));
         return Ok(());
     }
+    if cli.only.as_deref() == Some("pressure") {
+        println!("{}", pressure::run().await?);
+        return Ok(());
+    }
     if cli.only.as_deref() == Some("viewer") {
         println!("{}", viewer::report(&viewer::run(cli.viewer_items).await?));
         return Ok(());
@@ -668,7 +700,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", compare::report(&compare_runs));
             return Ok(());
         }
-        Some(other) => anyhow::bail!("unknown case {other:?} (compare, cli, viewer, spread)"),
+        Some(other) => anyhow::bail!("unknown case {other:?} (compare, cli, viewer, spread, pressure)"),
         None => {}
     }
     let latency = cli.latency.as_secs_f64();
@@ -724,6 +756,7 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     let large = large(cli.large_items).await?;
     let spread = spread::run(cli.spread()).await?;
+    let pressure = pressure::run().await?;
     let client = cli::run(cli.cli_tests).await?;
 
     let mut out = String::new();
@@ -861,7 +894,8 @@ async fn main() -> anyhow::Result<()> {
             .join(", ")
     );
     let _ = writeln!(out, "\n{}", spread::report(&spread)?);
-    let _ = writeln!(out, "{}", compare::report(&compare_runs));
+    let _ = writeln!(out, "\n{pressure}");
+    let _ = writeln!(out, "\n{}", compare::report(&compare_runs));
     let _ = writeln!(out, "{}", cli::report(&client));
     let _ = writeln!(
         out,

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use assay_core::providers::limits::Limiter;
+use assay_core::providers::limits::{DECREASE_FACTOR, INCREASE_PER_SUCCESS, Limiter};
 use assay_core::providers::{Limits, Model, ModelCatalog};
 use assay_testkit::TestRedis;
 
@@ -71,71 +71,243 @@ async fn replicas_share_one_requests_per_minute_pace() {
     }
 }
 
-/// One replica gets a 429; the other must pause too, and a second 429 in
-/// the grace window pauses no one. `limits` decides the path: models
-/// without limits learn of the pause from the announcement, limited ones
-/// in their script.
-async fn a_429_pauses_every_replica(limits: Limits) {
+/// Reports `count` requests sent to `model` and answered: `limited` of
+/// them with a 429, the rest without.
+async fn report(limiter: &Limiter, model: &Model, count: usize, limited: usize) {
+    for n in 0..count {
+        limiter.sent(model);
+        if n >= limited {
+            limiter.answered(model, None);
+        }
+    }
+    for _ in 0..limited {
+        limiter
+            .rate_limited(model, Duration::from_secs(2))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickle_of_429s_learns_nothing_but_a_storm_pauses_every_replica_at_the_accepted_rate() {
     let redis = TestRedis::new();
-    let model = model(limits, Duration::from_secs(5));
-    let (got_429, other) = (replica(&redis), replica(&redis));
+    let trickled = model(Limits::default(), Duration::from_secs(5));
+    let model = model(Limits::default(), Duration::from_secs(5));
+    let (one, other) = (replica(&redis), replica(&redis));
     tokio::spawn(other.clone().follow_cool_downs(redis.url.clone()));
-    // The subscription is up before the first announcement.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // 10% of answers refused: a provider's random 429s, not an overload.
+    report(&one, &trickled, 100, 10).await;
+    assert_eq!(one.learned_rate(&trickled).await.unwrap(), None);
+    let free = other.acquire(&trickled, 0, true).await.unwrap();
+    assert!(free.is_ok(), "a trickle pauses no one");
+
+    // Now 100 sent, 30 answered, 70 refused. The storm is seen at the 30th
+    // 429, when half the answers so far are 429s: of the 100 sent, 70 were
+    // not refused then, so the rate starts at 0.95 x 70 a second.
+    report(&one, &model, 100, 70).await;
+    let learned = one.learned_rate(&model).await.unwrap().unwrap();
     assert!(
-        got_429
-            .cool_down(&model, Duration::from_millis(600))
-            .await
-            .unwrap()
+        (learned - DECREASE_FACTOR * 70.0).abs() < 0.5,
+        "learned {learned}/s"
     );
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let started = Instant::now();
-    let permit = other.acquire(&model, 0, false).await.unwrap().unwrap();
-    let waited = started.elapsed();
+    let paused = other.acquire(&model, 0, true).await.unwrap();
     assert!(
-        waited >= Duration::from_millis(450),
-        "the other replica waited only {waited:?}"
+        matches!(paused, Err(remaining) if remaining.0 > Duration::from_secs(1)),
+        "the other replica pauses too: {paused:?}"
     );
-    assert!(permit.waited >= Duration::from_millis(450));
-    other.release(&model, permit, 0).await.unwrap();
-    // Within the grace window, another 429 does not pause everyone again.
-    assert!(
-        !got_429
-            .cool_down(&model, Duration::from_millis(600))
-            .await
-            .unwrap()
-    );
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let started = Instant::now();
-    let permit = other.acquire(&model, 0, false).await.unwrap().unwrap();
-    assert!(started.elapsed() < Duration::from_millis(200));
-    other.release(&model, permit, 0).await.unwrap();
-    // A caller with a fallback is told instead of made to wait.
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    assert!(
-        got_429
-            .cool_down(&model, Duration::from_secs(5))
-            .await
-            .unwrap()
-    );
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let cooling = other.acquire(&model, 0, true).await.unwrap();
-    assert!(matches!(cooling, Err(remaining) if remaining.0 > Duration::from_secs(4)));
+    assert_eq!(other.learned_rate(&model).await.unwrap(), Some(learned));
+    // More 429s from the same overload (within a second) change nothing.
+    report(&one, &model, 10, 10).await;
+    assert_eq!(one.learned_rate(&model).await.unwrap(), Some(learned));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_429_pauses_every_replica_of_an_unlimited_model() {
-    a_429_pauses_every_replica(Limits::default()).await;
+#[tokio::test]
+async fn the_rate_decreases_once_per_window_and_grows_back_to_the_registry_limit() {
+    let redis = TestRedis::new();
+    // 6,000 a minute: 100 a second.
+    let model = model(
+        Limits {
+            requests_per_minute: Some(6_000),
+            ..Limits::default()
+        },
+        Duration::from_secs(5),
+    );
+    let limiter = replica(&redis);
+    assert_eq!(limiter.learned_rate(&model).await.unwrap(), None);
+    report(&limiter, &model, 3, 3).await;
+    let expected = 100.0 * DECREASE_FACTOR;
+    let learned = limiter.learned_rate(&model).await.unwrap().unwrap();
+    assert!(
+        (learned - expected).abs() < 0.01,
+        "one decrease for 3 429s: {learned}"
+    );
+    report(&limiter, &model, 20, 0).await;
+    let expected = expected + 20.0 * INCREASE_PER_SUCCESS;
+    let learned = limiter.learned_rate(&model).await.unwrap().unwrap();
+    assert!(
+        (learned - expected).abs() < 0.01,
+        "{learned}, not {expected}"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    report(&limiter, &model, 1, 1).await;
+    let expected = expected * DECREASE_FACTOR;
+    let learned = limiter.learned_rate(&model).await.unwrap().unwrap();
+    assert!(
+        (learned - expected).abs() < 0.01,
+        "a second window decreases: {learned}, not {expected}"
+    );
+    // Back above the registry's rate: its pace applies again.
+    report(&limiter, &model, 400, 0).await;
+    assert_eq!(limiter.learned_rate(&model).await.unwrap(), None);
 }
 
+/// A server that takes `cap` requests per wall-clock second and refuses the
+/// rest at once, as an overloaded provider does; the callers know nothing
+/// of the cap. They must settle near it, with few requests refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_429_pauses_every_replica_of_a_limited_model() {
-    a_429_pauses_every_replica(Limits {
-        requests_per_minute: Some(60_000),
-        burst: 100,
-        ..Limits::default()
-    })
-    .await;
+async fn callers_learn_a_hard_cap_the_registry_does_not_know() {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    const CAP: u64 = 50;
+    const RUN: Duration = Duration::from_secs(8);
+    let redis = TestRedis::new();
+    let model = Arc::new(model(Limits::default(), Duration::from_secs(5)));
+    // (second since start, requests seen in it), and totals after the first 3 s.
+    let seconds = Arc::new(Mutex::new((0u64, 0u64)));
+    let (accepted, refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let started = Instant::now();
+    let mut callers = Vec::new();
+    for _ in 0..2 {
+        let limiter = Arc::new(replica(&redis));
+        tokio::spawn(
+            limiter
+                .as_ref()
+                .clone()
+                .follow_cool_downs(redis.url.clone()),
+        );
+        for _ in 0..32 {
+            let (limiter, model, seconds) = (limiter.clone(), model.clone(), seconds.clone());
+            let (accepted, refused) = (accepted.clone(), refused.clone());
+            callers.push(tokio::spawn(async move {
+                while started.elapsed() < RUN {
+                    let permit = limiter.acquire(&model, 0, false).await.unwrap().unwrap();
+                    limiter.sent(&model);
+                    let elapsed = started.elapsed();
+                    let taken = {
+                        let mut seconds = seconds.lock().unwrap();
+                        if seconds.0 != elapsed.as_secs() {
+                            *seconds = (elapsed.as_secs(), 0);
+                        }
+                        seconds.1 += 1;
+                        seconds.1 <= CAP
+                    };
+                    let counted = elapsed >= Duration::from_secs(3);
+                    if taken {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        limiter.release(&model, permit, 0).await.unwrap();
+                        limiter.answered(&model, None);
+                        if counted {
+                            accepted.fetch_add(1, Ordering::SeqCst);
+                        }
+                    } else {
+                        limiter.release(&model, permit, 0).await.unwrap();
+                        if counted {
+                            refused.fetch_add(1, Ordering::SeqCst);
+                        }
+                        let retry_after = Duration::from_millis(500);
+                        limiter.rate_limited(&model, retry_after).await.unwrap();
+                        tokio::time::sleep(retry_after).await;
+                    }
+                }
+            }));
+        }
+    }
+    for caller in callers {
+        caller.await.unwrap();
+    }
+    let (accepted, refused) = (
+        accepted.load(Ordering::SeqCst) as f64,
+        refused.load(Ordering::SeqCst) as f64,
+    );
+    let rate = accepted / (RUN.as_secs_f64() - 3.0);
+    let share = refused / (accepted + refused);
+    // Unpaced, 64 callers at 20 ms would offer 3,200 requests a second.
+    assert!(rate >= 0.8 * CAP as f64, "accepted {rate:.1}/s of {CAP}");
+    assert!(share <= 0.1, "{:.1}% refused", share * 100.0);
+}
+
+/// Calls waiting on a shared limit queue in their process: one script call
+/// per granted request or so, not one per waiting call per poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_calls_queue_in_their_process_instead_of_polling_redis() {
+    let redis = assay_testkit::PrivateRedis::start().unwrap();
+    // 1,200 a minute: 20 a second.
+    let model = Arc::new(model(
+        Limits {
+            requests_per_minute: Some(1_200),
+            burst: 2,
+            ..Limits::default()
+        },
+        Duration::from_secs(5),
+    ));
+    let script_calls = || {
+        let client = redis::Client::open(redis.url.as_str()).unwrap();
+        let mut conn = client.get_connection().unwrap();
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut conn)
+            .unwrap();
+        info.lines()
+            .filter(|line| {
+                line.starts_with("cmdstat_evalsha:") || line.starts_with("cmdstat_eval:")
+            })
+            .filter_map(|line| {
+                let calls = line.split("calls=").nth(1)?.split(',').next()?;
+                calls.parse::<u64>().ok()
+            })
+            .sum::<u64>()
+    };
+    let before = script_calls();
+    let started = Instant::now();
+    let mut calls = Vec::new();
+    // Three replicas, twenty callers each, all at once: 60 calls, about 3 s.
+    for _ in 0..3 {
+        let limiter = Arc::new(Limiter::new(
+            assay_core::redis_pool::build(&redis.url, 4).unwrap(),
+            "queue-test",
+        ));
+        for _ in 0..20 {
+            let (limiter, model) = (limiter.clone(), model.clone());
+            calls.push(tokio::spawn(async move {
+                let permit = limiter.acquire(&model, 0, false).await.unwrap().unwrap();
+                let granted = started.elapsed();
+                limiter.release(&model, permit, 0).await.unwrap();
+                granted
+            }));
+        }
+    }
+    let mut granted = Vec::new();
+    for call in calls {
+        granted.push(call.await.unwrap());
+    }
+    let scripts = script_calls() - before;
+    granted.sort();
+    for (index, first) in granted.iter().enumerate() {
+        let in_window = granted[index..]
+            .iter()
+            .take_while(|later| **later - *first < Duration::from_secs(1))
+            .count();
+        assert!(in_window <= 20 + 2, "{in_window} grants within one second");
+    }
+    // 60 grants; one first read of the learned rate per replica. Polling (each waiter
+    // asking every time its wait was up) took several times as many.
+    assert!(
+        scripts <= 60 + 3 + 30,
+        "{scripts} script calls for 60 grants"
+    );
 }
 
 #[tokio::test]
@@ -229,6 +401,7 @@ async fn a_call_waits_out_a_restarting_limit_store_without_spending_its_attempts
         purpose: "generate",
         repeat: 0,
         use_cache: false,
+        slot: None,
     };
     let report = client
         .complete(

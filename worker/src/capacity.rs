@@ -134,6 +134,40 @@ impl Drop for LlmPermit {
     }
 }
 
+/// A call's permit that the call gives up while it waits out a 429 (see
+/// [`assay_core::providers::call::Slot`]) and takes again, in its turn,
+/// before its next attempt.
+pub struct HeldSlot {
+    slots: Arc<LlmSlots>,
+    priority: Priority,
+    group: Uuid,
+    permit: Mutex<Option<LlmPermit>>,
+}
+
+impl HeldSlot {
+    pub fn new(slots: Arc<LlmSlots>, priority: Priority, group: Uuid, permit: LlmPermit) -> Self {
+        Self {
+            slots,
+            priority,
+            group,
+            permit: Mutex::new(Some(permit)),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl assay_core::providers::call::Slot for HeldSlot {
+    fn release(&self) {
+        let permit = self.permit.lock().expect("held slot lock").take();
+        drop(permit);
+    }
+
+    async fn reacquire(&self) {
+        let permit = self.slots.acquire(self.priority, self.group).await;
+        *self.permit.lock().expect("held slot lock") = Some(permit);
+    }
+}
+
 /// Runs taken on but not started, with the gates waiting for it to drop.
 #[derive(Default)]
 pub struct Backlog {
@@ -334,6 +368,29 @@ mod tests {
             *order.lock().unwrap(),
             ["big", "small", "big", "small", "big"]
         );
+    }
+
+    #[tokio::test]
+    async fn a_held_slot_is_free_for_others_while_released() {
+        use assay_core::providers::call::Slot;
+        let slots = LlmSlots::new(1);
+        let permit = slots.acquire(Priority::Normal, Uuid::nil()).await;
+        let held = HeldSlot::new(slots.clone(), Priority::Normal, Uuid::nil(), permit);
+        assert_eq!(slots.available(), 0);
+        held.release();
+        assert_eq!(slots.available(), 1, "free while the call waits");
+        let other = slots.acquire(Priority::Normal, Uuid::nil()).await;
+        let again = tokio::spawn(async move {
+            held.reacquire().await;
+            held
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(!again.is_finished(), "it waits its turn for a slot");
+        drop(other);
+        let held = again.await.unwrap();
+        assert_eq!(slots.available(), 0);
+        drop(held);
+        assert_eq!(slots.available(), 1);
     }
 
     #[test]

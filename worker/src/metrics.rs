@@ -9,6 +9,10 @@ pub static RESULTS_WRITTEN: AtomicU64 = AtomicU64::new(0);
 
 pub fn describe() {
     describe_counter!(
+        "assay_results_errored_total",
+        "Results that ended errored, by model and reason (the provider's failure once its retry budget was spent: rate_limited, timeout, upstream_error, ...; or template, source, item_graders, grader). Each is also logged once at warn."
+    );
+    describe_counter!(
         "assay_jobs_started_total",
         "Jobs a worker started, by kind (chunk, promotion, optimization)."
     );

@@ -124,6 +124,7 @@ pub fn parse_response(raw: &http::RawResponse) -> Result<Completion, ProviderErr
         text,
         usage,
         finish_reason: stop_reason.as_deref().map(super::normalize_finish_reason),
+        rate_hint: http::rate_hint(&raw.headers),
     })
 }
 

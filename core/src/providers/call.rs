@@ -4,12 +4,17 @@
 //! For each model of the chain (the model, then its fallbacks):
 //! 1. the response cache, when the parameters are deterministic;
 //! 2. the circuit breaker: an open circuit skips to the next model;
-//! 3. shared capacity (requests, tokens, concurrency, cool-down) from Redis;
-//! 4. the call, with retries on 429, 408, 5xx, timeouts and connection
-//!    errors: exponential backoff with full jitter, or what the provider's
-//!    `Retry-After` says (a 429 also cools the model down for every worker);
-//! 5. when its attempts are exhausted, it reports context too long, or it is
-//!    cooling down, the next model answers.
+//! 3. shared capacity (requests, tokens, concurrency, the learned rate, a
+//!    storm's pause) from Redis ([`super::limits`]);
+//! 4. the call, with retries. A 429 is reported to the shared rate
+//!    controller and waits its `Retry-After` without holding the caller's
+//!    slot ([`Slot`]); 429s are retried until they have waited the model's
+//!    `max_retry_wait` in all. Other transient failures (408, 5xx,
+//!    timeouts, connection errors) are retried up to `max_attempts` tries,
+//!    with exponential backoff and full jitter or the provider's
+//!    `Retry-After`;
+//! 5. when its budget is spent, it reports context too long, or it is
+//!    paused, the next model answers.
 //!
 //! Only the attempt that answered is billed; attempts that timed out (the
 //! provider may have processed them) are counted in
@@ -32,22 +37,46 @@ use crate::domain::{ChatMessage, ModelParams};
 const MAX_BACKOFF: Duration = Duration::from_secs(20);
 /// The first backoff's ceiling; it doubles with each attempt.
 const BASE_BACKOFF: Duration = Duration::from_millis(250);
-/// Cool-down after a 429 that names no `Retry-After`.
-const DEFAULT_COOL_DOWN: Duration = Duration::from_secs(1);
+/// The wait after a 429 that names no `Retry-After`.
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// How long a call waits for an unreachable limit store before it fails.
 const STORE_OUTAGE_BUDGET: Duration = Duration::from_secs(60);
 /// How often it looks again meanwhile.
 const STORE_RETRY: Duration = Duration::from_secs(1);
 
+/// The caller's hold on its own capacity (a worker's call slot). A call
+/// waiting before a retry (a 429's `Retry-After`, a backoff) gives it up, so
+/// that other items use it meanwhile, and takes one again, in turn, before
+/// its next attempt.
+#[async_trait::async_trait]
+pub trait Slot: Send + Sync {
+    fn release(&self);
+    async fn reacquire(&self);
+}
+
 /// How a call is made.
-#[derive(Debug, Clone, Copy)]
-pub struct CallOptions {
+#[derive(Clone, Copy)]
+pub struct CallOptions<'a> {
     /// `generate` or `judge`, for metrics.
     pub purpose: &'static str,
     /// Which run of a repeated item (part of the cache key).
     pub repeat: u32,
     /// The evaluation allows the response cache.
     pub use_cache: bool,
+    /// The slot the caller holds, if it can give it up while waiting.
+    pub slot: Option<&'a dyn Slot>,
+}
+
+impl std::fmt::Debug for CallOptions<'_> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("CallOptions")
+            .field("purpose", &self.purpose)
+            .field("repeat", &self.repeat)
+            .field("use_cache", &self.use_cache)
+            .field("slot", &self.slot.is_some())
+            .finish()
+    }
 }
 
 /// What a call came to.
@@ -93,7 +122,7 @@ impl LlmClient {
         model: &Arc<Model>,
         messages: &[ChatMessage],
         params: &ModelParams,
-        options: CallOptions,
+        options: CallOptions<'_>,
     ) -> CallReport {
         let chain = self.catalog.chain(model);
         let cacheable = options.use_cache && cache::is_deterministic(params);
@@ -177,7 +206,7 @@ impl LlmClient {
         model: &Arc<Model>,
         messages: &[ChatMessage],
         params: &ModelParams,
-        options: CallOptions,
+        options: CallOptions<'_>,
         has_fallback: bool,
         attempts: &mut u32,
     ) -> Result<(Completion, Duration), ProviderError> {
@@ -190,7 +219,10 @@ impl LlmClient {
             }
             None => 0,
         };
+        // Failed tries other than 429s: bounded by `max_attempts`.
         let mut tries = 0;
+        // Time spent waiting out 429s: bounded by `max_retry_wait`.
+        let mut rate_limit_wait = Duration::ZERO;
         // Time spent waiting for an unreachable limit store, for this call.
         let mut store_outage = Duration::ZERO;
         loop {
@@ -206,7 +238,7 @@ impl LlmClient {
                             .record(&model.name, model.circuit, Verdict::Neutral);
                         return Err(ProviderError::RateLimited {
                             retry_after: Some(remaining),
-                            message: "cooling down after a 429".to_owned(),
+                            message: "paused after a storm of 429s".to_owned(),
                         });
                     }
                     // Limits that cannot be checked are not ignored: wait for
@@ -227,9 +259,11 @@ impl LlmClient {
                     }
                 },
             };
-            tries += 1;
             *attempts += 1;
             let attempt = *attempts;
+            if let Some(limiter) = limiter {
+                limiter.sent(model);
+            }
             gauge!("assay_llm_calls_in_flight").increment(1.0);
             let started = Instant::now();
             let outcome = model
@@ -272,6 +306,9 @@ impl LlmClient {
             histogram!("assay_llm_call_duration_seconds", &labels).record(elapsed.as_secs_f64());
             let error = match outcome {
                 Ok(completion) => {
+                    if let Some(limiter) = limiter {
+                        limiter.answered(model, completion.rate_hint);
+                    }
                     self.breakers
                         .record(&model.name, model.circuit, Verdict::Success);
                     return Ok((completion, elapsed));
@@ -288,34 +325,47 @@ impl LlmClient {
                 counter!("assay_llm_unknown_outcomes_total", "model" => model.name.clone())
                     .increment(1);
             }
-            if let (ProviderError::RateLimited { retry_after, .. }, Some(limiter)) =
-                (&error, limiter)
-                && let Err(redis) = limiter
-                    .cool_down(model, retry_after.unwrap_or(DEFAULT_COOL_DOWN))
-                    .await
-            {
-                tracing::warn!(model = %model.name, error = %redis, "could not share the cool-down");
-            }
-            if !error.is_retryable() || tries >= model.max_attempts {
-                return Err(error);
-            }
-            // With somewhere else to go, a model that is cooling down or whose
-            // circuit just opened is left for the next one now.
-            let rate_limited = matches!(error, ProviderError::RateLimited { .. });
-            if has_fallback && (rate_limited || self.breakers.open_for(&model.name).is_some()) {
-                return Err(error);
-            }
+            let wait = if let ProviderError::RateLimited { retry_after, .. } = &error {
+                let retry_after = retry_after.unwrap_or(DEFAULT_RETRY_AFTER);
+                if let Some(limiter) = limiter
+                    && let Err(redis) = limiter.rate_limited(model, retry_after).await
+                {
+                    tracing::debug!(model = %model.name, error = %redis, "could not report a 429");
+                }
+                // With somewhere else to go, a model that refuses is left
+                // for the next one now.
+                if has_fallback {
+                    return Err(error);
+                }
+                let wait = backoff(1, Some(retry_after));
+                if rate_limit_wait + wait > model.max_retry_wait {
+                    return Err(error);
+                }
+                rate_limit_wait += wait;
+                wait
+            } else {
+                tries += 1;
+                if !error.is_retryable() || tries >= model.max_attempts {
+                    return Err(error);
+                }
+                // With somewhere else to go, a model whose circuit just
+                // opened is left for the next one now.
+                if has_fallback && self.breakers.open_for(&model.name).is_some() {
+                    return Err(error);
+                }
+                backoff(tries, error.retry_after())
+            };
             counter!("assay_llm_retries_total", "model" => model.name.clone(), "reason" => error.outcome())
                 .increment(1);
-            // A 429 waits its own `Retry-After` (the shared pause, if one
-            // started, is honoured by `acquire` as well).
-            let wait = match &error {
-                ProviderError::RateLimited { retry_after, .. } => {
-                    backoff(tries, Some(retry_after.unwrap_or(DEFAULT_COOL_DOWN)))
+            // The caller's slot is free for other items while this one waits.
+            match options.slot {
+                Some(slot) => {
+                    slot.release();
+                    tokio::time::sleep(wait).await;
+                    slot.reacquire().await;
                 }
-                _ => backoff(tries, error.retry_after()),
-            };
-            tokio::time::sleep(wait).await;
+                None => tokio::time::sleep(wait).await,
+            }
         }
     }
 }
@@ -404,6 +454,7 @@ mod tests {
             purpose: "generate",
             repeat: 0,
             use_cache: true,
+            slot: None,
         };
         let params = ModelParams::default();
         let report = client

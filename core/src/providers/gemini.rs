@@ -158,6 +158,7 @@ pub fn parse_response(
         text,
         usage,
         finish_reason: finish_reason.as_deref().map(super::normalize_finish_reason),
+        rate_hint: None,
     })
 }
 

@@ -312,6 +312,38 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .max()
 }
 
+/// The request rate (per second) a provider's rate-limit headers leave when
+/// they say the budget is nearly spent (at most a tenth of it remaining):
+/// the budget refills to `limit` by the reset time, so what was used since
+/// (`limit - remaining`) is what it takes back per `reset`. OpenAI sends
+/// `x-ratelimit-{limit,remaining}-requests` and `x-ratelimit-reset-requests`
+/// (a Go duration); Anthropic `anthropic-ratelimit-requests-{limit,remaining}`
+/// and `anthropic-ratelimit-requests-reset` (an RFC 3339 time). None when
+/// the headers are absent or the budget is far from spent.
+pub fn rate_hint(headers: &HeaderMap) -> Option<f64> {
+    let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+    let number = |name: &str| header(name).and_then(|value| value.trim().parse::<f64>().ok());
+    let (limit, remaining, reset) = if let (Some(limit), Some(remaining)) = (
+        number("x-ratelimit-limit-requests"),
+        number("x-ratelimit-remaining-requests"),
+    ) {
+        let reset = header("x-ratelimit-reset-requests").and_then(go_duration)?;
+        (limit, remaining, reset)
+    } else {
+        let limit = number("anthropic-ratelimit-requests-limit")?;
+        let remaining = number("anthropic-ratelimit-requests-remaining")?;
+        let reset = header("anthropic-ratelimit-requests-reset")
+            .and_then(|value| chrono::DateTime::parse_from_rfc3339(value.trim()).ok())
+            .map(|date| until(date.with_timezone(&chrono::Utc)))?;
+        (limit, remaining, reset)
+    };
+    if !(limit > 0.0 && remaining >= 0.0 && remaining * 10.0 <= limit) {
+        return None;
+    }
+    let seconds = reset.as_secs_f64().max(0.001);
+    Some(((limit - remaining).max(1.0) / seconds).max(super::limits::MIN_RATE))
+}
+
 fn until(instant: chrono::DateTime<chrono::Utc>) -> Duration {
     (instant - chrono::Utc::now())
         .to_std()
@@ -410,6 +442,33 @@ mod tests {
         let waited = retry_after(&anthropic).unwrap();
         assert!(waited > Duration::from_secs(5) && waited <= Duration::from_secs(10));
         assert_eq!(retry_after(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn rate_hints_come_from_a_nearly_spent_budget_only() {
+        // 600 a minute, 5 left, full again in 59.5 s: 595 came back per 59.5 s.
+        let openai = headers(&[
+            ("x-ratelimit-limit-requests", "600"),
+            ("x-ratelimit-remaining-requests", "5"),
+            ("x-ratelimit-reset-requests", "59.5s"),
+        ]);
+        let hint = rate_hint(&openai).unwrap();
+        assert!((hint - 10.0).abs() < 0.01, "{hint}");
+        let plenty = headers(&[
+            ("x-ratelimit-limit-requests", "600"),
+            ("x-ratelimit-remaining-requests", "500"),
+            ("x-ratelimit-reset-requests", "10s"),
+        ]);
+        assert_eq!(rate_hint(&plenty), None);
+        let reset = (chrono::Utc::now() + chrono::Duration::seconds(50)).to_rfc3339();
+        let anthropic = headers(&[
+            ("anthropic-ratelimit-requests-limit", "1000"),
+            ("anthropic-ratelimit-requests-remaining", "0"),
+            ("anthropic-ratelimit-requests-reset", &reset),
+        ]);
+        let hint = rate_hint(&anthropic).unwrap();
+        assert!(hint > 19.0 && hint < 21.0, "{hint}");
+        assert_eq!(rate_hint(&HeaderMap::new()), None);
     }
 
     #[test]

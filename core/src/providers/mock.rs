@@ -204,6 +204,7 @@ impl MockOptions {
             text,
             usage,
             finish_reason: Some("stop".to_owned()),
+            rate_hint: None,
         }
     }
 

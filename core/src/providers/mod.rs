@@ -50,6 +50,11 @@ pub struct Completion {
     pub text: String,
     pub usage: Usage,
     pub finish_reason: Option<String>,
+    /// The request rate (per second) the provider's rate-limit headers say
+    /// is left when its budget is nearly spent; fed to the rate controller
+    /// ([`limits`]), never cached.
+    #[serde(skip)]
+    pub rate_hint: Option<f64>,
 }
 
 /// A provider's stop reason in OpenAI's words (`stop`, `length`,
@@ -268,8 +273,11 @@ pub struct Model {
     /// The provider's own id for the model.
     pub upstream: String,
     pub price: Price,
-    /// Tries per call, the first included.
+    /// Tries per call, the first included, counting failures other than
+    /// 429s.
     pub max_attempts: u32,
+    /// How long a call may wait out 429s in all before it gives up.
+    pub max_retry_wait: Duration,
     pub timeout: Duration,
     pub limits: Limits,
     /// Models (by name) that answer, in order, when this one cannot.
@@ -334,6 +342,7 @@ impl ModelCatalog {
             upstream: name.to_owned(),
             price: options.price,
             max_attempts: 3,
+            max_retry_wait: registry::DEFAULT_MAX_RETRY_WAIT,
             timeout: Duration::from_secs(600),
             limits: Limits::default(),
             fallbacks: Vec::new(),
@@ -446,7 +455,15 @@ pub fn describe_metrics() {
     );
     describe_counter!(
         "assay_llm_cool_downs_total",
-        "Shared pauses started by a 429, by model (every worker stops new calls to it for the Retry-After)."
+        "Shared pauses started by a storm of 429s (most answers refused), by model: every worker stops new calls to it for the Retry-After."
+    );
+    describe_counter!(
+        "assay_llm_rate_decreases_total",
+        "Multiplicative decreases of a model's learned request rate after 429s (at most one per second), by model."
+    );
+    describe_gauge!(
+        "assay_provider_learned_rate",
+        "Requests per second a model is paced at, as learned from 429s and rate-limit headers, by model (the registry's rate, or 0 for a model without limits, when nothing is learned)."
     );
     describe_gauge!(
         "assay_llm_circuit_state",

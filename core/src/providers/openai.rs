@@ -160,6 +160,7 @@ pub fn parse_response(
         text,
         usage,
         finish_reason,
+        rate_hint: http::rate_hint(&raw.headers),
     })
 }
 

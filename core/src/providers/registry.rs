@@ -27,6 +27,8 @@ pub const MODELS_FILE_VAR: &str = "ASSAY_MODELS_FILE";
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 4;
+/// How long a call waits out 429s in all, by default.
+pub const DEFAULT_MAX_RETRY_WAIT: Duration = Duration::from_secs(600);
 
 /// A registry that cannot be used; `entry` names the model at fault.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -83,6 +85,8 @@ struct Entry {
     limits: LimitsEntry,
     timeout: Option<String>,
     max_attempts: Option<u32>,
+    /// How long a call may wait out 429s in all ("10m").
+    max_retry_wait: Option<String>,
     #[serde(default)]
     fallbacks: Vec<String>,
     #[serde(default)]
@@ -269,6 +273,14 @@ fn build(
     if !(1..=100).contains(&max_attempts) {
         return Err(fail("max_attempts must be between 1 and 100".to_owned()));
     }
+    let max_retry_wait = match &entry.max_retry_wait {
+        None => DEFAULT_MAX_RETRY_WAIT,
+        Some(text) => humantime::parse_duration(text).map_err(|_| {
+            fail(format!(
+                "max_retry_wait {text:?} is not a duration like \"10m\""
+            ))
+        })?,
+    };
     let open_for = humantime::parse_duration(&entry.circuit.open_for).map_err(|_| {
         fail(format!(
             "circuit.open_for {:?} is not a duration",
@@ -353,6 +365,7 @@ fn build(
             cached_input_per_million: entry.price.cached,
         },
         max_attempts,
+        max_retry_wait,
         timeout,
         limits,
         fallbacks: entry.fallbacks.clone(),
@@ -419,6 +432,7 @@ mod tests {
         limits = { requests_per_minute = 600, tokens_per_minute = 100000, concurrency = 8, burst = 3 }
         timeout = "20s"
         max_attempts = 6
+        max_retry_wait = "90s"
         fallbacks = ["claude", "local"]
 
         [models.claude]
@@ -451,6 +465,8 @@ mod tests {
         assert_eq!(fast.limits.burst, 3);
         assert_eq!(fast.timeout, Duration::from_secs(20));
         assert_eq!(fast.max_attempts, 6);
+        assert_eq!(fast.max_retry_wait, Duration::from_secs(90));
+        assert_eq!(models["claude"].max_retry_wait, DEFAULT_MAX_RETRY_WAIT);
         assert_eq!(fast.fallbacks, ["claude", "local"]);
         assert_eq!(models["claude"].max_attempts, DEFAULT_MAX_ATTEMPTS);
         assert_eq!(
@@ -529,6 +545,11 @@ mod tests {
                 "[models.x]\nprovider = \"openai\"\nlimits = { requests_per_minute = 0 }",
                 "x",
                 "requests_per_minute must be at least 1",
+            ),
+            (
+                "[models.x]\nprovider = \"mock\"\nmodel = \"mock\"\nmax_retry_wait = \"forever\"",
+                "x",
+                "max_retry_wait \"forever\" is not a duration",
             ),
             (
                 "[models.x]\nprovider = \"anthropic\"\nquery = { a = \"b\" }",

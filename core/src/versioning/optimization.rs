@@ -635,6 +635,7 @@ async fn propose(
                 purpose: "optimize",
                 repeat: u32::try_from(round).unwrap_or(0),
                 use_cache: false,
+                slot: None,
             },
         )
         .await;

@@ -11,6 +11,7 @@ mod graders;
 mod hostile_templates;
 mod observability;
 mod poison;
+mod pressure;
 mod providers;
 mod recovery;
 mod spread;

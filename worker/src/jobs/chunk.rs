@@ -51,6 +51,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use crate::capacity::HeldSlot;
 use crate::environment::Environment;
 use crate::leases::{ChunkHandle, LEASE};
 
@@ -146,6 +147,7 @@ impl Judge for ProviderJudge {
             purpose: "judge",
             repeat: 0,
             use_cache: self.use_cache,
+            slot: None,
         };
         let report = self.llm.complete(&model, messages, &params, options).await;
         record_spend(
@@ -590,6 +592,7 @@ async fn produce(
                     results.clone(),
                     item_graders.clone(),
                 );
+                let slot = HeldSlot::new(env.slots.clone(), priority, evaluation.id, permit);
                 calls.spawn(async move {
                     let run = Run {
                         model_index,
@@ -597,9 +600,20 @@ async fn produce(
                         source,
                     };
                     let called = run.source.is_none();
-                    let result =
-                        evaluate_one(&plan, run, &item, &context, &rendered, &item_graders).await;
-                    drop(permit);
+                    let (result, errored) = evaluate_one(
+                        &plan,
+                        run,
+                        &item,
+                        &context,
+                        &rendered,
+                        &item_graders,
+                        &slot,
+                    )
+                    .await;
+                    drop(slot);
+                    if let Some(reason) = errored {
+                        log_errored(&result, reason);
+                    }
                     counter!("assay_runs_finished_total", "model" => result.model.clone(), "status" => result.status)
                         .increment(1);
                     let spend = Spend {
@@ -711,6 +725,9 @@ struct Generated {
     answered_by: Option<String>,
     cached: bool,
     cached_tokens: i32,
+    /// Why `output` is an error, for metrics: the provider's failure
+    /// (`rate_limited`, `timeout`, ...), `template` or `source`.
+    failure: &'static str,
 }
 
 impl Generated {
@@ -727,6 +744,7 @@ impl Generated {
             answered_by: None,
             cached: false,
             cached_tokens: 0,
+            failure: "template",
         }
     }
 }
@@ -754,7 +772,8 @@ async fn evaluate_one(
     context: &Value,
     rendered: &Result<Vec<ChatMessage>, assay_core::templates::TemplateError>,
     item_graders: &Result<Vec<Grader>, String>,
-) -> NewResult {
+    slot: &HeldSlot,
+) -> (NewResult, Option<&'static str>) {
     let model = &plan.models[run.model_index];
     let generated = match run.source {
         Some(stored) => from_source(stored),
@@ -763,6 +782,7 @@ async fn evaluate_one(
                 purpose: "generate",
                 repeat: u32::try_from(run.repeat).unwrap_or(0),
                 use_cache: plan.evaluation.use_cache,
+                slot: Some(slot),
             };
             generate(&plan.llm, model, rendered, &plan.params, options).await
         }
@@ -794,7 +814,7 @@ async fn evaluate_one(
         Ok(output) => output,
         Err(error) => {
             result.error = Some(error);
-            return result;
+            return (result, Some(generated.failure));
         }
     };
     let item_graders = match item_graders {
@@ -802,7 +822,7 @@ async fn evaluate_one(
         Err(error) => {
             result.error = Some(error.clone());
             result.output = Some(output);
-            return result;
+            return (result, Some("item_graders"));
         }
     };
     let input = GradeInput {
@@ -836,7 +856,7 @@ async fn evaluate_one(
     result.grading_cost_usd = verdict.grading_cost_usd;
     result.grades = serde_json::to_value(&verdict.grades).expect("grades serialize");
     result.output = Some(output);
-    result
+    (result, verdict.errored.then_some("grader"))
 }
 
 async fn generate(
@@ -844,7 +864,7 @@ async fn generate(
     model: &Arc<Model>,
     rendered: &Result<Vec<ChatMessage>, assay_core::templates::TemplateError>,
     params: &ModelParams,
-    options: CallOptions,
+    options: CallOptions<'_>,
 ) -> Generated {
     let messages = match rendered {
         Ok(messages) => messages,
@@ -874,6 +894,7 @@ async fn generate(
             generated.output = Ok(completion.text);
         }
         Err(error) => {
+            generated.failure = error.outcome();
             generated.output = Err(format!(
                 "{} after {} attempt(s): {error}",
                 model.name, report.attempts
@@ -883,10 +904,31 @@ async fn generate(
     generated
 }
 
+/// Logs an errored result once (not per attempt) and counts it by reason:
+/// the provider's failure (`rate_limited`, `timeout`, ...), `template`,
+/// `source`, `item_graders` or `grader`.
+fn log_errored(result: &NewResult, reason: &'static str) {
+    counter!("assay_results_errored_total", "model" => result.model.clone(), "reason" => reason)
+        .increment(1);
+    tracing::warn!(
+        evaluation.id = %result.evaluation_id,
+        model = %result.model,
+        item = result.item_position,
+        repeat = result.repeat_index,
+        attempts = result.attempts,
+        reason,
+        error = result.error.as_deref().unwrap_or_default(),
+        "result errored"
+    );
+}
+
 /// A re-grading's output: what the source stored, at the source's cost.
 fn from_source(stored: Option<results::StoredOutput>) -> Generated {
     let Some(stored) = stored else {
-        return Generated::nothing("the source evaluation has no result for this run".to_owned());
+        let mut nothing =
+            Generated::nothing("the source evaluation has no result for this run".to_owned());
+        nothing.failure = "source";
+        return nothing;
     };
     Generated {
         output: stored.output.ok_or_else(|| {
@@ -903,6 +945,7 @@ fn from_source(stored: Option<results::StoredOutput>) -> Generated {
         answered_by: stored.answered_by,
         cached: stored.cached,
         cached_tokens: stored.cached_tokens,
+        failure: "source",
     }
 }
 
