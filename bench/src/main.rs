@@ -700,7 +700,9 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", compare::report(&compare_runs));
             return Ok(());
         }
-        Some(other) => anyhow::bail!("unknown case {other:?} (compare, cli, viewer, spread, pressure)"),
+        Some(other) => {
+            anyhow::bail!("unknown case {other:?} (compare, cli, viewer, spread, pressure)")
+        }
         None => {}
     }
     let latency = cli.latency.as_secs_f64();
