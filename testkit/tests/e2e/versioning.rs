@@ -147,6 +147,19 @@ async fn promotions_move_the_label_only_for_a_better_candidate_and_only_once() {
     let prompt = prompt(&stack).await;
     let fixed = commit(&stack, &prompt, FIXED).await;
     let dataset = stack.dataset(items(6)).await;
+    // The tenant's webhook for promotions' outcomes, to a receiver that
+    // fails its first attempt.
+    let receiver = assay_testkit::Receiver::failing_first(1).await.unwrap();
+    let webhook = stack
+        .client
+        .post(
+            "/v1/webhooks",
+            &json!({"url": receiver.url, "events": ["promotion.promoted", "promotion.rejected"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(webhook.status, 201, "{:?}", webhook.body);
+    let webhook_secret = webhook.body["secret"].as_str().unwrap().to_owned();
     // Protected: a member key cannot move it; a promotion can.
     let protect = stack
         .client
@@ -231,6 +244,59 @@ async fn promotions_move_the_label_only_for_a_better_candidate_and_only_once() {
         label_moves(&stack, &prompt, "production").await.len(),
         moves_before + 1
     );
+    // Both outcomes reached the webhook, signed, each event once (the
+    // failed first attempt retried with the same event id).
+    let events = eventually(
+        Duration::from_secs(60),
+        "the promotions' webhook events",
+        || async {
+            let delivered: Vec<Value> = receiver
+                .received()
+                .into_iter()
+                .filter(|request| request.status == 200)
+                .map(|request| {
+                    let header = request.header("assay-signature").unwrap_or_default();
+                    assert!(
+                        assay_core::webhooks::verify(
+                            &webhook_secret,
+                            header,
+                            &request.body,
+                            chrono::Utc::now().timestamp(),
+                            Duration::from_secs(300),
+                        ),
+                        "a valid signature"
+                    );
+                    serde_json::from_slice(&request.body).unwrap()
+                })
+                .collect();
+            Ok((delivered.len() >= 2).then_some(delivered))
+        },
+    )
+    .await
+    .unwrap();
+    // (The promoted event's retry may land after the rejected one.)
+    let mut types: Vec<&str> = events
+        .iter()
+        .map(|event| event["type"].as_str().unwrap_or_default())
+        .collect();
+    types.sort_unstable();
+    assert_eq!(
+        types,
+        ["promotion.promoted", "promotion.rejected"],
+        "{events:#?}"
+    );
+    let rejected = events
+        .iter()
+        .find(|event| event["type"] == "promotion.rejected")
+        .unwrap();
+    assert_eq!(rejected["data"]["id"], json!(id), "{events:#?}");
+    let mut ids: Vec<&str> = events
+        .iter()
+        .map(|event| event["id"].as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 2, "each event delivered once: {events:#?}");
 
     // A rule other than the pass rate: min_pass_rate 0 lets it through,
     // max_regressions 0 does not.
