@@ -36,6 +36,23 @@ fn recording_server() -> MockLlm {
     })
 }
 
+/// `workers` workers at 16 calls in flight, with `slow` on a recording
+/// server. The registry's directory must live as long as the stack.
+async fn recording_stack(workers: usize) -> (MockLlm, TempDir, Stack) {
+    let server = recording_server();
+    let dir = TempDir::new();
+    let stack = Stack::start_with(
+        workers,
+        &["--concurrency", "16"],
+        StackOptions {
+            env: registry(&dir, &server, ""),
+            ..StackOptions::default()
+        },
+    )
+    .await;
+    (server, dir, stack)
+}
+
 /// The evaluation, polled through outages (the API answers 503 while
 /// PostgreSQL restarts).
 async fn poll(stack: &Stack, id: &str) -> Option<Value> {
@@ -161,17 +178,7 @@ async fn assert_exactly_once(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_workers_one_killed_one_stopped_finish_exactly_once() {
     const ITEMS: usize = 5000;
-    let server = recording_server();
-    let dir = TempDir::new();
-    let mut stack = Stack::start_with(
-        3,
-        &["--concurrency", "16"],
-        StackOptions {
-            env: registry(&dir, &server, ""),
-            ..StackOptions::default()
-        },
-    )
-    .await;
+    let (server, _registry, mut stack) = recording_stack(3).await;
     let id = submit(&stack, ITEMS, &["slow"], json!({}), json!({})).await;
 
     wait_until_completed(&stack, &id, 1000).await;
@@ -666,17 +673,7 @@ async fn higher_priorities_are_served_first() {
 async fn a_killed_worker_makes_again_only_its_calls_in_flight_and_its_last_moments() {
     const ITEMS: usize = 4000;
     const CONCURRENCY: usize = 16;
-    let server = recording_server();
-    let dir = TempDir::new();
-    let mut stack = Stack::start_with(
-        1,
-        &["--concurrency", "16"],
-        StackOptions {
-            env: registry(&dir, &server, ""),
-            ..StackOptions::default()
-        },
-    )
-    .await;
+    let (server, _registry, mut stack) = recording_stack(1).await;
     let id = submit(&stack, ITEMS, &["slow"], json!({}), json!({})).await;
     wait_until_completed(&stack, &id, 1200).await;
     let victim = stack.workers[0].0.pid();
@@ -712,17 +709,7 @@ async fn a_killed_worker_makes_again_only_its_calls_in_flight_and_its_last_momen
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_worker_exits_as_soon_as_its_chunks_are_handed_back() {
     const ITEMS: usize = 3000;
-    let server = recording_server();
-    let dir = TempDir::new();
-    let mut stack = Stack::start_with(
-        1,
-        &["--concurrency", "16"],
-        StackOptions {
-            env: registry(&dir, &server, ""),
-            ..StackOptions::default()
-        },
-    )
-    .await;
+    let (server, _registry, mut stack) = recording_stack(1).await;
     let id = submit(&stack, ITEMS, &["slow"], json!({}), json!({})).await;
     wait_until_completed(&stack, &id, 500).await;
     let pid = stack.workers[0].0.pid();
