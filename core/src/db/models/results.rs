@@ -779,11 +779,13 @@ pub async fn page_filtered(
         query = query.filter(
             sql::<Bool>("(coalesce(evaluation_results.output, '') ILIKE ")
                 .bind::<Text, _>(pattern.clone())
-                .sql(" OR EXISTS (SELECT 1 FROM dataset_items di WHERE di.dataset_id = ")
+                // One pass over the dataset into a hashed set, not a lookup
+                // per result row: a rare term scans every row either way.
+                .sql(" OR evaluation_results.item_position IN (SELECT di.position FROM dataset_items di WHERE di.dataset_id = ")
                 .bind::<SqlUuid, _>(dataset_id)
                 .sql(" AND di.tenant_id = ")
                 .bind::<SqlUuid, _>(tenant_id)
-                .sql(" AND di.position = evaluation_results.item_position AND di.vars::text ILIKE ")
+                .sql(" AND di.vars::text ILIKE ")
                 .bind::<Text, _>(pattern)
                 .sql("))"),
         );
