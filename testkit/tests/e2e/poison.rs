@@ -112,3 +112,58 @@ async fn crashes(stack: &Stack, id: &str) -> i32 {
         .unwrap()
         .unwrap_or(0) as i32
 }
+
+/// A chunk its evaluation cannot run (here: a model the evaluation does not
+/// have, as a hand-edited row or a bug would leave it) fails its evaluation
+/// once and is not queued again: the failure cancels the chunk and drops its
+/// lease, so no sweep finds an expired lease to re-queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_that_cannot_run_fails_its_evaluation_and_is_not_queued_again() {
+    use assay_core::db::schema::evaluation_chunks::dsl;
+    let worker_args = ["--sweep-interval", "1s"];
+    let mut stack = Stack::start(0, &worker_args).await;
+    let id = stack
+        .submit(
+            ITEMS,
+            &["mock:latency=1ms"],
+            json!([{"type": "contains", "value": "{{ expected }}"}]),
+        )
+        .await;
+    let evaluation: uuid::Uuid = id.parse().unwrap();
+    let pool = stack.database.pool(1);
+    diesel::update(dsl::evaluation_chunks.filter(dsl::evaluation_id.eq(evaluation)))
+        .set(dsl::model.eq("mock:not-this-evaluations"))
+        .execute(&mut pool.get().await.unwrap())
+        .await
+        .unwrap();
+    stack.start_worker(&worker_args).await;
+
+    let finished = stack.wait_finished(&id, Duration::from_secs(60)).await;
+    assert_eq!(finished["status"], "failed", "{finished}");
+    let error = finished["error"].as_str().unwrap_or_default();
+    assert!(error.contains("is not one of the evaluation's"), "{error}");
+    let held: Vec<(String, Option<String>)> = dsl::evaluation_chunks
+        .filter(dsl::evaluation_id.eq(evaluation))
+        .select((dsl::status, dsl::lease_owner))
+        .load(&mut pool.get().await.unwrap())
+        .await
+        .unwrap();
+    assert!(
+        held.iter()
+            .all(|(status, owner)| status == "canceled" && owner.is_none()),
+        "{held:?}"
+    );
+    // Several sweeps later the chunk has not run again.
+    let started = || async {
+        stack
+            .worker_metrics(0)
+            .await
+            .lines()
+            .find(|line| line.starts_with("assay_jobs_started_total{") && line.contains("chunk"))
+            .map(|line| line.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .unwrap_or(0.0)
+    };
+    let before = started().await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(started().await, before, "the failed chunk was queued again");
+}

@@ -225,29 +225,18 @@ pub async fn run(
             give_back(&env, &chunk).await;
             return Err(JobError::Transient(error));
         }
-        Err(PlanError::Invalid(reason)) => {
-            let mut conn = env.pool.get().await.map_err(JobError::transient)?;
-            evaluations::fail(
-                &mut conn,
-                job.tenant_id,
-                job.evaluation_id,
-                &env.actor(),
-                &reason,
-            )
-            .await
-            .map_err(JobError::transient)?;
-            return Err(JobError::Permanent(anyhow::anyhow!(reason)));
-        }
+        Err(PlanError::Invalid(reason)) => return Err(fail_evaluation(&env, &job, reason).await),
     };
     let Some(model_index) = plan
         .models
         .iter()
         .position(|model| model.name == chunk.model)
     else {
-        return Err(JobError::Permanent(anyhow::anyhow!(
+        let reason = format!(
             "chunk model {:?} is not one of the evaluation's",
             chunk.model
-        )));
+        );
+        return Err(fail_evaluation(&env, &job, reason).await);
     };
 
     let (results_tx, results_rx) = mpsc::channel::<(NewResult, Spend)>(WRITE_BATCH * 4);
@@ -325,6 +314,31 @@ pub(super) async fn complete(
                 "{missing} runs of the chunk have no result; retrying them"
             )))
         }
+    }
+}
+
+/// A failure retrying cannot mend: the evaluation is marked failed, which
+/// also cancels its unfinished chunks and drops their leases (this one's
+/// included), so that no sweeper queues the chunk again. If the database
+/// cannot be reached, the failure stays transient: the job comes back and
+/// fails the evaluation then.
+async fn fail_evaluation(env: &Environment, job: &ChunkJob, reason: String) -> JobError {
+    let failed = match env.pool.get().await {
+        Ok(mut conn) => {
+            evaluations::fail(
+                &mut conn,
+                job.tenant_id,
+                job.evaluation_id,
+                &env.actor(),
+                &reason,
+            )
+            .await
+        }
+        Err(error) => return JobError::transient(error),
+    };
+    match failed {
+        Ok(_) => JobError::Permanent(anyhow::anyhow!(reason)),
+        Err(error) => JobError::transient(error),
     }
 }
 
@@ -624,14 +638,35 @@ async fn produce(
                     // the job fails on the writer's error.
                     let _ = results.send((result, spend)).await;
                 }.in_current_span());
-                while calls.try_join_next().is_some() {}
+                while let Some(joined) = calls.try_join_next() {
+                    report_call_panic(joined);
+                }
             }
         }
     };
     // Runs never reached (a stop, a shutdown, an error, or items the dataset lacks).
     env.backlog.remove(runs.saturating_sub(accounted));
-    while calls.join_next().await.is_some() {}
+    while let Some(joined) = calls.join_next().await {
+        report_call_panic(joined);
+    }
     outcome.map(|()| budget_stop)
+}
+
+/// A call task that panicked wrote no result: the chunk ends incomplete and
+/// is retried, and the panic is logged and counted instead of vanishing.
+fn report_call_panic(joined: Result<(), tokio::task::JoinError>) {
+    if let Err(error) = joined
+        && error.is_panic()
+    {
+        counter!("assay_call_task_panics_total").increment(1);
+        let panic = error.into_panic();
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|text| (*text).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a non-text panic".to_owned());
+        tracing::error!(panic = message, "a call task panicked; its run is retried");
+    }
 }
 
 /// Reserves the expected cost of one run's call against the evaluation's
