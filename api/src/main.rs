@@ -96,19 +96,21 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = ApiConfig::from_env();
+    let config = ApiConfig::from_env()?;
     match cli.command {
         Command::Serve { migrate } => {
             if migrate {
-                migrate_database(&config.settings.database_url).await?;
+                migrate_database(config.settings.database_url.expose()).await?;
             }
             let application = Application::build(config.clone()).await?;
             tracing::info!(bind = %config.bind, port = application.port(), "assay-api listening");
             application.run_until_stopped().await?;
         }
-        Command::Migrate => migrate_database(&config.settings.database_url).await?,
-        Command::Keys { command } => keys(&config.settings.database_url, command).await?,
-        Command::Limits { command } => limits(&config.settings.database_url, command).await?,
+        Command::Migrate => migrate_database(config.settings.database_url.expose()).await?,
+        Command::Keys { command } => keys(config.settings.database_url.expose(), command).await?,
+        Command::Limits { command } => {
+            limits(config.settings.database_url.expose(), command).await?
+        }
     }
     Ok(())
 }

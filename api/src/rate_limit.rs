@@ -22,6 +22,7 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{HttpMessage, ResponseError, web};
+use assay_core::config::{BadSetting, duration_var};
 use assay_core::db::models::api_keys::{self, Caller, KeyCheck};
 use assay_core::request_limits::{Decision, Rate, RequestClass, RequestLimits};
 use metrics::counter;
@@ -191,15 +192,22 @@ impl Default for GuardConfig {
 }
 
 impl GuardConfig {
-    pub fn from_env() -> Self {
-        Self {
-            limits: RequestLimits::from_env(),
-            idempotency_lock_timeout: std::env::var("ASSAY_IDEMPOTENCY_LOCK_TIMEOUT")
-                .ok()
-                .and_then(|value| humantime::parse_duration(value.trim()).ok())
-                .filter(|timeout| !timeout.is_zero())
-                .unwrap_or(DEFAULT_IDEMPOTENCY_LOCK_TIMEOUT),
+    pub fn from_env() -> Result<Self, BadSetting> {
+        let idempotency_lock_timeout = duration_var(
+            "ASSAY_IDEMPOTENCY_LOCK_TIMEOUT",
+            DEFAULT_IDEMPOTENCY_LOCK_TIMEOUT,
+        )?;
+        if idempotency_lock_timeout.is_zero() {
+            return Err(BadSetting {
+                name: "ASSAY_IDEMPOTENCY_LOCK_TIMEOUT".to_owned(),
+                value: "0".to_owned(),
+                expected: "a positive duration".to_owned(),
+            });
         }
+        Ok(Self {
+            limits: RequestLimits::from_env()?,
+            idempotency_lock_timeout,
+        })
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
-use assay_core::config::Settings;
+use assay_core::config::{self, BadSetting, Settings};
 use assay_core::db::DbPool;
 use assay_core::providers::ModelCatalog;
 use assay_core::queue::JobQueue;
@@ -56,35 +56,31 @@ pub struct ApiConfig {
 }
 
 impl ApiConfig {
-    pub fn from_env() -> Self {
-        Self {
-            settings: Settings::from_env(),
-            bind: std::env::var("ASSAY_BIND").unwrap_or_else(|_| "127.0.0.1:8080".to_owned()),
-            max_body_bytes: std::env::var("ASSAY_MAX_BODY_BYTES")
-                .ok()
-                .and_then(|value| value.parse().ok())
-                .unwrap_or(64 << 20),
-            http_workers: std::env::var("ASSAY_HTTP_WORKERS")
-                .ok()
-                .and_then(|value| value.parse().ok()),
+    /// Reads every setting; a malformed one is an error naming it, never a
+    /// silent default.
+    pub fn from_env() -> Result<Self, BadSetting> {
+        Ok(Self {
+            settings: Settings::from_env()?,
+            bind: config::var("ASSAY_BIND").unwrap_or_else(|| "127.0.0.1:8080".to_owned()),
+            max_body_bytes: config::parse_var(
+                "ASSAY_MAX_BODY_BYTES",
+                64 << 20,
+                "a byte count of at least 1024",
+                |bytes| *bytes >= 1024,
+            )?,
+            http_workers: config::parse_var(
+                "ASSAY_HTTP_WORKERS",
+                0,
+                "a thread count from 1 to 1024",
+                |threads| (1..=1024).contains(threads),
+            )
+            .map(|threads| (threads > 0).then_some(threads))?,
             body_timeouts: crate::body::BodyTimeouts {
-                idle: duration_from_env("ASSAY_BODY_IDLE_TIMEOUT", Duration::from_secs(30)),
-                total: duration_from_env("ASSAY_BODY_TIMEOUT", Duration::from_secs(600)),
+                idle: config::duration_var("ASSAY_BODY_IDLE_TIMEOUT", Duration::from_secs(30))?,
+                total: config::duration_var("ASSAY_BODY_TIMEOUT", Duration::from_secs(600))?,
             },
-            guards: GuardConfig::from_env(),
-        }
-    }
-}
-
-/// A duration setting such as `30s`; a malformed one stops the process
-/// naming the variable rather than falling back silently.
-fn duration_from_env(name: &str, default: Duration) -> Duration {
-    match std::env::var(name) {
-        Err(_) => default,
-        Ok(value) => humantime::parse_duration(&value).unwrap_or_else(|error| {
-            eprintln!("error: {name}={value:?} is not a duration such as 30s or 10m: {error}");
-            std::process::exit(2)
-        }),
+            guards: GuardConfig::from_env()?,
+        })
     }
 }
 
@@ -98,12 +94,13 @@ impl Application {
         let settings = &config.settings;
         let prometheus = assay_core::telemetry::install_prometheus();
         metrics::describe();
-        let pool = assay_core::db::pool(&settings.database_url, settings.database_pool_size)?;
+        let pool =
+            assay_core::db::pool(settings.database_url.expose(), settings.database_pool_size)?;
         // Checked before anything is bound: a bad registry entry stops the
         // process with a message naming it.
         let catalog = ModelCatalog::from_env(assay_core::providers::registry::Keys::NotNeeded)?;
-        let redis = assay_core::redis_pool::build(&settings.redis_url, 8)?;
-        let queue = JobQueue::connect(&settings.redis_url, &settings.queue_prefix).await?;
+        let redis = assay_core::redis_pool::build(settings.redis_url.expose(), 8)?;
+        let queue = JobQueue::connect(settings.redis_url.expose(), &settings.queue_prefix).await?;
         // The deployment-wide gauges, from the API too: with no worker up,
         // the work left must still be seen.
         tokio::spawn({

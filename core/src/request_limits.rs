@@ -97,34 +97,35 @@ impl RequestLimits {
     /// `ASSAY_RATE_READS_PER_MINUTE`, `ASSAY_RATE_READ_BURST`,
     /// `ASSAY_RATE_WRITES_PER_MINUTE`, `ASSAY_RATE_WRITE_BURST`,
     /// `ASSAY_MAX_RUNS_PER_EVALUATION`, `ASSAY_MAX_ACTIVE_EVALUATIONS`;
-    /// a value that is not a positive number keeps the default.
-    pub fn from_env() -> Self {
-        fn positive<T: std::str::FromStr + PartialOrd + Default>(name: &str, default: T) -> T {
-            std::env::var(name)
-                .ok()
-                .and_then(|value| value.trim().parse::<T>().ok())
-                .filter(|value| *value > T::default())
-                .unwrap_or(default)
+    /// a value that is not a positive number is an error naming it.
+    pub fn from_env() -> Result<Self, crate::config::BadSetting> {
+        fn positive<T: std::str::FromStr + PartialOrd + Default>(
+            name: &str,
+            default: T,
+        ) -> Result<T, crate::config::BadSetting> {
+            crate::config::parse_var(name, default, "a positive number", |value| {
+                *value > T::default()
+            })
         }
         let defaults = Self::default();
-        Self {
+        Ok(Self {
             reads: Rate {
-                per_minute: positive("ASSAY_RATE_READS_PER_MINUTE", defaults.reads.per_minute),
-                burst: positive("ASSAY_RATE_READ_BURST", defaults.reads.burst),
+                per_minute: positive("ASSAY_RATE_READS_PER_MINUTE", defaults.reads.per_minute)?,
+                burst: positive("ASSAY_RATE_READ_BURST", defaults.reads.burst)?,
             },
             writes: Rate {
-                per_minute: positive("ASSAY_RATE_WRITES_PER_MINUTE", defaults.writes.per_minute),
-                burst: positive("ASSAY_RATE_WRITE_BURST", defaults.writes.burst),
+                per_minute: positive("ASSAY_RATE_WRITES_PER_MINUTE", defaults.writes.per_minute)?,
+                burst: positive("ASSAY_RATE_WRITE_BURST", defaults.writes.burst)?,
             },
             max_runs_per_evaluation: positive(
                 "ASSAY_MAX_RUNS_PER_EVALUATION",
                 defaults.max_runs_per_evaluation,
-            ),
+            )?,
             max_active_evaluations: positive(
                 "ASSAY_MAX_ACTIVE_EVALUATIONS",
                 defaults.max_active_evaluations,
-            ),
-        }
+            )?,
+        })
     }
 
     /// The limits of a tenant: its overrides where it has them.

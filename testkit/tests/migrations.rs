@@ -188,3 +188,52 @@ async fn a_failing_binary_prints_one_line_unless_a_backtrace_is_asked_for() {
     assert!(!ok);
     assert!(stderr.lines().count() > 1, "more when asked for:\n{stderr}");
 }
+
+/// A malformed setting stops either binary at start with one line naming the
+/// variable and its value (before, `ASSAY_CHUNK_RUNS=lots` ran silently on
+/// the default), and no URL password reaches the output.
+#[test]
+fn a_malformed_setting_stops_the_process_naming_it() {
+    let cases = [
+        ("assay-api", vec!["migrate"], "ASSAY_CHUNK_RUNS", "lots"),
+        (
+            "assay-api",
+            vec!["migrate"],
+            "ASSAY_RATE_READS_PER_MINUTE",
+            "-5",
+        ),
+        ("assay-api", vec!["migrate"], "ASSAY_BODY_TIMEOUT", "soon"),
+        ("assay-worker", vec![], "ASSAY_DATABASE_POOL_SIZE", "0"),
+    ];
+    for (binary, args, name, value) in cases {
+        let output = std::process::Command::new(assay_testkit::binary(binary))
+            .args(&args)
+            .env(name, value)
+            // Unreachable, so that a process that ignored the setting fails
+            // anyway; its password must not be printed either way.
+            .env(
+                "DATABASE_URL",
+                "postgres://postgres:hunter2@127.0.0.1:1/assay",
+            )
+            .env("REDIS_URL", "redis://:hunter2@127.0.0.1:1")
+            .env("RUST_LOG", "warn")
+            .env_remove("RUST_BACKTRACE")
+            .output()
+            .expect("the binary runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success(),
+            "{binary} {name}={value}: {stderr}"
+        );
+        let lines: Vec<&str> = stderr
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .collect();
+        assert_eq!(lines.len(), 1, "{binary}: one line, got:\n{stderr}");
+        assert!(
+            lines[0].starts_with("error: ") && lines[0].contains(&format!("{name}=\"{value}\"")),
+            "{binary} names {name}: {stderr}"
+        );
+        assert!(!stderr.contains("hunter2"), "{stderr}");
+    }
+}

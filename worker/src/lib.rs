@@ -82,29 +82,26 @@ pub async fn run(config: WorkerConfig) -> anyhow::Result<()> {
     let settings = &config.settings;
     // Checked first: a bad registry entry stops the process with a message naming it.
     let catalog = ModelCatalog::from_env(assay_core::providers::registry::Keys::Required)?;
-    let pool = assay_core::db::pool(&settings.database_url, settings.database_pool_size)?;
+    let pool = assay_core::db::pool(settings.database_url.expose(), settings.database_pool_size)?;
     // Limits and the cache: a few commands per call, from at most
     // `concurrency` calls at once.
-    let redis =
-        assay_core::redis_pool::build(&settings.redis_url, config.concurrency.clamp(4, 64))?;
+    let redis = assay_core::redis_pool::build(
+        settings.redis_url.expose(),
+        config.concurrency.clamp(4, 64),
+    )?;
     let limiter = Limiter::new(redis.clone(), &settings.queue_prefix);
     // Pauses after a 429 reach this worker's calls to unlimited models this way.
     tokio::spawn(
         limiter
             .clone()
-            .follow_cool_downs(settings.redis_url.clone()),
+            .follow_cool_downs(settings.redis_url.expose().to_owned()),
     );
     let cache = (!config.cache_ttl.is_zero())
         .then(|| ResponseCache::new(redis.clone(), &settings.queue_prefix, config.cache_ttl));
     let llm = Arc::new(LlmClient::new(catalog, Some(limiter), cache));
-    let queue = JobQueue::connect(&settings.redis_url, &settings.queue_prefix)
+    let queue = JobQueue::connect(settings.redis_url.expose(), &settings.queue_prefix)
         .await
-        .with_context(|| {
-            format!(
-                "connecting to Redis at {}",
-                assay_core::config::redact_url(&settings.redis_url)
-            )
-        })?;
+        .with_context(|| format!("connecting to Redis at {}", settings.redis_url))?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".to_owned());
     let process_name = format!("{host}-{}", std::process::id());
@@ -141,18 +138,13 @@ pub async fn run(config: WorkerConfig) -> anyhow::Result<()> {
     tokio::spawn(sweeper::report_forever(env.clone(), Duration::from_secs(1)));
     let wakers = wake::Wakers::default();
     tokio::spawn(wakers.clone().listen(
-        settings.redis_url.clone(),
+        settings.redis_url.expose().to_owned(),
         assay_core::queue::wake_channel(&settings.queue_prefix),
     ));
 
-    let conn = assay_core::queue::connect(&settings.redis_url)
+    let conn = assay_core::queue::connect(settings.redis_url.expose())
         .await
-        .with_context(|| {
-            format!(
-                "connecting to Redis at {}",
-                assay_core::config::redact_url(&settings.redis_url)
-            )
-        })?;
+        .with_context(|| format!("connecting to Redis at {}", settings.redis_url))?;
     let restarts = Arc::new(restarts::RestartBudget::new(config.max_restarts));
     tokio::spawn(
         restarts

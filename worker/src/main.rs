@@ -55,7 +55,7 @@ async fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     anyhow::ensure!(cli.concurrency >= 1, "--concurrency must be at least 1");
     anyhow::ensure!(cli.jobs >= 1, "--jobs must be at least 1");
-    let mut settings = Settings::from_env();
+    let mut settings = Settings::from_env()?;
     // Chunks write results and read pages, leases and the sweeper need one
     // each; the LLM calls themselves need none.
     settings.database_pool_size = settings.database_pool_size.max(16);

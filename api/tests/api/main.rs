@@ -19,7 +19,7 @@ mod viewer;
 
 use assay_api::rate_limit::GuardConfig;
 use assay_api::startup::{ApiConfig, Application};
-use assay_core::config::Settings;
+use assay_core::config::{SecretUrl, Settings};
 use assay_core::request_limits::{Rate, RequestLimits};
 use assay_testkit::{Client, TestDatabase, TestRedis};
 use serde_json::{Value, json};
@@ -50,8 +50,8 @@ impl TestApp {
         let redis = TestRedis::new();
         let config = ApiConfig {
             settings: Settings {
-                database_url: database.url.clone(),
-                redis_url: redis_url.unwrap_or_else(|| redis.url.clone()),
+                database_url: SecretUrl::new(database.url.clone()),
+                redis_url: SecretUrl::new(redis_url.unwrap_or_else(|| redis.url.clone())),
                 queue_prefix: redis.prefix.clone(),
                 database_pool_size: 4,
                 runs_per_chunk: assay_core::db::models::chunks::DEFAULT_RUNS_PER_CHUNK,
