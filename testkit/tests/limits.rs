@@ -71,6 +71,27 @@ async fn replicas_share_one_requests_per_minute_pace() {
     }
 }
 
+/// Waits until a replica follows the cool-down announcements under
+/// `redis`'s prefix, so that none is announced before anyone listens.
+async fn subscribed(redis: &TestRedis) {
+    let channel = format!("{}:limits:cool-downs", redis.prefix);
+    let client = redis::Client::open(redis.url.as_str()).unwrap();
+    let conn = client.get_multiplexed_async_connection().await.unwrap();
+    assay_testkit::eventually(Duration::from_secs(5), "a subscriber", || {
+        let (channel, mut conn) = (channel.clone(), conn.clone());
+        async move {
+            let (_, subscribers): (String, u64) = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(&channel)
+                .query_async(&mut conn)
+                .await?;
+            Ok((subscribers > 0).then_some(()))
+        }
+    })
+    .await
+    .unwrap();
+}
+
 /// Reports `count` requests sent to `model` and answered: `limited` of
 /// them with a 429, the rest without.
 async fn report(limiter: &Limiter, model: &Model, count: usize, limited: usize) {
@@ -95,13 +116,19 @@ async fn a_trickle_of_429s_learns_nothing_but_a_storm_pauses_every_replica_at_th
     let model = model(Limits::default(), Duration::from_secs(5));
     let (one, other) = (replica(&redis), replica(&redis));
     tokio::spawn(other.clone().follow_cool_downs(redis.url.clone()));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    subscribed(&redis).await;
 
     // 10% of answers refused: a provider's random 429s, not an overload.
     report(&one, &trickled, 100, 10).await;
     assert_eq!(one.learned_rate(&trickled).await.unwrap(), None);
     let free = other.acquire(&trickled, 0, true).await.unwrap();
     assert!(free.is_ok(), "a trickle pauses no one");
+
+    // The other replica knows the model before the storm, so it reads
+    // nothing more of it from Redis on its own: the pause can reach it only
+    // as an announcement.
+    let before_storm = other.acquire(&model, 0, true).await.unwrap();
+    assert!(before_storm.is_ok(), "no pause before the storm");
 
     // Now 100 sent, 30 answered, 70 refused. The storm is seen at the 30th
     // 429, when half the answers so far are 429s: of the 100 sent, 70 were
@@ -112,10 +139,24 @@ async fn a_trickle_of_429s_learns_nothing_but_a_storm_pauses_every_replica_at_th
         (learned - DECREASE_FACTOR * 70.0).abs() < 0.5,
         "learned {learned}/s"
     );
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let paused = other.acquire(&model, 0, true).await.unwrap();
+    // Wait for the announcement to arrive, not for a guessed delay.
+    let paused = assay_testkit::eventually(
+        Duration::from_secs(1),
+        "the other replica to pause",
+        || async {
+            Ok(match other.acquire(&model, 0, true).await? {
+                Err(remaining) => Some(remaining),
+                Ok(permit) => {
+                    other.release(&model, permit, 0).await?;
+                    None
+                }
+            })
+        },
+    )
+    .await
+    .unwrap();
     assert!(
-        matches!(paused, Err(remaining) if remaining.0 > Duration::from_secs(1)),
+        paused.0 > Duration::from_secs(1),
         "the other replica pauses too: {paused:?}"
     );
     assert_eq!(other.learned_rate(&model).await.unwrap(), Some(learned));
@@ -151,6 +192,8 @@ async fn the_rate_decreases_once_per_window_and_grows_back_to_the_registry_limit
         (learned - expected).abs() < 0.01,
         "{learned}, not {expected}"
     );
+    // Decreases are counted per wall-clock second: waiting out the window
+    // is the behaviour under test, not a guess at when something is done.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     report(&limiter, &model, 1, 1).await;
     let expected = expected * DECREASE_FACTOR;
@@ -206,6 +249,7 @@ async fn callers_learn_a_hard_cap_the_registry_does_not_know() {
                     };
                     let counted = elapsed >= Duration::from_secs(3);
                     if taken {
+                        // The simulated provider's latency (not synchronisation).
                         tokio::time::sleep(Duration::from_millis(20)).await;
                         limiter.release(&model, permit, 0).await.unwrap();
                         limiter.answered(&model, None);
@@ -388,6 +432,7 @@ async fn a_call_waits_out_a_restarting_limit_store_without_spending_its_attempts
     let client = LlmClient::new(ModelCatalog::default(), Some(limiter), None);
     redis.kill().unwrap();
     let restarted = tokio::spawn(async move {
+        // The outage's length, which the call must wait out (not synchronisation).
         tokio::time::sleep(Duration::from_secs(3)).await;
         redis.start_again().unwrap();
         redis

@@ -25,31 +25,170 @@ async fn tables(url: &str) -> Vec<String> {
     .collect()
 }
 
+/// Everything the migrations make in the public schema, one line per
+/// object, in a stable order: columns (type, nullability, default),
+/// constraints (primary keys, unique, foreign keys, checks, exclusions),
+/// indexes, triggers, functions, views, sequences and types. Diesel's own
+/// bookkeeping table is left out.
+async fn schema(url: &str) -> Vec<String> {
+    const OURS: &str = "n.nspname = 'public' AND c.relname <> '__diesel_schema_migrations'";
+    let queries = [
+        format!(
+            "SELECT 'column ' || c.relname || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+                    || CASE WHEN a.attnotnull THEN ' not null' ELSE ' null' END
+                    || coalesce(' default ' || pg_get_expr(d.adbin, d.adrelid), '')
+                    || coalesce(' generated ' || nullif(a.attgenerated::text, ''), '')
+                    || coalesce(' identity ' || nullif(a.attidentity::text, ''), '') AS name
+             FROM pg_attribute a
+             JOIN pg_class c ON c.oid = a.attrelid
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+             WHERE {OURS} AND c.relkind IN ('r', 'p', 'v', 'm') AND a.attnum > 0 AND NOT a.attisdropped"
+        ),
+        format!(
+            "SELECT 'constraint ' || c.relname || '.' || k.conname || ' ' || pg_get_constraintdef(k.oid) AS name
+             FROM pg_constraint k
+             JOIN pg_class c ON c.oid = k.conrelid
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE {OURS}"
+        ),
+        "SELECT 'index ' || indexdef AS name FROM pg_indexes
+         WHERE schemaname = 'public' AND tablename <> '__diesel_schema_migrations'"
+            .to_owned(),
+        format!(
+            "SELECT 'trigger ' || pg_get_triggerdef(t.oid) AS name
+             FROM pg_trigger t
+             JOIN pg_class c ON c.oid = t.tgrelid
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE {OURS} AND NOT t.tgisinternal"
+        ),
+        "SELECT 'function ' || pg_get_functiondef(p.oid) AS name
+         FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+         WHERE n.nspname = 'public' AND p.prokind IN ('f', 'p')"
+            .to_owned(),
+        "SELECT 'view ' || viewname || ' ' || definition AS name FROM pg_views
+         WHERE schemaname = 'public'"
+            .to_owned(),
+        "SELECT 'sequence ' || sequencename || ' ' || data_type::text || ' ' || increment_by AS name
+         FROM pg_sequences WHERE schemaname = 'public'"
+            .to_owned(),
+        "SELECT 'type ' || t.typname || ' ' || t.typtype::text
+                || coalesce(' ' || (SELECT string_agg(e.enumlabel, ',' ORDER BY e.enumsortorder)
+                                    FROM pg_enum e WHERE e.enumtypid = t.oid), '') AS name
+         FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+         WHERE n.nspname = 'public' AND t.typtype IN ('e', 'd')"
+            .to_owned(),
+    ];
+    let mut conn = AsyncPgConnection::establish(url).await.unwrap();
+    let mut lines = Vec::new();
+    for query in queries {
+        lines.extend(
+            diesel::sql_query(query)
+                .load::<Table>(&mut conn)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|line| line.name),
+        );
+    }
+    lines.sort();
+    lines
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn migrations_go_down_and_up_again() {
     let database = TestDatabase::create().await.unwrap();
-    let migrated = tables(&database.url).await;
-    assert!(
-        migrated.contains(&"evaluation_results".to_owned()),
-        "{migrated:?}"
-    );
+    let migrated = schema(&database.url).await;
+    // The lines name what a down.sql could forget to restore.
+    for expected in [
+        "column evaluation_results.status text not null",
+        "constraint evaluation_results.evaluation_results_pkey PRIMARY KEY ",
+        "index CREATE UNIQUE INDEX evaluation_results_pkey ON public.evaluation_results",
+        "constraint evaluation_results.evaluation_results_evaluation_id_fkey FOREIGN KEY ",
+    ] {
+        assert!(
+            migrated.iter().any(|line| line.starts_with(expected)),
+            "no {expected:?} in\n{}",
+            migrated.join("\n")
+        );
+    }
 
     let conn = AsyncPgConnection::establish(&database.url).await.unwrap();
     let mut harness = diesel_async::AsyncMigrationHarness::new(conn);
-    let reverted = harness
+    let reverted: Vec<String> = harness
         .revert_all_migrations(assay_core::db::MIGRATIONS)
-        .unwrap();
+        .unwrap()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     assert!(!reverted.is_empty());
     assert_eq!(
-        tables(&database.url).await,
+        schema(&database.url).await,
         Vec::<String>::new(),
         "down.sql removes everything up.sql made"
     );
 
+    // Up one migration at a time, noting the schema after each; the last
+    // must be the schema the migrations made at once.
+    let mut after_each = vec![Vec::new()];
+    let mut applied = Vec::new();
+    while harness
+        .has_pending_migration(assay_core::db::MIGRATIONS)
+        .unwrap()
+    {
+        applied.push(
+            harness
+                .run_next_migration(assay_core::db::MIGRATIONS)
+                .unwrap()
+                .to_string(),
+        );
+        after_each.push(schema(&database.url).await);
+    }
+    assert_eq!(applied.len(), reverted.len());
+    assert_same_schema(
+        after_each.last().unwrap(),
+        &migrated,
+        "all migrations, one at a time",
+    );
+
+    // Down one at a time: each down.sql restores exactly the schema before
+    // its up.sql (going down to nothing at once would hide a down.sql that
+    // forgets a primary key an earlier up.sql made, as the earlier down.sql
+    // drops the whole table anyway).
+    for (index, version) in applied.iter().enumerate().rev() {
+        let undone = harness
+            .revert_last_migration(assay_core::db::MIGRATIONS)
+            .unwrap()
+            .to_string();
+        assert_eq!(&undone, version);
+        assert_same_schema(
+            &schema(&database.url).await,
+            &after_each[index],
+            &format!("after the down.sql of {version}"),
+        );
+    }
+
     harness
         .run_pending_migrations(assay_core::db::MIGRATIONS)
         .unwrap();
-    assert_eq!(tables(&database.url).await, migrated);
+    assert_same_schema(&schema(&database.url).await, &migrated, "down and up again");
+}
+
+/// Fails naming the lines of `expected` missing from `actual`, and extra ones.
+fn assert_same_schema(actual: &[String], expected: &[String], when: &str) {
+    let missing: Vec<&String> = expected
+        .iter()
+        .filter(|line| !actual.contains(line))
+        .collect();
+    let extra: Vec<&String> = actual
+        .iter()
+        .filter(|line| !expected.contains(line))
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{when}: the schema differs\nmissing: {missing:#?}\nextra: {extra:#?}"
+    );
+    assert_eq!(actual, expected, "{when}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

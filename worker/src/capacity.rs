@@ -288,6 +288,29 @@ mod tests {
 
     use super::*;
 
+    /// Waiters queued for a permit.
+    fn waiting(slots: &LlmSlots) -> usize {
+        let state = slots.state.lock().unwrap();
+        state
+            .waiters
+            .iter()
+            .flat_map(|turns| turns.waiting.values())
+            .map(VecDeque::len)
+            .sum()
+    }
+
+    /// Lets spawned tasks run until `count` of them wait for a permit, so
+    /// that waiters queue up in the order the test spawns them.
+    async fn until_waiting(slots: &LlmSlots, count: usize) {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while waiting(slots) < count {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{count} waiters, got {}", waiting(slots)));
+    }
+
     #[tokio::test]
     async fn permits_go_to_higher_priorities_first_then_in_order() {
         let slots = LlmSlots::new(1);
@@ -300,14 +323,13 @@ mod tests {
             ("high", Priority::High),
             ("normal-2", Priority::Normal),
         ] {
-            let (slots, order) = (slots.clone(), order.clone());
+            let (waiter_slots, order) = (slots.clone(), order.clone());
             waiters.push(tokio::spawn(async move {
-                let permit = slots.acquire(priority, Uuid::nil()).await;
+                let permit = waiter_slots.acquire(priority, Uuid::nil()).await;
                 order.lock().unwrap().push(name);
-                tokio::time::sleep(Duration::from_millis(5)).await;
                 drop(permit);
             }));
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            until_waiting(&slots, waiters.len()).await;
         }
         drop(held);
         for waiter in waiters {
@@ -324,12 +346,16 @@ mod tests {
     async fn a_waiter_that_gives_up_does_not_lose_the_permit() {
         let slots = LlmSlots::new(1);
         let held = slots.acquire(Priority::Normal, Uuid::nil()).await;
-        let gave_up = tokio::time::timeout(
-            Duration::from_millis(10),
-            slots.acquire(Priority::High, Uuid::nil()),
-        )
-        .await;
-        assert!(gave_up.is_err());
+        let waiter = tokio::spawn({
+            let slots = slots.clone();
+            async move { slots.acquire(Priority::High, Uuid::nil()).await }
+        });
+        until_waiting(&slots, 1).await;
+        waiter.abort();
+        assert!(
+            waiter.await.is_err_and(|error| error.is_cancelled()),
+            "it gave up"
+        );
         drop(held);
         assert_eq!(slots.available(), 1, "the permit skipped the gone waiter");
         let _again = slots.acquire(Priority::Low, Uuid::nil()).await;
@@ -351,14 +377,13 @@ mod tests {
             ("small", small),
             ("small", small),
         ] {
-            let (slots, order) = (slots.clone(), order.clone());
+            let (waiter_slots, order) = (slots.clone(), order.clone());
             waiters.push(tokio::spawn(async move {
-                let permit = slots.acquire(Priority::Normal, group).await;
+                let permit = waiter_slots.acquire(Priority::Normal, group).await;
                 order.lock().unwrap().push(name);
-                tokio::time::sleep(Duration::from_millis(2)).await;
                 drop(permit);
             }));
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            until_waiting(&slots, waiters.len()).await;
         }
         drop(held);
         for waiter in waiters {
@@ -384,7 +409,8 @@ mod tests {
             held.reacquire().await;
             held
         });
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        // Queued behind `other`: it can only have its slot once `other` goes.
+        until_waiting(&slots, 1).await;
         assert!(!again.is_finished(), "it waits its turn for a slot");
         drop(other);
         let held = again.await.unwrap();

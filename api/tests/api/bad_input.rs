@@ -2,7 +2,11 @@
 
 use serde_json::{Value, json};
 
-use crate::{TestApp, id};
+use crate::TestApp;
+
+/// Compiles to about 2 MiB: above the grader's 1 MiB regex size limit, below
+/// the regex crate's default 10 MiB, so only our limit refuses it.
+const REGEX_ABOVE_OUR_LIMIT: &str = "a{50000}";
 
 /// Asserts a problem response with `status` and `code`, whose detail or field mentions `mentions`.
 fn assert_problem(
@@ -180,6 +184,16 @@ async fn bad_evaluation_requests_are_rejected_with_what_is_wrong() {
         "invalid_input",
         "graders[1].pattern",
     );
+    // Patterns that would compile to more than the grader's regex size limit
+    // (1 MiB), in a request valid otherwise: refused before anything is
+    // queued, naming the pattern. The first is also above the regex crate's
+    // own default limit (10 MiB), the second only above ours.
+    for pattern in ["a{99999}{99999}", REGEX_ABOVE_OUR_LIMIT] {
+        let regex_bomb = with("graders", json!([{"type": "regex", "pattern": pattern}]));
+        let response = client.post("/v1/evaluations", &regex_bomb).await.unwrap();
+        assert_problem(&response, 422, "invalid_input", "size limit");
+        assert_eq!(response.body["field"], "graders[0].pattern", "{pattern}");
+    }
     let missing_variable = with("prompt_version_id", json!(version_needing_more));
     assert_problem(
         &client
@@ -382,16 +396,6 @@ async fn no_input_makes_the_api_answer_5xx() {
             );
         }
     }
-    let generated = json!({
-        "prompt_version_id": version, "dataset_id": dataset, "models": ["mock:latency=1h"],
-        "graders": [{"type": "regex", "pattern": "a{99999}{99999}"}],
-    });
-    let response = client.post("/v1/evaluations", &generated).await.unwrap();
-    assert!(
-        response.status < 500 && response.status >= 400,
-        "{:?}",
-        response.body
-    );
     for path in [
         "/v1/evaluations/not-a-uuid".to_owned(),
         format!("/v1/prompts/{prompt_id}/versions/-1"),
@@ -467,5 +471,14 @@ async fn no_input_makes_the_api_answer_5xx() {
         assert_problem(&too_large, 413, "payload_too_large", "larger");
     }
     assert_eq!(app.count_rows("datasets").await, datasets_before);
-    assert_eq!(id(&json!(prompt_id)), prompt_id);
+    // None of the junk above changed what was there: the prompt's latest
+    // version is still the one made first, and nothing was evaluated.
+    let stored = client
+        .get(&format!("/v1/prompts/{prompt_id}"))
+        .await
+        .unwrap();
+    assert_eq!(stored.status, 200, "{:?}", stored.body);
+    assert_eq!(stored.body["latest_version"]["id"], json!(version));
+    assert_eq!(app.count_rows("prompt_versions").await, 1);
+    assert_eq!(app.count_rows("evaluations").await, 0);
 }

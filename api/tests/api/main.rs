@@ -13,6 +13,7 @@ mod queue_outage;
 mod rate_limits;
 mod resources;
 mod slow_uploads;
+mod snapshots;
 mod tenancy;
 mod versioning;
 mod viewer;

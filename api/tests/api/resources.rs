@@ -1,5 +1,7 @@
 //! Prompts, versions, datasets and evaluation submission over real HTTP.
 
+use assay_core::domain::Priority;
+use assay_core::queue::{ChunkJob, JobQueue, Push};
 use serde_json::json;
 
 use crate::{TestApp, id};
@@ -248,8 +250,83 @@ async fn an_evaluation_is_recorded_then_queued() {
             .any(|key| key.ends_with(":chunks:high:scheduled")),
         "queue keys: {keys:?}"
     );
-    let pushed_again_is_harmless = app.count_rows("evaluations").await;
-    assert_eq!(pushed_again_is_harmless, 1);
+
+    // Pushing the queued chunk again (as the sweeper does when it cannot
+    // tell whether a push arrived) under the task id its row records leaves
+    // one job in Redis and changes no row.
+    let queued = queued_chunk(&app).await;
+    let queue = JobQueue::connect(&app.redis.url, &app.redis.prefix)
+        .await
+        .unwrap();
+    let high_depth = || async { queue.depth(Priority::High).await.unwrap() };
+    let before = high_depth().await;
+    assert_eq!(before.ready + before.delayed, 1, "{before:?}");
+    let rows_before = (
+        app.count_rows("evaluations").await,
+        app.count_rows("evaluation_chunks").await,
+    );
+    let again = Push {
+        job: ChunkJob::new(
+            queued.tenant_id,
+            evaluation_id.parse().unwrap(),
+            queued.chunk_index,
+        ),
+        priority: Priority::High,
+        job_id: queued.job_id.expect("a queued chunk records its push"),
+    };
+    for _ in 0..2 {
+        queue.push(std::slice::from_ref(&again)).await.unwrap();
+    }
+    assert_eq!(high_depth().await, before, "pushed again, still one job");
+    assert_eq!(high_payloads(&app), 1, "one payload");
+    assert_eq!(queued_chunk(&app).await, queued);
+    assert_eq!(
+        (
+            app.count_rows("evaluations").await,
+            app.count_rows("evaluation_chunks").await,
+        ),
+        rows_before
+    );
+    let fetched_again = client
+        .get(&format!("/v1/evaluations/{evaluation_id}"))
+        .await
+        .unwrap();
+    assert_eq!(fetched_again.body, fetched.body);
+}
+
+#[derive(Debug, PartialEq, diesel::QueryableByName)]
+struct QueuedChunk {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    tenant_id: uuid::Uuid,
+    #[diesel(sql_type = diesel::sql_types::Int4)]
+    chunk_index: i32,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Uuid>)]
+    job_id: Option<uuid::Uuid>,
+    #[diesel(sql_type = diesel::sql_types::Int4)]
+    starts: i32,
+}
+
+/// Job payloads held in the high queue's data hash.
+fn high_payloads(app: &TestApp) -> usize {
+    let client = redis::Client::open(app.redis.url.as_str()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    redis::cmd("HLEN")
+        .arg(format!("{}:chunks:high:data", app.redis.prefix))
+        .query(&mut conn)
+        .unwrap()
+}
+
+/// The one queued chunk's row.
+async fn queued_chunk(app: &TestApp) -> QueuedChunk {
+    use diesel_async::RunQueryDsl;
+    let pool = app.database.pool(1);
+    let mut conn = pool.get().await.unwrap();
+    diesel::sql_query(
+        "SELECT tenant_id, chunk_index, job_id, starts FROM evaluation_chunks WHERE status = 'queued'",
+    )
+    .get_result::<QueuedChunk>(&mut conn)
+    .await
+    .unwrap()
 }
 
 #[tokio::test]
