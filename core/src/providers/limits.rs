@@ -17,7 +17,9 @@
 //!   by themselves.
 //! - **A learned rate (AIMD)**: 429s are a signal, not a stop. Every worker
 //!   reports its calls' outcomes (batched, every [`FEEDBACK_INTERVAL`], and at
-//!   once after a 429) to one Redis hash per model, where a script keeps the
+//!   once after a 429; answers only while they can change something: a rate
+//!   is learned, or the model has no request limit) to one Redis hash per
+//!   model, where a script keeps the
 //!   rate the provider accepts: a 429 multiplies it by [`DECREASE_FACTOR`]
 //!   (at most once per [`DECREASE_WINDOW`], so that a burst of 429s from one
 //!   overload counts once) — and, while the rate binds, brings it down to
@@ -106,17 +108,19 @@ const CONCURRENCY_POLL: Duration = Duration::from_millis(20);
 // ARGV: registry request interval µs (0: none), burst, µs per token (0: no
 // token rate), tokens to reserve, concurrency (0: none), lease ms, lease id,
 // poll ms.
-// Returns {granted, wait ms, reason} with reason 0 none, 1 cool-down,
-// 2 requests, 3 tokens, 4 concurrency.
+// Returns {granted, wait ms, reason, learned rate in milli-requests per
+// second (0: none)} with reason 0 none, 1 cool-down, 2 requests, 3 tokens,
+// 4 concurrency.
 const ACQUIRE: &str = r#"
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 local now_ms = math.floor(now / 1000)
 local cooldown = redis.call('PTTL', KEYS[1])
-if cooldown > 0 then return {0, cooldown, 1} end
+if cooldown > 0 then return {0, cooldown, 1, 0} end
 local wait, reason = 0, 0
 local request_interval = tonumber(ARGV[1])
 local learned = tonumber(redis.call('HGET', KEYS[5], 'rate') or '0')
+local learned_milli = math.floor(learned * 1000)
 if learned > 0 then
   local interval = math.floor(1000000 / learned)
   if interval > request_interval then request_interval = interval end
@@ -150,7 +154,7 @@ if concurrency > 0 then
     if wait == 0 then wait = tonumber(ARGV[8]); reason = 4 end
   end
 end
-if wait > 0 then return {0, wait, reason} end
+if wait > 0 then return {0, wait, reason, learned_milli} end
 if new_request_tat then
   redis.call('SET', KEYS[2], string.format('%.0f', new_request_tat), 'PX', math.ceil((new_request_tat - now) / 1000) + 1000)
 end
@@ -162,16 +166,17 @@ if concurrency > 0 then
   redis.call('ZADD', KEYS[4], now_ms + lease_ms, ARGV[7])
   redis.call('PEXPIRE', KEYS[4], lease_ms)
 end
-return {1, 0, 0}
+return {1, 0, 0, learned_milli}
 "#;
 
 // Start times for up to `wanted` requests of a model paced by requests only.
 // KEYS: cooldown, request TAT, adaptive hash.
 // ARGV: registry request interval µs (0: none), burst, wanted, horizon µs.
-// Returns {0, pause ms} during a pause, {1, wait ms} when no start time falls
-// within the horizon, {3} when nothing paces the model any more, or
-// {2, offset ms, offset ms, ...}: one start time per granted request, as
-// milliseconds from now.
+// Returns {0, pause ms} during a pause, {1, wait ms, learned} when no start
+// time falls within the horizon, {3} when nothing paces the model any more,
+// or {2, learned, offset ms, offset ms, ...}: one start time per granted
+// request, as milliseconds from now. `learned` is the learned rate in
+// milli-requests per second (0: none).
 const RESERVE: &str = r#"
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
@@ -179,6 +184,7 @@ local pause = redis.call('PTTL', KEYS[1])
 if pause > 0 then return {0, pause} end
 local interval = tonumber(ARGV[1])
 local learned = tonumber(redis.call('HGET', KEYS[3], 'rate') or '0')
+local learned_milli = math.floor(learned * 1000)
 if learned > 0 then
   local learned_interval = math.floor(1000000 / learned)
   if learned_interval > interval then interval = learned_interval end
@@ -188,7 +194,7 @@ local tolerance = interval * tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[2]) or '0')
 if tat < now then tat = now end
 local horizon = now + tonumber(ARGV[4])
-local granted = {2}
+local granted = {2, learned_milli}
 for _ = 1, tonumber(ARGV[3]) do
   local start = tat + interval - tolerance
   if start > horizon then break end
@@ -196,8 +202,8 @@ for _ = 1, tonumber(ARGV[3]) do
   tat = tat + interval
   granted[#granted + 1] = math.floor((start - now) / 1000)
 end
-if #granted == 1 then
-  return {1, math.ceil((tat + interval - tolerance - horizon) / 1000)}
+if #granted == 2 then
+  return {1, math.ceil((tat + interval - tolerance - horizon) / 1000), learned_milli}
 end
 redis.call('SET', KEYS[2], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
 return granted
@@ -433,6 +439,15 @@ impl Local {
             .filter(|remaining| !remaining.is_zero())
     }
 
+    /// Whether answered calls change anything in Redis: they grow a learned
+    /// rate, and count towards a storm for a model without a request limit.
+    /// A model paced by its registry limit alone, with nothing learned,
+    /// sends no reports while it gets no 429: waiting calls then cost one
+    /// script call per granted batch and nothing more.
+    fn wants_answers(&self) -> bool {
+        self.learned.is_some() || self.ceiling == 0.0
+    }
+
     fn pause(&mut self, duration: Duration) {
         let until = Instant::now() + duration;
         self.paused_until = Some(self.paused_until.map_or(until, |known| known.max(until)));
@@ -524,6 +539,17 @@ impl Limiter {
             models.insert(model.to_owned(), Local::default());
         }
         f(models.get_mut(model).expect("inserted above"))
+    }
+
+    /// Notes the learned rate a limit script saw (milli-requests per second,
+    /// 0: none), so that this process reports its successes while another
+    /// one's 429s have a rate to grow back.
+    fn note_learned(&self, model: &str, milli: Option<i64>) {
+        if let Some(milli) = milli {
+            self.with_local(model, |local| {
+                local.learned = (milli > 0).then(|| milli as f64 / 1000.0);
+            });
+        }
     }
 
     /// Notes that `model` pauses for `duration` from now.
@@ -802,14 +828,22 @@ impl Limiter {
             |value: Option<&i64>| Duration::from_millis(value.copied().unwrap_or(1).max(1) as u64);
         Ok(match reply.first() {
             Some(0) => Grant::Paused(millis(reply.get(1))),
-            Some(1) => Grant::Wait(millis(reply.get(1)), WaitReason::Requests),
+            Some(1) => {
+                self.note_learned(&model.name, reply.get(2).copied());
+                Grant::Wait(millis(reply.get(1)), WaitReason::Requests)
+            }
             Some(3) => Grant::Unpaced,
-            _ => Grant::Slots(
-                reply[1..]
-                    .iter()
-                    .map(|offset| Duration::from_millis((*offset).max(0) as u64))
-                    .collect(),
-            ),
+            _ => {
+                self.note_learned(&model.name, reply.get(1).copied());
+                Grant::Slots(
+                    reply
+                        .get(2..)
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|offset| Duration::from_millis((*offset).max(0) as u64))
+                        .collect(),
+                )
+            }
         })
     }
 
@@ -827,7 +861,7 @@ impl Limiter {
         let lease_ms = (model.timeout + LEASE_MARGIN).as_millis() as u64;
         let lease = limits.concurrency.map(|_| uuid::Uuid::new_v4().to_string());
         let mut conn = self.inner.redis.get().await.map_err(pool_error)?;
-        let (granted, wait_ms, reason): (i64, i64, i64) = self
+        let reply: Vec<i64> = self
             .inner
             .acquire
             .key(&keys.cooldown)
@@ -845,6 +879,11 @@ impl Limiter {
             .arg(CONCURRENCY_POLL.as_millis() as u64)
             .invoke_async(&mut *conn)
             .await?;
+        let field = |index: usize| reply.get(index).copied().unwrap_or(0);
+        let (granted, wait_ms, reason) = (field(0), field(1), field(2));
+        if reason != 1 {
+            self.note_learned(&model.name, Some(field(3)));
+        }
         if granted == 1 {
             return Ok(Grant::One(Permit {
                 lease,
@@ -1021,11 +1060,17 @@ impl Limiter {
                 let Some(inner) = weak.upgrade() else { return };
                 let limiter = Limiter { inner };
                 let due: Vec<String> = {
-                    let models = limiter.inner.models.lock().expect("limiter lock");
+                    let mut models = limiter.inner.models.lock().expect("limiter lock");
                     models
-                        .iter()
-                        .filter(|(_, local)| !local.pending.is_empty())
-                        .map(|(name, _)| name.clone())
+                        .iter_mut()
+                        .filter_map(|(name, local)| {
+                            if !local.wants_answers() {
+                                // Counts nobody reads; a 429 starts from a clean window.
+                                local.pending.ok = 0;
+                                local.pending.sent = 0;
+                            }
+                            (!local.pending.is_empty()).then(|| name.clone())
+                        })
                         .collect()
                 };
                 for model in due {
