@@ -438,23 +438,12 @@ fn seconds(evaluation: &Value) -> f64 {
 /// Where the wall time of an evaluation went: waiting for the first chunk
 /// to start, running the calls (to the last result written), finishing.
 async fn phases(deployment: &Deployment, evaluation: &Value) -> anyhow::Result<[f64; 3]> {
-    let id = evaluation["id"].as_str().context("an id")?;
-    let mut last_result = 0;
-    let mut after: Option<String> = None;
-    loop {
-        let path = match &after {
-            None => format!("/v1/evaluations/{id}/results?limit=1000"),
-            Some(after) => format!("/v1/evaluations/{id}/results?limit=1000&after={after}"),
-        };
-        let page = deployment.client.get(&path).await?.body;
-        for result in page["data"].as_array().into_iter().flatten() {
-            last_result = last_result.max(micros(&result["created_at"]));
-        }
-        match page["next_after"].as_str() {
-            Some(next) => after = Some(next.replace(':', "%3A")),
-            None => break,
-        }
-    }
+    let last_result = all_results(deployment, evaluation)
+        .await?
+        .iter()
+        .map(|result| micros(&result["created_at"]))
+        .max()
+        .unwrap_or(0);
     let (created, started, finished) = (
         micros(&evaluation["created_at"]),
         micros(&evaluation["started_at"]),
@@ -465,6 +454,30 @@ async fn phases(deployment: &Deployment, evaluation: &Value) -> anyhow::Result<[
         (last_result - started) as f64 / 1e6,
         (finished - last_result) as f64 / 1e6,
     ])
+}
+
+/// Every result of an evaluation, paged through the API.
+async fn all_results(deployment: &Deployment, evaluation: &Value) -> anyhow::Result<Vec<Value>> {
+    let id = evaluation["id"].as_str().context("an id")?;
+    let mut results = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let path = match &after {
+            None => format!("/v1/evaluations/{id}/results?limit=1000"),
+            Some(after) => format!("/v1/evaluations/{id}/results?limit=1000&after={after}"),
+        };
+        let mut page = deployment.client.get(&path).await?.body;
+        let next = page["next_after"]
+            .as_str()
+            .map(|next| next.replace(':', "%3A"));
+        if let Value::Array(data) = page["data"].take() {
+            results.extend(data);
+        }
+        match next {
+            Some(next) => after = Some(next),
+            None => return Ok(results),
+        }
+    }
 }
 
 /// Peak resident memory of a process, in MB (`VmHWM`).
