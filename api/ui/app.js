@@ -235,7 +235,21 @@ function sleep(millis, signal) {
 // ---- one evaluation ------------------------------------------------------------------
 
 async function evaluationPage(id, signal) {
-  const evaluation = await api(`/v1/evaluations/${id}`, { signal });
+  // Asked for at once, beside the evaluation, rather than after it: one
+  // round trip less before the first screen. Dropped if the evaluation has
+  // no summary to draw it in.
+  const latencyAbort = new AbortController();
+  signal.addEventListener('abort', () => latencyAbort.abort(), { once: true });
+  const latencyRequest = api(`/v1/evaluations/${id}/latency?buckets=24`, { signal: latencyAbort.signal });
+  latencyRequest.catch(() => {});
+  let evaluation;
+  try {
+    evaluation = await api(`/v1/evaluations/${id}`, { signal });
+  } catch (error) {
+    latencyAbort.abort();
+    throw error;
+  }
+  if (!(evaluation.summary && evaluation.summary.models)) latencyAbort.abort();
   const counts = evaluation.counts;
   const status = badge(evaluation.status);
   status.id = 'status';
@@ -281,7 +295,7 @@ async function evaluationPage(id, signal) {
         : `cost so far ${usd((await api(`/v1/evaluations/${id}/progress`, { signal })).cost_usd)}`),
       evaluation.error ? h('p', { class: 'problem' }, evaluation.error) : '',
       actions, actionError),
-    await summarySections(evaluation, signal));
+    await summarySections(evaluation, signal, latencyRequest));
   ready();
   if (!terminal) follow(id, signal, { status, bar, progressText, liveFigures });
 }
@@ -322,7 +336,7 @@ async function follow(id, signal, view) {
   }
 }
 
-async function summarySections(evaluation, signal) {
+async function summarySections(evaluation, signal, latencyRequest = null) {
   const summary = evaluation.summary;
   if (!summary || !summary.models) {
     return h('section', { class: 'card' }, h('h2', {}, 'Summary'),
@@ -343,7 +357,8 @@ async function summarySections(evaluation, signal) {
       h('td', { class: 'num' }, `${num(model.input_tokens)} / ${num(model.output_tokens)}`),
       h('td', { class: 'num', 'data-field': 'cost_usd' }, usd(model.cost_usd)),
       h('td', { class: 'num', 'data-field': 'grading_cost_usd' }, usd(model.grading_cost_usd))));
-  const latency = await api(`/v1/evaluations/${evaluation.id}/latency?buckets=24`, { signal });
+  const latency = await (latencyRequest
+    || api(`/v1/evaluations/${evaluation.id}/latency?buckets=24`, { signal }));
   const histogram = latency.histogram;
   return h('div', {},
     h('section', { class: 'card' },
@@ -394,7 +409,6 @@ function graderName(grader, index) {
 }
 
 async function resultsPage(id, signal) {
-  const evaluation = await api(`/v1/evaluations/${id}`, { signal });
   const params = new URLSearchParams(location.search);
   const filters = {
     model: params.get('model') || '',
@@ -403,7 +417,11 @@ async function resultsPage(id, signal) {
     q: params.get('q') || '',
   };
   const after = params.get('after');
-  const page = await api(`/v1/evaluations/${id}/results${query({ ...filters, after, limit: RESULTS_PAGE, vars: 'true' })}`, { signal });
+  // Both at once: neither needs the other.
+  const [evaluation, page] = await Promise.all([
+    api(`/v1/evaluations/${id}`, { signal }),
+    api(`/v1/evaluations/${id}/results${query({ ...filters, after, limit: RESULTS_PAGE, vars: 'true' })}`, { signal }),
+  ]);
   const graders = evaluation.graders || [];
   const select = (name, label, options) =>
     h('label', {}, label,
