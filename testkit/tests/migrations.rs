@@ -104,7 +104,7 @@ async fn migrations_go_down_and_up_again() {
         "column evaluation_results.status text not null",
         "constraint evaluation_results.evaluation_results_pkey PRIMARY KEY ",
         "index CREATE UNIQUE INDEX evaluation_results_pkey ON public.evaluation_results",
-        "constraint evaluation_results.evaluation_results_evaluation_id_fkey FOREIGN KEY ",
+        "constraint evaluation_results.evaluation_results_tenant_evaluation_fkey FOREIGN KEY (tenant_id, evaluation_id)",
     ] {
         assert!(
             migrated.iter().any(|line| line.starts_with(expected)),

@@ -85,3 +85,68 @@ async fn an_output_with_nul_characters_is_stored_with_replacements_once() {
         .unwrap();
     assert_eq!(plain.output.as_deref(), Some("plain"));
 }
+
+/// Children carry their tenant, and the database refuses one whose tenant
+/// is not its parent's: a result, chunk or dataset item of tenant B cannot
+/// be filed under tenant A's evaluation or dataset.
+#[tokio::test]
+async fn a_row_cannot_hang_under_another_tenants_evaluation_or_dataset() {
+    use diesel_async::RunQueryDsl as _;
+    let database = TestDatabase::create().await.unwrap();
+    let pool = database.pool(1);
+    let mut conn = pool.get().await.unwrap();
+    let (tenant_a, evaluation_a) = bare_evaluation(&mut conn, 2).await.unwrap();
+    let (tenant_b, _) = bare_evaluation(&mut conn, 2).await.unwrap();
+    // bare_evaluation names a tenant's dataset after the tenant.
+    let dataset_a = tenant_a;
+
+    let intruder = results::insert_batch(
+        &mut conn,
+        tenant_b,
+        evaluation_a,
+        &[row(tenant_b, evaluation_a, 0, "x")],
+    )
+    .await;
+    let error = intruder
+        .expect_err("a result of tenant B under A's evaluation")
+        .to_string();
+    assert!(
+        error.contains("evaluation_results_tenant_evaluation_fkey"),
+        "{error}"
+    );
+
+    for (statement, constraint) in [
+        (
+            format!(
+                "INSERT INTO evaluation_chunks (evaluation_id, chunk_index, tenant_id, model, first_position, last_position)
+                 VALUES ('{evaluation_a}', 0, '{tenant_b}', 'mock', 0, 1)"
+            ),
+            "evaluation_chunks_tenant_evaluation_fkey",
+        ),
+        (
+            format!(
+                "INSERT INTO dataset_items (dataset_id, position, tenant_id, item_key, vars)
+                 VALUES ('{dataset_a}', 0, '{tenant_b}', 'k', '{{}}')"
+            ),
+            "dataset_items_tenant_dataset_fkey",
+        ),
+    ] {
+        let error = diesel::sql_query(&statement)
+            .execute(&mut conn)
+            .await
+            .expect_err(constraint)
+            .to_string();
+        assert!(error.contains(constraint), "{error}");
+        // The owner's own row is taken: the key checks the tenant, nothing else.
+        let owned = statement.replace(&tenant_b.to_string(), &tenant_a.to_string());
+        diesel::sql_query(&owned).execute(&mut conn).await.unwrap();
+    }
+    results::insert_batch(
+        &mut conn,
+        tenant_a,
+        evaluation_a,
+        &[row(tenant_a, evaluation_a, 0, "x")],
+    )
+    .await
+    .expect("the owner's result");
+}

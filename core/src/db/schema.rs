@@ -397,15 +397,11 @@ diesel::table! {
 }
 
 diesel::joinable!(api_keys -> tenants (tenant_id));
-diesel::joinable!(dataset_items -> datasets (dataset_id));
 diesel::joinable!(datasets -> tenants (tenant_id));
-diesel::joinable!(evaluation_chunks -> evaluations (evaluation_id));
-diesel::joinable!(evaluation_results -> evaluations (evaluation_id));
 diesel::joinable!(events -> tenants (tenant_id));
 diesel::joinable!(idempotency_keys -> tenants (tenant_id));
 diesel::joinable!(optimization_candidates -> optimizations (optimization_id));
 diesel::joinable!(prompts -> tenants (tenant_id));
-diesel::joinable!(superseded_results -> evaluations (evaluation_id));
 diesel::joinable!(tenant_budgets -> tenants (tenant_id));
 diesel::joinable!(tenant_limits -> tenants (tenant_id));
 diesel::joinable!(tenant_spend -> tenants (tenant_id));
