@@ -11,7 +11,8 @@
 //! their own consumers. Pushes are announced on `<prefix>:chunks:wake`, so an
 //! idle worker fetches at once instead of on its next poll.
 //!
-//! The backend's own keys (see `../shared/STACK.md`): `Q:scheduled` (ZSET by
+//! The backend's own keys (apalis-redis 1.0's layout, read from its Lua
+//! scripts; the sweeper depends on it): `Q:scheduled` (ZSET by
 //! run-at second, every push lands there), `Q:active` (LIST of due ids),
 //! `Q:inflight:<worker>` (SET), `Q:data` (HASH id -> payload), `Q:meta:<id>`
 //! (HASH, `done_at` set on ack), `Q:done` and `Q:dead` (SETs), `Q:workers`
@@ -173,8 +174,10 @@ pub async fn connect(redis_url: &str) -> redis::RedisResult<ConnectionManager> {
 }
 
 /// The apalis storage of chunk jobs of `priority`. One job per fetch: a
-/// worker takes a chunk only when it can start it (prefetched ids wait
-/// without heartbeats, see STACK.md), so chunks spread over every replica.
+/// worker takes a chunk only when it can start it (apalis-redis moves a
+/// fetched batch into the worker's in-flight set at once, and ids waiting
+/// there for a free slot send no heartbeat), so chunks spread over every
+/// replica.
 pub fn chunk_storage(
     conn: ConnectionManager,
     prefix: &str,

@@ -1,6 +1,6 @@
 //! Fetch as soon as chunks are pushed, instead of on the next poll.
 //!
-//! The Redis backend announces nothing when a job is pushed (see STACK.md),
+//! apalis-redis 1.0 only polls: nothing is published when a job is pushed,
 //! so an idle consumer would find a new chunk only on its next poll tick.
 //! Assay announces its own pushes on `<prefix>:chunks:wake`; one subscriber
 //! per process wakes every consumer's [`WakeOnPush`] poll strategy. If the
