@@ -174,9 +174,9 @@ pub async fn connect(redis_url: &str) -> redis::RedisResult<ConnectionManager> {
 }
 
 /// The apalis storage of chunk jobs of `priority`. One job per fetch: a
-/// worker takes a chunk only when it can start it (apalis-redis moves a
-/// fetched batch into the worker's in-flight set at once, and ids waiting
-/// there for a free slot send no heartbeat), so chunks spread over every
+/// worker takes a chunk only when it can start it (apalis-redis moves each
+/// fetched batch into the worker's in-flight set at once, where ids wait
+/// for a free slot while other replicas idle), so chunks spread over every
 /// replica.
 pub fn chunk_storage(
     conn: ConnectionManager,
