@@ -468,3 +468,83 @@ async fn a_call_waits_out_a_restarting_limit_store_without_spending_its_attempts
         started.elapsed()
     );
 }
+
+/// Answered calls of a model paced by its registry limit alone change
+/// nothing in Redis while nothing is learned, so they are not reported; once
+/// a 429 has taught a rate, they are, to grow it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_are_reported_only_while_they_can_change_a_learned_rate() {
+    let redis = assay_testkit::PrivateRedis::start().unwrap();
+    let model = model(
+        Limits {
+            requests_per_minute: Some(6_000),
+            burst: 10,
+            ..Limits::default()
+        },
+        Duration::from_secs(5),
+    );
+    // Only the controller's script reads its hash with HMGET.
+    let reports = || {
+        let client = redis::Client::open(redis.url.as_str()).unwrap();
+        let mut conn = client.get_connection().unwrap();
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut conn)
+            .unwrap();
+        info.lines()
+            .find(|line| line.starts_with("cmdstat_hmget:"))
+            .and_then(|line| {
+                line.split("calls=")
+                    .nth(1)?
+                    .split(',')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .unwrap_or(0)
+    };
+    let limiter = Limiter::new(
+        assay_core::redis_pool::build(&redis.url, 4).unwrap(),
+        "report-test",
+    );
+    let calls = |count: usize| {
+        let (limiter, model) = (limiter.clone(), model.clone());
+        async move {
+            for _ in 0..count {
+                let permit = limiter.acquire(&model, 0, false).await.unwrap().unwrap();
+                limiter.sent(&model);
+                limiter.answered(&model, None);
+                limiter.release(&model, permit, 0).await.unwrap();
+            }
+        }
+    };
+    calls(40).await;
+    // Waiting for something not to happen: three report intervals.
+    tokio::time::sleep(assay_core::providers::limits::FEEDBACK_INTERVAL * 3).await;
+    assert_eq!(
+        reports(),
+        1,
+        "only the first call's read of what others learned"
+    );
+
+    let learned = limiter
+        .rate_limited(&model, Duration::from_secs(1))
+        .await
+        .unwrap()
+        .learned
+        .expect("a 429 under a registry limit teaches a rate");
+    let after_429 = reports();
+    calls(20).await;
+    assay_testkit::eventually(
+        Duration::from_secs(2),
+        "the answers to be reported",
+        || async { Ok((reports() > after_429).then_some(())) },
+    )
+    .await
+    .unwrap();
+    let grown = limiter.learned_rate(&model).await.unwrap().unwrap_or(100.0);
+    assert!(
+        grown > learned,
+        "{grown} after 20 answers, {learned} after the 429"
+    );
+}
