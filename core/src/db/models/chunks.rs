@@ -222,6 +222,20 @@ pub async fn queue_pending(
         .collect())
 }
 
+/// The assignments that drop a chunk's lease, made by every transition out
+/// of `running` (done, queued again, canceled, reopened).
+type NoLease = (
+    diesel::dsl::Eq<evaluation_chunks::lease_owner, Option<String>>,
+    diesel::dsl::Eq<evaluation_chunks::lease_expires_at, Option<DateTime<Utc>>>,
+);
+
+fn no_lease() -> NoLease {
+    (
+        evaluation_chunks::lease_owner.eq(None),
+        evaluation_chunks::lease_expires_at.eq(None),
+    )
+}
+
 /// Sets `indices` of an evaluation queued under `job_ids`.
 async fn mark_queued(
     conn: &mut AsyncPgConnection,
@@ -466,8 +480,7 @@ pub async fn finish(
         .set((
             evaluation_chunks::status.eq("done"),
             evaluation_chunks::finished_at.eq(diesel::dsl::now),
-            evaluation_chunks::lease_owner.eq(None::<String>),
-            evaluation_chunks::lease_expires_at.eq(None::<DateTime<Utc>>),
+            no_lease(),
         ))
         .execute(conn)
         .await?;
@@ -587,8 +600,7 @@ pub async fn release(
         .bind::<diesel::sql_types::Nullable<SqlUuid>, _>(fresh)
         .sql(", job_id)")),
         evaluation_chunks::queued_at.eq(diesel::dsl::now),
-        evaluation_chunks::lease_owner.eq(None::<String>),
-        evaluation_chunks::lease_expires_at.eq(None::<DateTime<Utc>>),
+        no_lease(),
     ))
     .execute(conn)
     .await?;
@@ -609,11 +621,7 @@ pub async fn cancel_unfinished(
             .filter(evaluation_chunks::evaluation_id.eq(evaluation_id))
             .filter(evaluation_chunks::status.eq_any(["pending", "queued", "running"])),
     )
-    .set((
-        evaluation_chunks::status.eq("canceled"),
-        evaluation_chunks::lease_owner.eq(None::<String>),
-        evaluation_chunks::lease_expires_at.eq(None::<DateTime<Utc>>),
-    ))
+    .set((evaluation_chunks::status.eq("canceled"), no_lease()))
     .execute(conn)
     .await
 }
@@ -631,8 +639,7 @@ pub async fn reopen_unfinished(
     .set((
         evaluation_chunks::status.eq("pending"),
         evaluation_chunks::job_id.eq(None::<Uuid>),
-        evaluation_chunks::lease_owner.eq(None::<String>),
-        evaluation_chunks::lease_expires_at.eq(None::<DateTime<Utc>>),
+        no_lease(),
     ))
     .execute(conn)
     .await
@@ -820,8 +827,7 @@ pub async fn requeue_lost(
             evaluation_chunks::status.eq("queued"),
             evaluation_chunks::job_id.eq(job_id),
             evaluation_chunks::queued_at.eq(diesel::dsl::now),
-            evaluation_chunks::lease_owner.eq(None::<String>),
-            evaluation_chunks::lease_expires_at.eq(None::<DateTime<Utc>>),
+            no_lease(),
             // A running chunk whose lease expired lost its worker.
             evaluation_chunks::crashes
                 .eq(evaluation_chunks::crashes + i32::from(chunk.status == "running")),
