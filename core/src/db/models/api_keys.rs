@@ -191,15 +191,7 @@ pub async fn list(
     after: Option<Uuid>,
     limit: i64,
 ) -> QueryResult<Page<ApiKey>> {
-    let mut query = api_keys::table
-        .filter(api_keys::tenant_id.eq(tenant_id))
-        .select(ApiKey::as_select())
-        .order(api_keys::id.desc())
-        .limit(limit + 1)
-        .into_boxed();
-    if let Some(after) = after {
-        query = query.filter(api_keys::id.lt(after));
-    }
+    let query = super::tenant_page_newest_first!(api_keys, ApiKey, tenant_id, after, limit);
     Ok(Page::from_overfetched(query.load(conn).await?, limit))
 }
 

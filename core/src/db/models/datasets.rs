@@ -283,15 +283,7 @@ pub async fn list(
     limit: i64,
     content_hash: Option<&str>,
 ) -> QueryResult<Page<Dataset>> {
-    let mut query = datasets::table
-        .filter(datasets::tenant_id.eq(tenant_id))
-        .order(datasets::id.desc())
-        .limit(limit + 1)
-        .select(Dataset::as_select())
-        .into_boxed();
-    if let Some(after) = after {
-        query = query.filter(datasets::id.lt(after));
-    }
+    let mut query = super::tenant_page_newest_first!(datasets, Dataset, tenant_id, after, limit);
     if let Some(content_hash) = content_hash {
         query = query.filter(datasets::content_hash.eq(content_hash.to_owned()));
     }

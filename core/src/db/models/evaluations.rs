@@ -371,15 +371,7 @@ pub async fn list(
     after: Option<Uuid>,
     limit: i64,
 ) -> QueryResult<Page<Evaluation>> {
-    let mut query = evaluations::table
-        .filter(evaluations::tenant_id.eq(tenant_id))
-        .order(evaluations::id.desc())
-        .limit(limit + 1)
-        .select(Evaluation::as_select())
-        .into_boxed();
-    if let Some(after) = after {
-        query = query.filter(evaluations::id.lt(after));
-    }
+    let query = super::tenant_page_newest_first!(evaluations, Evaluation, tenant_id, after, limit);
     Ok(Page::from_overfetched(query.load(conn).await?, limit))
 }
 

@@ -1,6 +1,28 @@
 //! One file per table family: the row types (`Foo`, `NewFoo`) and the queries
 //! on them. Every query on a tenant-owned table takes the tenant id.
 
+/// A boxed query for one page of a tenant's rows of `$table` as `$row`,
+/// newest first (ids are UUIDv7, so id order is creation order), after the
+/// id `$after` of the previous page's last row, overfetching one row for
+/// [`Page::from_overfetched`]. A macro, not a function: diesel's bounds
+/// for "any table with `tenant_id` and `id`" would say less than this does.
+/// The caller may add filters before loading.
+macro_rules! tenant_page_newest_first {
+    ($table:ident, $row:ty, $tenant_id:expr, $after:expr, $limit:expr) => {{
+        let mut query = $table::table
+            .filter($table::tenant_id.eq($tenant_id))
+            .order($table::id.desc())
+            .limit($limit + 1)
+            .select(<$row>::as_select())
+            .into_boxed();
+        if let Some(after) = $after {
+            query = query.filter($table::id.lt(after));
+        }
+        query
+    }};
+}
+pub(crate) use tenant_page_newest_first;
+
 pub mod api_keys;
 pub mod branches;
 pub mod budgets;

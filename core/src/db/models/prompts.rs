@@ -111,15 +111,7 @@ pub async fn list(
     after: Option<Uuid>,
     limit: i64,
 ) -> QueryResult<Page<Prompt>> {
-    let mut query = prompts::table
-        .filter(prompts::tenant_id.eq(tenant_id))
-        .order(prompts::id.desc())
-        .limit(limit + 1)
-        .select(Prompt::as_select())
-        .into_boxed();
-    if let Some(after) = after {
-        query = query.filter(prompts::id.lt(after));
-    }
+    let query = super::tenant_page_newest_first!(prompts, Prompt, tenant_id, after, limit);
     Ok(Page::from_overfetched(query.load(conn).await?, limit))
 }
 

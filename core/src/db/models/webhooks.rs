@@ -109,16 +109,8 @@ pub async fn list(
     after: Option<Uuid>,
     limit: i64,
 ) -> QueryResult<Page<Webhook>> {
-    let mut query = webhooks::table
-        .filter(webhooks::tenant_id.eq(tenant_id))
-        .filter(webhooks::deleted_at.is_null())
-        .order(webhooks::id.desc())
-        .limit(limit + 1)
-        .select(Webhook::as_select())
-        .into_boxed();
-    if let Some(after) = after {
-        query = query.filter(webhooks::id.lt(after));
-    }
+    let query = super::tenant_page_newest_first!(webhooks, Webhook, tenant_id, after, limit)
+        .filter(webhooks::deleted_at.is_null());
     Ok(Page::from_overfetched(query.load(conn).await?, limit))
 }
 
