@@ -822,28 +822,26 @@ async fn evaluate_one(
             generate(&plan.llm, model, rendered, &plan.params, options).await
         }
     };
+    // Errored until graded, with what the call cost; the error comes below.
     let mut result = NewResult {
-        evaluation_id: plan.evaluation.id,
-        model: model.name.clone(),
-        item_position: item.position,
-        repeat_index: run.repeat,
-        tenant_id: plan.evaluation.tenant_id,
-        item_key: item.item_key.clone(),
-        status: ResultStatus::Errored.as_str(),
-        output: None,
-        score: None,
-        grades: Value::Array(vec![]),
         latency_ms: generated.latency_ms,
         input_tokens: generated.input_tokens,
         output_tokens: generated.output_tokens,
         cost_usd: generated.cost_usd,
-        grading_cost_usd: 0.0,
         attempts: generated.attempts,
         finish_reason: generated.finish_reason,
         error: None,
         answered_by: generated.answered_by,
         cached: generated.cached,
         cached_tokens: generated.cached_tokens,
+        ..NewResult::errored(
+            &plan.evaluation,
+            &model.name,
+            item.position,
+            run.repeat,
+            &item.item_key,
+            "",
+        )
     };
     let output = match generated.output {
         Ok(output) => output,
