@@ -101,38 +101,55 @@ pub async fn create(
     content_hash: Option<&str>,
 ) -> QueryResult<Dataset> {
     let item_count = i32::try_from(parsed.items.len()).expect("item count is validated");
-    conn.transaction(async |conn| {
-        let dataset: Dataset = diesel::insert_into(datasets::table)
-            .values((
-                datasets::id.eq(Uuid::now_v7()),
-                datasets::tenant_id.eq(tenant_id),
-                datasets::name.eq(name),
-                datasets::description.eq(description),
-                datasets::item_count.eq(item_count),
-                datasets::variables.eq(serde_json::json!(parsed.variables)),
-                datasets::all_expected.eq(parsed.all_expected),
-                datasets::items_with_graders.eq(count(parsed.items_with_graders)),
-                datasets::content_hash.eq(content_hash),
-            ))
-            .returning(Dataset::as_returning())
-            .get_result(conn)
+    let created = conn
+        .transaction::<_, diesel::result::Error, _>(async |conn| {
+            let dataset: Dataset = diesel::insert_into(datasets::table)
+                .values((
+                    datasets::id.eq(Uuid::now_v7()),
+                    datasets::tenant_id.eq(tenant_id),
+                    datasets::name.eq(name),
+                    datasets::description.eq(description),
+                    datasets::item_count.eq(item_count),
+                    datasets::variables.eq(serde_json::json!(parsed.variables)),
+                    datasets::all_expected.eq(parsed.all_expected),
+                    datasets::items_with_graders.eq(count(parsed.items_with_graders)),
+                    datasets::content_hash.eq(content_hash),
+                ))
+                .returning(Dataset::as_returning())
+                .get_result(conn)
+                .await?;
+            insert_items(conn, tenant_id, dataset.id, 0, &parsed.items).await?;
+            events::record(
+                conn,
+                NewEvent {
+                    tenant_id,
+                    actor,
+                    action: "dataset.created",
+                    resource_type: "dataset",
+                    resource_id: dataset.id,
+                    data: serde_json::json!({ "name": name, "items": item_count }),
+                },
+            )
             .await?;
-        insert_items(conn, tenant_id, dataset.id, 0, &parsed.items).await?;
-        events::record(
-            conn,
-            NewEvent {
-                tenant_id,
-                actor,
-                action: "dataset.created",
-                resource_type: "dataset",
-                resource_id: dataset.id,
-                data: serde_json::json!({ "name": name, "items": item_count }),
-            },
-        )
+            Ok(dataset)
+        })
         .await?;
-        Ok(dataset)
-    })
-    .await
+    settle_search_index(conn).await;
+    Ok(created)
+}
+
+/// Moves the items just written from the trigram index's pending list into
+/// the index proper. Until then every text search reads the pending list
+/// whole, and the planner, seeing it, scans the dataset instead (89 ms
+/// against 3 ms for a rare term over 100,000 items). A failure only leaves
+/// that for autovacuum to do.
+async fn settle_search_index(conn: &mut AsyncPgConnection) {
+    let settled = diesel::sql_query("SELECT gin_clean_pending_list('dataset_items_vars_trigrams')")
+        .execute(conn)
+        .await;
+    if let Err(error) = settled {
+        tracing::debug!(error = %error, "the item search index keeps its pending list");
+    }
 }
 
 /// What a streamed upload sends to [`create_streamed`].
@@ -166,62 +183,67 @@ pub async fn create_streamed(
     description: Option<&str>,
     mut batches: tokio::sync::mpsc::Receiver<Upload>,
 ) -> Result<Dataset, UploadError> {
-    conn.transaction(async |conn| {
-        let id = Uuid::now_v7();
-        // Placeholders until `Done`: the row must exist for the items' key.
-        diesel::insert_into(datasets::table)
-            .values((
-                datasets::id.eq(id),
-                datasets::tenant_id.eq(tenant_id),
-                datasets::name.eq(name),
-                datasets::description.eq(description),
-                datasets::item_count.eq(1),
-                datasets::variables.eq(serde_json::json!([])),
-                datasets::all_expected.eq(false),
-            ))
-            .execute(conn)
-            .await?;
-        let mut next_position = 0;
-        while let Some(upload) = batches.recv().await {
-            match upload {
-                Upload::Items(items) => {
-                    insert_items(conn, tenant_id, id, next_position, &items).await?;
-                    next_position += items.len();
-                }
-                Upload::Done(summary) => {
-                    debug_assert_eq!(summary.items, next_position);
-                    let item_count = i32::try_from(summary.items).expect("item count is validated");
-                    let dataset: Dataset =
-                        diesel::update(datasets::table.filter(datasets::id.eq(id)))
-                            .set((
-                                datasets::item_count.eq(item_count),
-                                datasets::variables.eq(serde_json::json!(summary.variables)),
-                                datasets::all_expected.eq(summary.all_expected),
-                                datasets::items_with_graders.eq(count(summary.items_with_graders)),
-                                datasets::content_hash.eq(&summary.content_hash),
-                            ))
-                            .returning(Dataset::as_returning())
-                            .get_result(conn)
-                            .await?;
-                    events::record(
-                        conn,
-                        NewEvent {
-                            tenant_id,
-                            actor,
-                            action: "dataset.created",
-                            resource_type: "dataset",
-                            resource_id: id,
-                            data: serde_json::json!({ "name": name, "items": item_count }),
-                        },
-                    )
-                    .await?;
-                    return Ok(dataset);
+    let created = conn
+        .transaction::<_, UploadError, _>(async |conn| {
+            let id = Uuid::now_v7();
+            // Placeholders until `Done`: the row must exist for the items' key.
+            diesel::insert_into(datasets::table)
+                .values((
+                    datasets::id.eq(id),
+                    datasets::tenant_id.eq(tenant_id),
+                    datasets::name.eq(name),
+                    datasets::description.eq(description),
+                    datasets::item_count.eq(1),
+                    datasets::variables.eq(serde_json::json!([])),
+                    datasets::all_expected.eq(false),
+                ))
+                .execute(conn)
+                .await?;
+            let mut next_position = 0;
+            while let Some(upload) = batches.recv().await {
+                match upload {
+                    Upload::Items(items) => {
+                        insert_items(conn, tenant_id, id, next_position, &items).await?;
+                        next_position += items.len();
+                    }
+                    Upload::Done(summary) => {
+                        debug_assert_eq!(summary.items, next_position);
+                        let item_count =
+                            i32::try_from(summary.items).expect("item count is validated");
+                        let dataset: Dataset =
+                            diesel::update(datasets::table.filter(datasets::id.eq(id)))
+                                .set((
+                                    datasets::item_count.eq(item_count),
+                                    datasets::variables.eq(serde_json::json!(summary.variables)),
+                                    datasets::all_expected.eq(summary.all_expected),
+                                    datasets::items_with_graders
+                                        .eq(count(summary.items_with_graders)),
+                                    datasets::content_hash.eq(&summary.content_hash),
+                                ))
+                                .returning(Dataset::as_returning())
+                                .get_result(conn)
+                                .await?;
+                        events::record(
+                            conn,
+                            NewEvent {
+                                tenant_id,
+                                actor,
+                                action: "dataset.created",
+                                resource_type: "dataset",
+                                resource_id: id,
+                                data: serde_json::json!({ "name": name, "items": item_count }),
+                            },
+                        )
+                        .await?;
+                        return Ok(dataset);
+                    }
                 }
             }
-        }
-        Err(UploadError::Abandoned)
-    })
-    .await
+            Err(UploadError::Abandoned)
+        })
+        .await?;
+    settle_search_index(conn).await;
+    Ok(created)
 }
 
 /// Inserts `items` at positions from `first_position`, in multi-row batches.
