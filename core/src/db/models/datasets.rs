@@ -119,23 +119,33 @@ pub async fn create(
                 .get_result(conn)
                 .await?;
             insert_items(conn, tenant_id, dataset.id, 0, &parsed.items).await?;
-            events::record(
-                conn,
-                NewEvent {
-                    tenant_id,
-                    actor,
-                    action: "dataset.created",
-                    resource_type: "dataset",
-                    resource_id: dataset.id,
-                    data: serde_json::json!({ "name": name, "items": item_count }),
-                },
-            )
-            .await?;
+            record_created(conn, actor, &dataset).await?;
             Ok(dataset)
         })
         .await?;
     settle_search_index(conn).await;
     Ok(created)
+}
+
+/// The `dataset.created` event, written in the creating transaction.
+async fn record_created(
+    conn: &mut AsyncPgConnection,
+    actor: &str,
+    dataset: &Dataset,
+) -> QueryResult<()> {
+    events::record(
+        conn,
+        NewEvent {
+            tenant_id: dataset.tenant_id,
+            actor,
+            action: "dataset.created",
+            resource_type: "dataset",
+            resource_id: dataset.id,
+            data: serde_json::json!({ "name": dataset.name, "items": dataset.item_count }),
+        },
+    )
+    .await?;
+    Ok(())
 }
 
 /// Moves the items just written from the trigram index's pending list into
@@ -223,18 +233,7 @@ pub async fn create_streamed(
                                 .returning(Dataset::as_returning())
                                 .get_result(conn)
                                 .await?;
-                        events::record(
-                            conn,
-                            NewEvent {
-                                tenant_id,
-                                actor,
-                                action: "dataset.created",
-                                resource_type: "dataset",
-                                resource_id: id,
-                                data: serde_json::json!({ "name": name, "items": item_count }),
-                            },
-                        )
-                        .await?;
+                        record_created(conn, actor, &dataset).await?;
                         return Ok(dataset);
                     }
                 }
