@@ -64,7 +64,7 @@ async fn seed(deployment: &Deployment, evaluation: &str) -> anyhow::Result<()> {
     anyhow::ensure!(tenant["status"] == "running", "seeding: {tenant}");
     // The summary as a worker writes it when the last chunk is done.
     let tenant_id = tenant_of(&mut conn, evaluation).await?;
-    let finished = assay_core::db::models::evaluations::finish(
+    let finished = assay_core::db::models::lifecycle::finalize(
         &mut conn,
         tenant_id,
         evaluation.parse()?,

@@ -5,7 +5,9 @@
 
 use diesel_async::AsyncPgConnection;
 
-use crate::db::models::evaluations::{self, Evaluation, NewEvaluation, Planning, QuotaCreateError};
+use crate::db::models::chunks::Planning;
+use crate::db::models::evaluations::{Evaluation, NewEvaluation};
+use crate::db::models::lifecycle::{self, QuotaCreateError};
 use crate::queue::JobQueue;
 
 /// What to do when the push fails twice.
@@ -58,8 +60,8 @@ pub async fn submit_within_quota(
 ) -> Result<Evaluation, SubmitError> {
     let planning = spread(queue, new, planning).await;
     let (evaluation, pushes) = match max_active {
-        None => evaluations::create(conn, actor, new, planning).await?,
-        Some(limit) => evaluations::create_within_quota(conn, actor, new, planning, limit)
+        None => lifecycle::create(conn, actor, new, planning).await?,
+        Some(limit) => lifecycle::create_within_quota(conn, actor, new, planning, limit)
             .await
             .map_err(|error| match error {
                 QuotaCreateError::Database(error) => SubmitError::Database(error),
@@ -72,7 +74,7 @@ pub async fn submit_within_quota(
         metrics::counter!("assay_queue_push_failures_total").increment(1);
         tracing::error!(evaluation.id = %evaluation.id, error = format!("{error:#}"), "could not enqueue evaluation");
         if on_push_failure == OnPushFailure::Fail {
-            evaluations::fail(
+            lifecycle::fail(
                 conn,
                 new.tenant_id,
                 evaluation.id,

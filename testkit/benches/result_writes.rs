@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use assay_core::db::models::results::{self, NewResult};
+use assay_core::db::models::results::{self, CallFigures, NewResult};
 use assay_testkit::TestDatabase;
 use serde_json::json;
 
@@ -32,17 +32,19 @@ async fn main() -> anyhow::Result<()> {
             output: Some("The capital of France is Paris, on the Seine.".to_owned()),
             score: Some(0.5),
             grades: grades.clone(),
-            latency_ms: Some(120),
-            input_tokens: 20,
-            output_tokens: 9,
-            cost_usd: 0.000_038,
             grading_cost_usd: 0.0,
-            attempts: 1,
-            finish_reason: Some("stop".to_owned()),
             error: None,
-            answered_by: Some("mock".to_owned()),
-            cached: false,
-            cached_tokens: 0,
+            call: CallFigures {
+                latency_ms: Some(120),
+                input_tokens: 20,
+                output_tokens: 9,
+                cost_usd: 0.000_038,
+                attempts: 1,
+                finish_reason: Some("stop".to_owned()),
+                answered_by: Some("mock".to_owned()),
+                cached: false,
+                cached_tokens: 0,
+            },
         })
         .collect();
     let started = Instant::now();

@@ -376,3 +376,50 @@ fn a_malformed_setting_stops_the_process_naming_it() {
         assert!(!stderr.contains("hunter2"), "{stderr}");
     }
 }
+
+/// The values a CHECK constraint on `table.status` allows.
+async fn allowed_statuses(conn: &mut AsyncPgConnection, table: &str) -> Vec<String> {
+    let definitions = diesel::sql_query(
+        "SELECT pg_get_constraintdef(k.oid) AS name FROM pg_constraint k
+         JOIN pg_class c ON c.oid = k.conrelid
+         WHERE c.relname = $1 AND k.contype = 'c'
+           AND pg_get_constraintdef(k.oid) LIKE '%(status = ANY%'",
+    )
+    .bind::<diesel::sql_types::Text, _>(table)
+    .load::<Table>(conn)
+    .await
+    .unwrap();
+    assert_eq!(definitions.len(), 1, "one status CHECK on {table}");
+    // `CHECK ((status = ANY (ARRAY['queued'::text, ...])))`: every quoted word.
+    let mut allowed: Vec<String> = definitions[0]
+        .name
+        .split('\'')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect();
+    allowed.sort();
+    allowed
+}
+
+/// The state enums and the database agree: a state added to one and not
+/// the other fails here, not at the first row that holds it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_state_enums_are_exactly_what_the_database_allows() {
+    use assay_core::db::models::states::{ChunkStatus, EvaluationStatus};
+    let database = TestDatabase::create().await.unwrap();
+    let mut conn = AsyncPgConnection::establish(&database.url).await.unwrap();
+    let spelled = |states: &mut dyn Iterator<Item = &'static str>| {
+        let mut states: Vec<String> = states.map(str::to_owned).collect();
+        states.sort();
+        states
+    };
+    assert_eq!(
+        allowed_statuses(&mut conn, "evaluations").await,
+        spelled(&mut EvaluationStatus::ALL.iter().map(|state| state.as_str()))
+    );
+    assert_eq!(
+        allowed_statuses(&mut conn, "evaluation_chunks").await,
+        spelled(&mut ChunkStatus::ALL.iter().map(|state| state.as_str()))
+    );
+}

@@ -1,7 +1,7 @@
 //! Result rows against the real PostgreSQL: what a model may answer must be
 //! storable, or its chunk would fail on every retry.
 
-use assay_core::db::models::results::{self, NewResult, Written};
+use assay_core::db::models::results::{self, CallFigures, NewResult, Written};
 use assay_testkit::{TestDatabase, bare_evaluation};
 use serde_json::json;
 use uuid::Uuid;
@@ -20,17 +20,19 @@ fn row(tenant: Uuid, evaluation: Uuid, position: i32, output: &str) -> NewResult
         grades: json!([{"grader": "equals", "passed": false, "score": 0.0,
                         "reason": format!("expected \"x\", got {output:?}"),
                         "quoted\u{0}key": output}]),
-        latency_ms: Some(1),
-        input_tokens: 1,
-        output_tokens: 1,
-        cost_usd: 0.0,
         grading_cost_usd: 0.0,
-        attempts: 1,
-        finish_reason: Some("stop".to_owned()),
         error: None,
-        answered_by: Some("mock".to_owned()),
-        cached: false,
-        cached_tokens: 0,
+        call: CallFigures {
+            latency_ms: Some(1),
+            input_tokens: 1,
+            output_tokens: 1,
+            cost_usd: 0.0,
+            attempts: 1,
+            finish_reason: Some("stop".to_owned()),
+            answered_by: Some("mock".to_owned()),
+            cached: false,
+            cached_tokens: 0,
+        },
     }
 }
 

@@ -21,7 +21,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use assay_core::db::models::{chunks, evaluations, optimizations, promotions};
+use assay_core::db::models::{chunks, lifecycle, optimizations, promotions};
 use assay_core::domain::Priority;
 use assay_core::queue::{JobQueue, Push, VersioningJob, VersioningKind};
 use diesel::sql_types::{BigInt, Bool};
@@ -70,7 +70,7 @@ pub async fn sweep_once(env: &Environment, runs_per_chunk: i32) -> anyhow::Resul
             if !lock.locked {
                 return Ok::<_, anyhow::Error>(None);
             }
-            let planned = chunks::plan_unplanned(conn, runs_per_chunk, BATCH).await?;
+            let planned = lifecycle::plan_unplanned(conn, runs_per_chunk, BATCH).await?;
             let suspects = chunks::suspects(conn, PUSH_GRACE, BATCH).await?;
             let mut lost = Vec::new();
             for priority in Priority::ALL {
@@ -94,8 +94,8 @@ pub async fn sweep_once(env: &Environment, runs_per_chunk: i32) -> anyhow::Resul
                 }
             }
             let requeued = chunks::requeue_lost(conn, &lost).await?;
-            let refilled = chunks::refill_starved(conn, BATCH).await?;
-            let unfinalized = chunks::unfinalized(conn, BATCH).await?;
+            let refilled = lifecycle::refill_starved(conn, BATCH).await?;
+            let unfinalized = lifecycle::unfinalized(conn, BATCH).await?;
             let versioning = lost_versioning_jobs(conn, queue).await?;
             Ok(Some((planned, requeued, refilled, unfinalized, versioning)))
         })
@@ -115,7 +115,7 @@ pub async fn sweep_once(env: &Environment, runs_per_chunk: i32) -> anyhow::Resul
     queue.push(&pushes).await?;
     let mut finalized = 0;
     for (tenant_id, id) in unfinalized {
-        if evaluations::finish(&mut conn, tenant_id, id, "system:sweeper").await? {
+        if lifecycle::finalize(&mut conn, tenant_id, id, "system:sweeper").await? {
             finalized += 1;
         }
     }

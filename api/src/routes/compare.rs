@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use actix_web::{HttpResponse, web};
 use assay_core::db::models::compare::{self, Direction, Side};
-use assay_core::db::models::evaluations::{self, Evaluation};
+use assay_core::db::models::evaluations::{self, Evaluation, EvaluationStatus};
 use assay_core::stats;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -90,7 +90,7 @@ async fn comparable(
         .await?
         .ok_or(ApiError::NotFound("evaluation"))?;
     for evaluation in [&a, &b] {
-        if evaluation.status != "succeeded" {
+        if evaluation.status != EvaluationStatus::Succeeded {
             return Err(ApiError::Conflict(format!(
                 "only succeeded evaluations can be compared; {} is {}",
                 evaluation.id, evaluation.status

@@ -4,9 +4,11 @@ use actix_web::{HttpResponse, web};
 use std::sync::Arc;
 
 use assay_core::budget;
+use assay_core::db::models::chunks::Planning;
 use assay_core::db::models::evaluations::{
-    self, CancelReason, Evaluation, NewEvaluation, Planning, Reopen, ReopenRefused,
+    self, CancelReason, Evaluation, EvaluationStatus, NewEvaluation,
 };
+use assay_core::db::models::lifecycle::{self, Reopen, ReopenRefused};
 use assay_core::db::models::prompts::{Pointer, ResolveError};
 use assay_core::db::models::results::{self, EvaluationResult, ResultCursor};
 use assay_core::db::models::{budgets, chunks};
@@ -39,7 +41,7 @@ struct Counts {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 struct EvaluationBody {
     id: Uuid,
-    status: String,
+    status: EvaluationStatus,
     prompt_version_id: Uuid,
     /// How the request named its prompt (label or branch) and what that
     /// resolved to at submission.
@@ -480,7 +482,7 @@ pub async fn cancel(
     path: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
     let mut conn = state.pool.get().await?;
-    let canceled = evaluations::cancel(
+    let canceled = lifecycle::cancel(
         &mut conn,
         caller.tenant_id,
         *path,
@@ -551,7 +553,7 @@ async fn reopen(
 ) -> Result<HttpResponse, ApiError> {
     let mut conn = state.pool.get().await?;
     let (evaluation, pushes) =
-        match evaluations::reopen(&mut conn, caller.tenant_id, id, &caller.actor(), how).await? {
+        match lifecycle::reopen(&mut conn, caller.tenant_id, id, &caller.actor(), how).await? {
             Ok(reopened) => reopened,
             Err(ReopenRefused::NotFound) => return Err(ApiError::NotFound("evaluation")),
             Err(ReopenRefused::Status(status)) => {
@@ -619,7 +621,7 @@ pub async fn regrade(
     let source = evaluations::get(&mut conn, caller.tenant_id, *path)
         .await?
         .ok_or(ApiError::NotFound("evaluation"))?;
-    if source.status != "succeeded" {
+    if source.status != EvaluationStatus::Succeeded {
         return Err(ApiError::Conflict(format!(
             "only a succeeded evaluation can be re-graded; this one is {}",
             source.status

@@ -53,7 +53,7 @@ struct Follow {
     state: web::Data<AppState>,
     tenant_id: Uuid,
     id: Uuid,
-    status: Option<String>,
+    status: Option<EvaluationStatus>,
     counts: Option<[i32; 4]>,
     started: Instant,
     last_sent: Instant,
@@ -108,8 +108,8 @@ impl Follow {
             return Ok(Some(event("end", &json!({"reason": "gone"}))));
         };
         let mut out = String::new();
-        if self.status.as_deref() != Some(evaluation.status.as_str()) {
-            self.status = Some(evaluation.status.clone());
+        if self.status != Some(evaluation.status) {
+            self.status = Some(evaluation.status);
             out += &event(
                 "status",
                 &json!({"status": evaluation.status, "run": evaluation.run, "error": evaluation.error}),
@@ -126,11 +126,7 @@ impl Follow {
             let progress = results::progress(&mut conn, self.tenant_id, self.id).await?;
             out += &event("progress", &progress_data(&evaluation, progress.cost_usd));
         }
-        let terminal = evaluation
-            .status
-            .parse::<EvaluationStatus>()
-            .is_ok_and(EvaluationStatus::is_terminal);
-        if terminal {
+        if evaluation.status.is_terminal() {
             out += &event(
                 "summary",
                 &json!({"status": evaluation.status, "summary": evaluation.summary}),

@@ -14,7 +14,7 @@ use crate::startup::AppState;
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 struct ProgressBody {
     id: Uuid,
-    status: String,
+    status: evaluations::EvaluationStatus,
     /// Runs planned (items × models × repeats).
     total: i32,
     #[serde(flatten)]

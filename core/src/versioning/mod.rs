@@ -23,9 +23,10 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::db::DbPool;
+use crate::db::models::chunks::Planning;
 use crate::db::models::compare::PairReport;
 use crate::db::models::datasets::Dataset;
-use crate::db::models::evaluations::{Evaluation, NewEvaluation, Planning};
+use crate::db::models::evaluations::{Evaluation, NewEvaluation};
 use crate::db::schema::evaluations;
 use crate::domain::{
     DatasetShape, EvaluationRequest, InvalidInput, ModelParams, Priority, PromptContent,

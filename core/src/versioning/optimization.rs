@@ -28,6 +28,7 @@ use super::optimizer::{self, FailingCase, MAX_FAILURES, MAX_RATIONALE_CHARS};
 use super::{Ctx, EvaluationSetup, Policy, Step, compare, evaluation_for, job_ref};
 use crate::db::models::datasets::{self, Dataset};
 use crate::db::models::evaluations::{self, CancelReason, Evaluation, EvaluationStatus};
+use crate::db::models::lifecycle;
 use crate::db::models::optimizations::{self, Advance, Candidate, Optimization};
 use crate::db::models::prompts::{self, Commit, PromptVersion, VersionRef};
 use crate::db::models::{branches, promotions};
@@ -233,7 +234,7 @@ async fn wait_for(
     let evaluation = evaluations::get(conn, tenant_id, id)
         .await?
         .with_context(|| format!("evaluation {id} is gone"))?;
-    Ok(match evaluation.status() {
+    Ok(match evaluation.status {
         EvaluationStatus::Succeeded => Waited::Succeeded(Box::new(evaluation)),
         status if !status.is_terminal() => Waited::Running,
         EvaluationStatus::Canceled
@@ -531,7 +532,7 @@ async fn cancel_orphan(
     tenant_id: Uuid,
     evaluation: Uuid,
 ) -> anyhow::Result<()> {
-    evaluations::cancel(conn, tenant_id, evaluation, ctx.actor, CancelReason::User).await?;
+    lifecycle::cancel(conn, tenant_id, evaluation, ctx.actor, CancelReason::User).await?;
     Ok(())
 }
 
@@ -959,7 +960,7 @@ pub async fn cancel(
     ids.extend(optimization.parent_validation_evaluation_id);
     for evaluation in ids {
         // Finished (or reused) ones are left as they are.
-        evaluations::cancel(conn, tenant_id, evaluation, actor, CancelReason::User).await?;
+        lifecycle::cancel(conn, tenant_id, evaluation, actor, CancelReason::User).await?;
     }
     Ok(true)
 }

@@ -15,6 +15,7 @@ use uuid::Uuid;
 use super::{Ctx, EvaluationSetup, Policy, Step, compare, evaluation_for, job_ref};
 use crate::db::models::evaluations::{self, CancelReason, EvaluationStatus};
 use crate::db::models::labels::{self, Authority, Move, MoveError};
+use crate::db::models::lifecycle;
 use crate::db::models::prompts::VersionRef;
 use crate::db::models::{datasets, promotions};
 
@@ -91,7 +92,7 @@ async fn start(
         // Another run recorded its evaluations first (or the promotion was
         // canceled): the ones made here are nobody's.
         for evaluation in made {
-            evaluations::cancel(
+            lifecycle::cancel(
                 conn,
                 promotion.tenant_id,
                 evaluation,
@@ -164,13 +165,13 @@ async fn decide(
     }
     if finished
         .iter()
-        .any(|(_, evaluation)| !evaluation.status().is_terminal())
+        .any(|(_, evaluation)| !evaluation.status.is_terminal())
     {
         return Ok(Step::Wait);
     }
     if let Some((role, evaluation)) = finished
         .iter()
-        .find(|(_, evaluation)| evaluation.status() != EvaluationStatus::Succeeded)
+        .find(|(_, evaluation)| evaluation.status != EvaluationStatus::Succeeded)
     {
         let reason = format!(
             "the {role} evaluation {} ended {}{}",
@@ -311,7 +312,7 @@ pub async fn cancel(
         ),
     ] {
         if let (Some(evaluation), false) = (evaluation, reused) {
-            evaluations::cancel(conn, tenant_id, evaluation, actor, CancelReason::User).await?;
+            lifecycle::cancel(conn, tenant_id, evaluation, actor, CancelReason::User).await?;
         }
     }
     Ok(true)

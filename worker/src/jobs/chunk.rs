@@ -4,7 +4,7 @@
 //!
 //! How it stays exact under at-least-once delivery:
 //! - a worker runs a chunk only while it holds the chunk's lease
-//!   ([`chunks::start`]); a second delivery meanwhile waits for it;
+//!   ([`lifecycle::start_chunk`]); a second delivery meanwhile waits for it;
 //! - before calling, it reads which runs of the range have a result and
 //!   skips them: a re-run (after a crash, a shutdown, a retry) redoes only
 //!   what is missing, with no second LLM call or bill for finished runs;
@@ -34,11 +34,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use assay_core::db::models::budgets;
-use assay_core::db::models::chunks::{self, Chunk, Finish, NotRun, Redelivery, Start};
+use assay_core::db::models::chunks::{self, Chunk, Redelivery};
 use assay_core::db::models::datasets::{self, DatasetItem};
-use assay_core::db::models::evaluations::{self, CancelReason, Evaluation};
+use assay_core::db::models::evaluations::{CancelReason, Evaluation};
+use assay_core::db::models::lifecycle::{self, Finish, NotRun, Start};
 use assay_core::db::models::prompts;
-use assay_core::db::models::results::{self, NewResult, ResultStatus};
+use assay_core::db::models::results::{self, CallFigures, NewResult, ResultStatus};
 use assay_core::domain::{ChatMessage, ModelParams};
 use assay_core::graders::{self, GradeInput, Grader, GraderSpec, Judge, JudgeReply};
 use assay_core::providers::Model;
@@ -183,7 +184,7 @@ pub async fn run(
     }
     let started = {
         let mut conn = env.pool.get().await.map_err(JobError::transient)?;
-        chunks::start(&mut conn, &job, &env.worker_name, LEASE)
+        lifecycle::start_chunk(&mut conn, &job, &env.worker_name, LEASE)
             .await
             .map_err(JobError::transient)?
     };
@@ -287,13 +288,13 @@ pub(super) async fn complete(
     evaluation: &Evaluation,
 ) -> Result<Outcome, JobError> {
     let mut conn = env.pool.get().await.map_err(JobError::transient)?;
-    let finished = chunks::finish(&mut conn, chunk, evaluation.repeats, &env.worker_name)
+    let finished = lifecycle::finish_chunk(&mut conn, chunk, evaluation.repeats, &env.worker_name)
         .await
         .map_err(JobError::transient)?;
     match finished {
         Finish::Done { last } => {
             if last
-                && evaluations::finish(
+                && lifecycle::finalize(
                     &mut conn,
                     chunk.tenant_id,
                     chunk.evaluation_id,
@@ -325,7 +326,7 @@ pub(super) async fn complete(
 async fn fail_evaluation(env: &Environment, job: &ChunkJob, reason: String) -> JobError {
     let failed = match env.pool.get().await {
         Ok(mut conn) => {
-            evaluations::fail(
+            lifecycle::fail(
                 &mut conn,
                 job.tenant_id,
                 job.evaluation_id,
@@ -632,7 +633,7 @@ async fn produce(
                         .increment(1);
                     let spend = Spend {
                         reserved,
-                        spent: if called { result.cost_usd } else { 0.0 } + result.grading_cost_usd,
+                        spent: if called { result.call.cost_usd } else { 0.0 } + result.grading_cost_usd,
                     };
                     // The writer outlives every call; a send fails only if it died, and then
                     // the job fails on the writer's error.
@@ -709,7 +710,7 @@ async fn stop_for_budget(
     reason: CancelReason,
 ) -> Result<(), JobError> {
     let mut conn = env.pool.get().await.map_err(JobError::transient)?;
-    let canceled = evaluations::cancel(
+    let canceled = lifecycle::cancel(
         &mut conn,
         evaluation.tenant_id,
         evaluation.id,
@@ -751,15 +752,7 @@ struct Run {
 /// What generation produced for a run: the answer, or why there is none.
 struct Generated {
     output: Result<String, String>,
-    latency_ms: Option<i32>,
-    input_tokens: i32,
-    output_tokens: i32,
-    cost_usd: f64,
-    attempts: i32,
-    finish_reason: Option<String>,
-    answered_by: Option<String>,
-    cached: bool,
-    cached_tokens: i32,
+    call: CallFigures,
     /// Why `output` is an error, for metrics: the provider's failure
     /// (`rate_limited`, `timeout`, ...), `template` or `source`.
     failure: &'static str,
@@ -770,15 +763,7 @@ impl Generated {
     fn nothing(reason: String) -> Self {
         Self {
             output: Err(reason),
-            latency_ms: None,
-            input_tokens: 0,
-            output_tokens: 0,
-            cost_usd: 0.0,
-            attempts: 0,
-            finish_reason: None,
-            answered_by: None,
-            cached: false,
-            cached_tokens: 0,
+            call: CallFigures::default(),
             failure: "template",
         }
     }
@@ -824,16 +809,8 @@ async fn evaluate_one(
     };
     // Errored until graded, with what the call cost; the error comes below.
     let mut result = NewResult {
-        latency_ms: generated.latency_ms,
-        input_tokens: generated.input_tokens,
-        output_tokens: generated.output_tokens,
-        cost_usd: generated.cost_usd,
-        attempts: generated.attempts,
-        finish_reason: generated.finish_reason,
         error: None,
-        answered_by: generated.answered_by,
-        cached: generated.cached,
-        cached_tokens: generated.cached_tokens,
+        call: generated.call,
         ..NewResult::errored(
             &plan.evaluation,
             &model.name,
@@ -861,9 +838,9 @@ async fn evaluate_one(
     let input = GradeInput {
         output: &output,
         context,
-        latency_ms: result.latency_ms.map(f64::from),
-        cost_usd: result.cost_usd,
-        finish_reason: result.finish_reason.as_deref(),
+        latency_ms: result.call.latency_ms.map(f64::from),
+        cost_usd: result.call.cost_usd,
+        finish_reason: result.call.finish_reason.as_deref(),
     };
     // The item's own pass mark wins over the evaluation's.
     let threshold = item.threshold.or(plan.evaluation.threshold);
@@ -911,19 +888,20 @@ async fn generate(
     );
     let saturate = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
     let mut generated = Generated::nothing(String::new());
-    generated.attempts = saturate(report.attempts);
-    generated.answered_by = report.answered_by;
-    generated.cached = report.cached;
-    generated.cost_usd = report.cost_usd;
+    let call = &mut generated.call;
+    call.attempts = saturate(report.attempts);
+    call.answered_by = report.answered_by;
+    call.cached = report.cached;
+    call.cost_usd = report.cost_usd;
     match report.outcome {
         Ok(completion) => {
-            generated.latency_ms = report
+            call.latency_ms = report
                 .latency
                 .map(|latency| i32::try_from(latency.as_millis()).unwrap_or(i32::MAX));
-            generated.input_tokens = saturate(completion.usage.input_tokens);
-            generated.output_tokens = saturate(completion.usage.output_tokens);
-            generated.cached_tokens = saturate(completion.usage.cached_tokens);
-            generated.finish_reason = completion.finish_reason;
+            call.input_tokens = saturate(completion.usage.input_tokens);
+            call.output_tokens = saturate(completion.usage.output_tokens);
+            call.cached_tokens = saturate(completion.usage.cached_tokens);
+            call.finish_reason = completion.finish_reason;
             generated.output = Ok(completion.text);
         }
         Err(error) => {
@@ -948,7 +926,7 @@ fn log_errored(result: &NewResult, reason: &'static str) {
         model = %result.model,
         item = result.item_position,
         repeat = result.repeat_index,
-        attempts = result.attempts,
+        attempts = result.call.attempts,
         reason,
         error = result.error.as_deref().unwrap_or_default(),
         "result errored"
@@ -969,15 +947,7 @@ fn from_source(stored: Option<results::StoredOutput>) -> Generated {
                 .error
                 .unwrap_or_else(|| "the source run has no output".to_owned())
         }),
-        latency_ms: stored.latency_ms,
-        input_tokens: stored.input_tokens,
-        output_tokens: stored.output_tokens,
-        cost_usd: stored.cost_usd,
-        attempts: stored.attempts,
-        finish_reason: stored.finish_reason,
-        answered_by: stored.answered_by,
-        cached: stored.cached,
-        cached_tokens: stored.cached_tokens,
+        call: stored.call,
         failure: "source",
     }
 }

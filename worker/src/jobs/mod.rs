@@ -98,7 +98,7 @@ async fn run_chunk_in_span(
             );
             tracing::error!(reason, "evaluation failed");
             if let Ok(mut conn) = env.pool.get().await {
-                let _ = assay_core::db::models::evaluations::fail(
+                let _ = assay_core::db::models::lifecycle::fail(
                     &mut conn,
                     job.tenant_id,
                     job.evaluation_id,

@@ -5,8 +5,10 @@
 //! A chunk moves `pending` -> `queued` (pushed under a fresh job id) ->
 //! `running` (a worker holds its lease, renewed while it runs) -> `done`
 //! (every run of its range has a result row); `canceled` when its evaluation
-//! is canceled or fails. A worker that dies leaves an expired lease, which
-//! the next delivery of the job (or the sweeper) takes over.
+//! is canceled or fails ([`ChunkStatus`], the moves in [`super::states::chunk_moves`]).
+//! A worker that dies leaves an expired lease, which the next delivery of
+//! the job (or the sweeper) takes over. This file holds planning, queueing
+//! and leases; moves that change the evaluation too are in [`super::lifecycle`].
 //!
 //! Fairness: an evaluation keeps at most [`QUEUED_PER_EVALUATION`] chunk in
 //! the queue. Each chunk that starts queues the next one of its evaluation,
@@ -26,11 +28,12 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{Array, Int4, Int8, Interval, Text, Uuid as SqlUuid};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use super::evaluations::{self, Evaluation, EvaluationStatus};
-use super::events::{self, NewEvent};
+use super::evaluations::Evaluation;
+pub use super::states::ChunkStatus;
+use super::states::{chunk_moves, evaluation_moves};
 use crate::db::schema::{evaluation_chunks, evaluations as evaluations_table};
 use crate::domain::Priority;
 use crate::queue::{ChunkJob, Push};
@@ -80,6 +83,33 @@ pub fn spread_runs_per_chunk(configured: i32, total_runs: i64, live_workers: u64
         .clamp(floor, configured)
 }
 
+/// How an evaluation is split into chunks.
+#[derive(Debug, Clone, Copy)]
+pub struct Planning {
+    /// Items in its dataset.
+    pub items: i32,
+    /// Runs (items x repeats) per chunk.
+    pub runs_per_chunk: i32,
+}
+
+impl Planning {
+    /// The same planning with chunks shrunk for `live_workers` (see
+    /// [`spread_runs_per_chunk`]); `total_runs` counts every model.
+    pub fn spread_over(self, total_runs: i64, live_workers: u64) -> Self {
+        Self {
+            runs_per_chunk: spread_runs_per_chunk(self.runs_per_chunk, total_runs, live_workers),
+            ..self
+        }
+    }
+
+    /// Chunks the plan of an evaluation with `repeats` and `models` has.
+    pub fn chunks(&self, repeats: i32, models: usize) -> i64 {
+        let items_per_chunk = (self.runs_per_chunk / repeats.max(1)).max(1);
+        let items = i64::from(self.items.max(0));
+        (items + i64::from(items_per_chunk) - 1) / i64::from(items_per_chunk) * models as i64
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
 #[diesel(table_name = evaluation_chunks, check_for_backend(diesel::pg::Pg))]
 pub struct Chunk {
@@ -89,7 +119,7 @@ pub struct Chunk {
     pub model: String,
     pub first_position: i32,
     pub last_position: i32,
-    pub status: String,
+    pub status: ChunkStatus,
     pub job_id: Option<Uuid>,
     pub queued_at: Option<DateTime<Utc>>,
     pub lease_owner: Option<String>,
@@ -195,11 +225,12 @@ pub async fn queue_pending(
     if room <= 0 {
         return Ok(Vec::new());
     }
-    let picked: Vec<QueuedRow> = diesel::sql_query(
+    let picked: Vec<QueuedRow> = diesel::sql_query(format!(
         "SELECT chunk_index, priority FROM evaluation_chunks
-         WHERE evaluation_id = $1 AND status = 'pending'
+         WHERE evaluation_id = $1 AND status IN ({from})
          ORDER BY chunk_index LIMIT $2 FOR UPDATE SKIP LOCKED",
-    )
+        from = ChunkStatus::sql_list(chunk_moves::QUEUE.from),
+    ))
     .bind::<SqlUuid, _>(evaluation.id)
     .bind::<Int8, _>(room)
     .load(conn)
@@ -224,12 +255,12 @@ pub async fn queue_pending(
 
 /// The assignments that drop a chunk's lease, made by every transition out
 /// of `running` (done, queued again, canceled, reopened).
-type NoLease = (
+pub(super) type NoLease = (
     diesel::dsl::Eq<evaluation_chunks::lease_owner, Option<String>>,
     diesel::dsl::Eq<evaluation_chunks::lease_expires_at, Option<DateTime<Utc>>>,
 );
 
-fn no_lease() -> NoLease {
+pub(super) fn no_lease() -> NoLease {
     (
         evaluation_chunks::lease_owner.eq(None),
         evaluation_chunks::lease_expires_at.eq(None),
@@ -243,129 +274,20 @@ async fn mark_queued(
     indices: &[i32],
     job_ids: &[Uuid],
 ) -> QueryResult<()> {
-    diesel::sql_query(
+    diesel::sql_query(format!(
         "UPDATE evaluation_chunks c
-         SET status = 'queued', job_id = u.job_id, queued_at = now(),
+         SET status = '{to}', job_id = u.job_id, queued_at = now(),
              lease_owner = NULL, lease_expires_at = NULL
          FROM unnest($2::int4[], $3::uuid[]) AS u(chunk_index, job_id)
          WHERE c.evaluation_id = $1 AND c.chunk_index = u.chunk_index",
-    )
+        to = chunk_moves::QUEUE.to,
+    ))
     .bind::<SqlUuid, _>(evaluation_id)
     .bind::<Array<Int4>, _>(indices)
     .bind::<Array<SqlUuid>, _>(job_ids)
     .execute(conn)
     .await?;
     Ok(())
-}
-
-/// Tops the evaluation's queued chunks up to [`QUEUED_PER_EVALUATION`].
-async fn refill(conn: &mut AsyncPgConnection, evaluation: &Evaluation) -> QueryResult<Vec<Push>> {
-    let queued: i64 = evaluation_chunks::table
-        .filter(evaluation_chunks::evaluation_id.eq(evaluation.id))
-        .filter(evaluation_chunks::status.eq("queued"))
-        .count()
-        .get_result(conn)
-        .await?;
-    queue_pending(conn, evaluation, QUEUED_PER_EVALUATION - queued).await
-}
-
-/// Why a delivered chunk job is not run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NotRun {
-    /// The chunk, or its evaluation, is gone.
-    Gone,
-    /// It is done already.
-    Done,
-    /// Its evaluation is canceled, failed or finished.
-    Stopped,
-    /// Another live worker holds its lease.
-    Elsewhere,
-}
-
-/// What [`start`] decided.
-#[derive(Debug)]
-pub enum Start {
-    /// Run it: this worker holds the lease. `refill` are the next chunks of
-    /// the evaluation, queued; push them.
-    Run {
-        chunk: Box<Chunk>,
-        evaluation: Box<Evaluation>,
-        refill: Vec<Push>,
-    },
-    NotRun(NotRun),
-}
-
-/// Takes a delivered chunk for worker `owner` for `lease`: unless it is
-/// finished, stopped, or leased by another live worker. Moves a queued
-/// evaluation to running (once, with its `evaluation.started` event) and
-/// queues the evaluation's next chunk.
-pub async fn start(
-    conn: &mut AsyncPgConnection,
-    job: &ChunkJob,
-    owner: &str,
-    lease: std::time::Duration,
-) -> QueryResult<Start> {
-    conn.transaction(async |conn| {
-        let Some(evaluation) = evaluations::lock(conn, job.tenant_id, job.evaluation_id).await?
-        else {
-            return Ok(Start::NotRun(NotRun::Gone));
-        };
-        let Some(chunk) = evaluation_chunks::table
-            .filter(evaluation_chunks::evaluation_id.eq(job.evaluation_id))
-            .filter(evaluation_chunks::chunk_index.eq(job.chunk_index))
-            .select(Chunk::as_select())
-            .for_update()
-            .first(conn)
-            .await
-            .optional()?
-        else {
-            return Ok(Start::NotRun(NotRun::Gone));
-        };
-        match chunk.status.as_str() {
-            "done" => return Ok(Start::NotRun(NotRun::Done)),
-            "canceled" => return Ok(Start::NotRun(NotRun::Stopped)),
-            "running"
-                if chunk.lease_owner.as_deref() != Some(owner)
-                    && chunk
-                        .lease_expires_at
-                        .is_some_and(|until| until > Utc::now()) =>
-            {
-                return Ok(Start::NotRun(NotRun::Elsewhere));
-            }
-            _ => {}
-        }
-        // Running under another owner's expired lease: that worker died (or
-        // stalled) while running it. Counted, so a chunk that takes down
-        // every worker it reaches is stopped (see `crashes`).
-        let crashed = chunk.status == "running" && chunk.lease_owner.as_deref() != Some(owner);
-        let evaluation = match evaluation.status() {
-            EvaluationStatus::Queued => evaluations::mark_running(conn, &evaluation, owner).await?,
-            EvaluationStatus::Running => evaluation,
-            _ => return Ok(Start::NotRun(NotRun::Stopped)),
-        };
-        let chunk: Chunk = diesel::update(
-            evaluation_chunks::table
-                .filter(evaluation_chunks::evaluation_id.eq(job.evaluation_id))
-                .filter(evaluation_chunks::chunk_index.eq(job.chunk_index)),
-        )
-        .set((
-            evaluation_chunks::status.eq("running"),
-            evaluation_chunks::lease_owner.eq(owner),
-            evaluation_chunks::lease_expires_at.eq(lease_until(lease)),
-            evaluation_chunks::starts.eq(evaluation_chunks::starts + 1),
-            evaluation_chunks::crashes.eq(evaluation_chunks::crashes + i32::from(crashed)),
-        ))
-        .returning(Chunk::as_returning())
-        .get_result(conn)
-        .await?;
-        let refill = refill(conn, &evaluation).await?;
-        Ok(Start::Run {
-            chunk: Box::new(chunk),
-            evaluation: Box::new(evaluation),
-            refill,
-        })
-    })
-    .await
 }
 
 /// A lease's length as PostgreSQL reads it. Leases end at `now() + lease`
@@ -378,7 +300,7 @@ fn interval(lease: std::time::Duration) -> diesel::data_types::PgInterval {
 }
 
 /// `now() + lease`, for a lease that starts now.
-fn lease_until(
+pub(super) fn lease_until(
     lease: std::time::Duration,
 ) -> diesel::expression::SqlLiteral<diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>> {
     diesel::dsl::sql(&format!(
@@ -408,14 +330,15 @@ pub async fn renew_leases(
         return Ok(Vec::new());
     }
     let (ids, indices): (Vec<Uuid>, Vec<i32>) = chunks.iter().copied().unzip();
-    let held: Vec<Held> = diesel::sql_query(
+    let held: Vec<Held> = diesel::sql_query(format!(
         "UPDATE evaluation_chunks c
          SET lease_expires_at = now() + $4
          FROM unnest($2::uuid[], $3::int4[]) AS u(evaluation_id, chunk_index)
          WHERE c.evaluation_id = u.evaluation_id AND c.chunk_index = u.chunk_index
-           AND c.status = 'running' AND c.lease_owner = $1
+           AND c.status = '{running}' AND c.lease_owner = $1
          RETURNING c.evaluation_id, c.chunk_index",
-    )
+        running = ChunkStatus::Running,
+    ))
     .bind::<Text, _>(owner)
     .bind::<Array<SqlUuid>, _>(&ids)
     .bind::<Array<Int4>, _>(&indices)
@@ -426,76 +349,6 @@ pub async fn renew_leases(
         .into_iter()
         .map(|row| (row.evaluation_id, row.chunk_index))
         .collect())
-}
-
-/// What [`finish`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Finish {
-    /// Some runs of the range have no result: the chunk is not done.
-    Incomplete { missing: i64 },
-    /// Done. `last` when no chunk of the evaluation is left: finalize it.
-    Done { last: bool },
-    /// The lease was lost (canceled, or taken over): nothing changed.
-    NotHeld,
-}
-
-/// Marks a chunk done once every run of its range has a result row, and
-/// says whether it was the evaluation's last. Serialized per evaluation (its
-/// row is locked), so exactly one chunk sees itself last.
-pub async fn finish(
-    conn: &mut AsyncPgConnection,
-    chunk: &Chunk,
-    repeats: i32,
-    owner: &str,
-) -> QueryResult<Finish> {
-    conn.transaction(async |conn| {
-        if evaluations::lock(conn, chunk.tenant_id, chunk.evaluation_id)
-            .await?
-            .is_none()
-        {
-            return Ok(Finish::NotHeld);
-        }
-        let written = super::results::count_in_range(
-            conn,
-            chunk.tenant_id,
-            chunk.evaluation_id,
-            &chunk.model,
-            chunk.first_position,
-            chunk.last_position,
-        )
-        .await?;
-        let expected = i64::from(chunk.items()) * i64::from(repeats);
-        if written < expected {
-            return Ok(Finish::Incomplete {
-                missing: expected - written,
-            });
-        }
-        let updated = diesel::update(
-            evaluation_chunks::table
-                .filter(evaluation_chunks::evaluation_id.eq(chunk.evaluation_id))
-                .filter(evaluation_chunks::chunk_index.eq(chunk.chunk_index))
-                .filter(evaluation_chunks::status.eq("running"))
-                .filter(evaluation_chunks::lease_owner.eq(owner)),
-        )
-        .set((
-            evaluation_chunks::status.eq("done"),
-            evaluation_chunks::finished_at.eq(diesel::dsl::now),
-            no_lease(),
-        ))
-        .execute(conn)
-        .await?;
-        if updated == 0 {
-            return Ok(Finish::NotHeld);
-        }
-        let left: i64 = evaluation_chunks::table
-            .filter(evaluation_chunks::evaluation_id.eq(chunk.evaluation_id))
-            .filter(evaluation_chunks::status.ne("done"))
-            .count()
-            .get_result(conn)
-            .await?;
-        Ok(Finish::Done { last: left == 0 })
-    })
-    .await
 }
 
 /// Crashes of one chunk before its remaining runs are given up when not
@@ -510,7 +363,7 @@ const GIVE_UP_PAGE: i32 = 500;
 /// no result yet, without rendering or calling anything: for a chunk that
 /// took down `crashes` workers (a poison chunk), so that its evaluation
 /// finishes instead of moving from worker to worker. The caller holds the
-/// lease and then [`finish`]es the chunk. Returns the rows written.
+/// lease and then [`super::lifecycle::finish_chunk`]es the chunk. Returns the rows written.
 pub async fn give_up_remaining(
     conn: &mut AsyncPgConnection,
     chunk: &Chunk,
@@ -589,11 +442,11 @@ pub async fn release(
         evaluation_chunks::table
             .filter(evaluation_chunks::evaluation_id.eq(chunk.evaluation_id))
             .filter(evaluation_chunks::chunk_index.eq(chunk.chunk_index))
-            .filter(evaluation_chunks::status.eq("running"))
+            .filter(evaluation_chunks::status.eq_any(chunk_moves::RELEASE.from))
             .filter(evaluation_chunks::lease_owner.eq(owner)),
     )
     .set((
-        evaluation_chunks::status.eq("queued"),
+        evaluation_chunks::status.eq(chunk_moves::RELEASE.to),
         evaluation_chunks::job_id.eq(diesel::dsl::sql::<diesel::sql_types::Nullable<SqlUuid>>(
             "coalesce(",
         )
@@ -609,64 +462,6 @@ pub async fn release(
         priority: chunk.priority(),
         job_id,
     }))
-}
-
-/// Cancels every unfinished chunk of an evaluation (in the caller's transaction).
-pub async fn cancel_unfinished(
-    conn: &mut AsyncPgConnection,
-    evaluation_id: Uuid,
-) -> QueryResult<usize> {
-    diesel::update(
-        evaluation_chunks::table
-            .filter(evaluation_chunks::evaluation_id.eq(evaluation_id))
-            .filter(evaluation_chunks::status.eq_any(["pending", "queued", "running"])),
-    )
-    .set((evaluation_chunks::status.eq("canceled"), no_lease()))
-    .execute(conn)
-    .await
-}
-
-/// Makes every chunk that is not done pending again (in the caller's transaction).
-pub async fn reopen_unfinished(
-    conn: &mut AsyncPgConnection,
-    evaluation_id: Uuid,
-) -> QueryResult<usize> {
-    diesel::update(
-        evaluation_chunks::table
-            .filter(evaluation_chunks::evaluation_id.eq(evaluation_id))
-            .filter(evaluation_chunks::status.ne("done")),
-    )
-    .set((
-        evaluation_chunks::status.eq("pending"),
-        evaluation_chunks::job_id.eq(None::<Uuid>),
-        no_lease(),
-    ))
-    .execute(conn)
-    .await
-}
-
-/// Makes the done chunks that hold one of `runs` (model, position) pending again.
-pub async fn reopen_holding(
-    conn: &mut AsyncPgConnection,
-    evaluation_id: Uuid,
-    runs: &[(String, i32)],
-) -> QueryResult<usize> {
-    if runs.is_empty() {
-        return Ok(0);
-    }
-    let (models, positions): (Vec<String>, Vec<i32>) = runs.iter().cloned().unzip();
-    diesel::sql_query(
-        "UPDATE evaluation_chunks c
-         SET status = 'pending', job_id = NULL, finished_at = NULL
-         WHERE c.evaluation_id = $1 AND c.status = 'done' AND EXISTS (
-             SELECT 1 FROM unnest($2::text[], $3::int4[]) AS r(model, position)
-             WHERE r.model = c.model AND r.position BETWEEN c.first_position AND c.last_position)",
-    )
-    .bind::<SqlUuid, _>(evaluation_id)
-    .bind::<Array<Text>, _>(&models)
-    .bind::<Array<Int4>, _>(&positions)
-    .execute(conn)
-    .await
 }
 
 /// Chunks of an evaluation by state, for progress reports.
@@ -686,7 +481,7 @@ pub async fn counts(
     tenant_id: Uuid,
     evaluation_id: Uuid,
 ) -> QueryResult<ChunkCounts> {
-    let rows: Vec<(String, i64)> = evaluation_chunks::table
+    let rows: Vec<(ChunkStatus, i64)> = evaluation_chunks::table
         .filter(evaluation_chunks::evaluation_id.eq(evaluation_id))
         .filter(evaluation_chunks::tenant_id.eq(tenant_id))
         .group_by(evaluation_chunks::status)
@@ -696,13 +491,13 @@ pub async fn counts(
     let mut counts = ChunkCounts::default();
     for (status, count) in rows {
         counts.total += count;
-        match status.as_str() {
-            "pending" => counts.pending = count,
-            "queued" => counts.queued = count,
-            "running" => counts.running = count,
-            "done" => counts.done = count,
-            _ => counts.canceled = count,
-        }
+        *match status {
+            ChunkStatus::Pending => &mut counts.pending,
+            ChunkStatus::Queued => &mut counts.queued,
+            ChunkStatus::Running => &mut counts.running,
+            ChunkStatus::Done => &mut counts.done,
+            ChunkStatus::Canceled => &mut counts.canceled,
+        } = count;
     }
     Ok(counts)
 }
@@ -711,18 +506,19 @@ pub async fn counts(
 /// running. The work left, for autoscaling (the queue holds one chunk per
 /// evaluation, so its depth does not say how much work is left).
 pub async fn unfinished_by_state(conn: &mut AsyncPgConnection) -> QueryResult<[i64; 3]> {
-    let rows: Vec<(String, i64)> = evaluation_chunks::table
-        .filter(evaluation_chunks::status.eq_any(["pending", "queued", "running"]))
+    let rows: Vec<(ChunkStatus, i64)> = evaluation_chunks::table
+        .filter(evaluation_chunks::status.eq_any(chunk_moves::CANCEL.from))
         .group_by(evaluation_chunks::status)
         .select((evaluation_chunks::status, diesel::dsl::count_star()))
         .load(conn)
         .await?;
     let mut counts = [0; 3];
     for (status, count) in rows {
-        let index = match status.as_str() {
-            "pending" => 0,
-            "queued" => 1,
-            _ => 2,
+        let index = match status {
+            ChunkStatus::Pending => 0,
+            ChunkStatus::Queued => 1,
+            ChunkStatus::Running => 2,
+            ChunkStatus::Done | ChunkStatus::Canceled => continue,
         };
         counts[index] = count;
     }
@@ -739,11 +535,12 @@ pub async fn oldest_queued_age(conn: &mut AsyncPgConnection) -> QueryResult<[f64
         #[diesel(sql_type = diesel::sql_types::Double)]
         age: f64,
     }
-    let rows: Vec<Row> = diesel::sql_query(
+    let rows: Vec<Row> = diesel::sql_query(format!(
         "SELECT priority, extract(epoch FROM now() - min(queued_at))::float8 AS age
-         FROM evaluation_chunks WHERE status = 'queued' AND queued_at IS NOT NULL
+         FROM evaluation_chunks WHERE status = '{queued}' AND queued_at IS NOT NULL
          GROUP BY priority",
-    )
+        queued = ChunkStatus::Queued,
+    ))
     .load(conn)
     .await?;
     let mut ages = [0.0; 3];
@@ -779,13 +576,13 @@ pub async fn suspects(
         .inner_join(
             evaluations_table::table.on(evaluations_table::id.eq(evaluation_chunks::evaluation_id)),
         )
-        .filter(evaluations_table::status.eq_any(["queued", "running"]))
+        .filter(evaluations_table::status.eq_any(evaluation_moves::UNFINISHED))
         .filter(
             evaluation_chunks::status
-                .eq("queued")
+                .eq(ChunkStatus::Queued)
                 .and(evaluation_chunks::queued_at.lt(queued_before))
                 .or(evaluation_chunks::status
-                    .eq("running")
+                    .eq(ChunkStatus::Running)
                     .and(evaluation_chunks::lease_expires_at.lt(diesel::dsl::now))),
         )
         .order((
@@ -819,18 +616,18 @@ pub async fn requeue_lost(
             evaluation_chunks::table
                 .filter(evaluation_chunks::evaluation_id.eq(chunk.evaluation_id))
                 .filter(evaluation_chunks::chunk_index.eq(chunk.chunk_index))
-                .filter(evaluation_chunks::status.eq(&chunk.status))
+                .filter(evaluation_chunks::status.eq(chunk.status))
                 .filter(evaluation_chunks::job_id.is_not_distinct_from(chunk.job_id))
                 .filter(evaluation_chunks::lease_owner.is_not_distinct_from(&chunk.lease_owner)),
         )
         .set((
-            evaluation_chunks::status.eq("queued"),
+            evaluation_chunks::status.eq(chunk_moves::REQUEUE.to),
             evaluation_chunks::job_id.eq(job_id),
             evaluation_chunks::queued_at.eq(diesel::dsl::now),
             no_lease(),
             // A running chunk whose lease expired lost its worker.
             evaluation_chunks::crashes
-                .eq(evaluation_chunks::crashes + i32::from(chunk.status == "running")),
+                .eq(evaluation_chunks::crashes + i32::from(chunk.status == ChunkStatus::Running)),
         ))
         .execute(conn)
         .await?;
@@ -841,114 +638,6 @@ pub async fn requeue_lost(
                 job_id,
             });
         }
-    }
-    Ok(pushes)
-}
-
-#[derive(QueryableByName)]
-struct EvaluationKey {
-    #[diesel(sql_type = SqlUuid)]
-    id: Uuid,
-    #[diesel(sql_type = SqlUuid)]
-    tenant_id: Uuid,
-}
-
-/// Unfinished evaluations with pending chunks and room in the queue: their
-/// refill was lost (a worker died between starting a chunk and pushing the
-/// next). Queues what they lack; push the result.
-pub async fn refill_starved(conn: &mut AsyncPgConnection, limit: i64) -> QueryResult<Vec<Push>> {
-    let starved: Vec<EvaluationKey> = diesel::sql_query(
-        "SELECT e.id, e.tenant_id FROM evaluations e
-         JOIN evaluation_chunks c ON c.evaluation_id = e.id
-         WHERE e.status IN ('queued', 'running') AND c.status IN ('pending', 'queued')
-         GROUP BY e.id, e.tenant_id
-         HAVING count(*) FILTER (WHERE c.status = 'queued') < $1
-            AND count(*) FILTER (WHERE c.status = 'pending') > 0
-         LIMIT $2",
-    )
-    .bind::<Int8, _>(QUEUED_PER_EVALUATION)
-    .bind::<Int8, _>(limit)
-    .load(conn)
-    .await?;
-    let mut pushes = Vec::new();
-    for key in starved {
-        if let Some(evaluation) = evaluations::lock(conn, key.tenant_id, key.id).await?
-            && !evaluation.status().is_terminal()
-        {
-            pushes.extend(refill(conn, &evaluation).await?);
-        }
-    }
-    Ok(pushes)
-}
-
-/// Running evaluations whose chunks are all done: the worker that finished
-/// the last one died before finalizing. Finalize them (guarded, once).
-pub async fn unfinalized(
-    conn: &mut AsyncPgConnection,
-    limit: i64,
-) -> QueryResult<Vec<(Uuid, Uuid)>> {
-    let rows: Vec<EvaluationKey> = diesel::sql_query(
-        "SELECT e.id, e.tenant_id FROM evaluations e
-         WHERE e.status = 'running'
-           AND EXISTS (SELECT 1 FROM evaluation_chunks c WHERE c.evaluation_id = e.id)
-           AND NOT EXISTS (SELECT 1 FROM evaluation_chunks c
-                           WHERE c.evaluation_id = e.id AND c.status <> 'done')
-         LIMIT $1",
-    )
-    .bind::<Int8, _>(limit)
-    .load(conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|row| (row.tenant_id, row.id))
-        .collect())
-}
-
-/// Unfinished evaluations without a plan (written by a version that
-/// predates chunks): plan and queue them.
-pub async fn plan_unplanned(
-    conn: &mut AsyncPgConnection,
-    runs_per_chunk: i32,
-    limit: i64,
-) -> QueryResult<Vec<Push>> {
-    let rows: Vec<EvaluationKey> = diesel::sql_query(
-        "SELECT e.id, e.tenant_id FROM evaluations e
-         WHERE e.status IN ('queued', 'running')
-           AND NOT EXISTS (SELECT 1 FROM evaluation_chunks c WHERE c.evaluation_id = e.id)
-         LIMIT $1",
-    )
-    .bind::<Int8, _>(limit)
-    .load(conn)
-    .await?;
-    let mut pushes = Vec::new();
-    for key in rows {
-        let Some(evaluation) = evaluations::lock(conn, key.tenant_id, key.id).await? else {
-            continue;
-        };
-        let items = evaluations::item_count(conn, &evaluation).await?;
-        let plan = plan(
-            evaluation.tenant_id,
-            evaluation.id,
-            &evaluation.model_names(),
-            items,
-            evaluation.repeats,
-            runs_per_chunk,
-            evaluation.priority(),
-        );
-        insert_plan(conn, &plan).await?;
-        events::record(
-            conn,
-            NewEvent {
-                tenant_id: evaluation.tenant_id,
-                actor: "system",
-                action: "evaluation.planned",
-                resource_type: "evaluation",
-                resource_id: evaluation.id,
-                data: serde_json::json!({ "chunks": plan.len() }),
-            },
-        )
-        .await?;
-        pushes.extend(queue_pending(conn, &evaluation, QUEUED_PER_EVALUATION).await?);
     }
     Ok(pushes)
 }

@@ -33,10 +33,12 @@ pub mod evaluations;
 pub mod events;
 pub mod idempotency;
 pub mod labels;
+pub mod lifecycle;
 pub mod optimizations;
 pub mod promotions;
 pub mod prompts;
 pub mod results;
+pub mod states;
 pub mod tenant_limits;
 pub mod webhooks;
 

@@ -38,6 +38,27 @@ impl ResultStatus {
     }
 }
 
+/// How a run's generation went: what every shape of a result row carries
+/// (the row written, the row read, a re-grading's source), declared once
+/// and embedded in each.
+#[derive(Debug, Clone, Default, PartialEq, Queryable, Selectable, Insertable, Serialize)]
+#[diesel(table_name = evaluation_results, check_for_backend(diesel::pg::Pg))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CallFigures {
+    pub latency_ms: Option<i32>,
+    pub input_tokens: i32,
+    pub output_tokens: i32,
+    /// What generation cost.
+    pub cost_usd: f64,
+    pub attempts: i32,
+    pub finish_reason: Option<String>,
+    /// The model that answered (this row's model or a fallback); None when none did.
+    pub answered_by: Option<String>,
+    pub cached: bool,
+    pub cached_tokens: i32,
+}
+
+/// A result row as written.
 #[derive(Debug, Clone, Insertable)]
 #[diesel(table_name = evaluation_results)]
 pub struct NewResult {
@@ -51,20 +72,13 @@ pub struct NewResult {
     pub output: Option<String>,
     pub score: Option<f64>,
     pub grades: Value,
-    pub latency_ms: Option<i32>,
-    pub input_tokens: i32,
-    pub output_tokens: i32,
-    pub cost_usd: f64,
     pub grading_cost_usd: f64,
-    pub attempts: i32,
-    pub finish_reason: Option<String>,
     pub error: Option<String>,
-    /// The model that answered (this row's model or a fallback); None when none did.
-    pub answered_by: Option<String>,
-    pub cached: bool,
-    pub cached_tokens: i32,
+    #[diesel(embed)]
+    pub call: CallFigures,
 }
 
+/// A result row as read.
 #[derive(Debug, Clone, Queryable, Selectable, Serialize)]
 #[diesel(table_name = evaluation_results, check_for_backend(diesel::pg::Pg))]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -77,18 +91,12 @@ pub struct EvaluationResult {
     pub output: Option<String>,
     pub score: Option<f64>,
     pub grades: Value,
-    pub latency_ms: Option<i32>,
-    pub input_tokens: i32,
-    pub output_tokens: i32,
-    pub cost_usd: f64,
     pub grading_cost_usd: f64,
-    pub attempts: i32,
-    pub finish_reason: Option<String>,
     pub error: Option<String>,
     pub created_at: DateTime<Utc>,
-    pub answered_by: Option<String>,
-    pub cached: bool,
-    pub cached_tokens: i32,
+    #[diesel(embed)]
+    #[serde(flatten)]
+    pub call: CallFigures,
 }
 
 /// How many rows a batch actually wrote, by status.
@@ -132,17 +140,9 @@ impl NewResult {
             output: None,
             score: None,
             grades: Value::Array(Vec::new()),
-            latency_ms: None,
-            input_tokens: 0,
-            output_tokens: 0,
-            cost_usd: 0.0,
             grading_cost_usd: 0.0,
-            attempts: 0,
-            finish_reason: None,
             error: Some(reason.to_owned()),
-            answered_by: None,
-            cached: false,
-            cached_tokens: 0,
+            call: CallFigures::default(),
         }
     }
 
@@ -151,7 +151,7 @@ impl NewResult {
         let text = |text: &Option<String>| text.as_deref().is_some_and(|text| text.contains(NUL));
         text(&self.output)
             || text(&self.error)
-            || text(&self.finish_reason)
+            || text(&self.call.finish_reason)
             || crate::domain::holds_nul(&self.grades)
     }
 
@@ -163,8 +163,11 @@ impl NewResult {
         Self {
             output: text(&self.output),
             error: text(&self.error),
-            finish_reason: text(&self.finish_reason),
             grades,
+            call: CallFigures {
+                finish_reason: text(&self.call.finish_reason),
+                ..self.call.clone()
+            },
             ..self.clone()
         }
     }
@@ -302,16 +305,9 @@ pub struct StoredOutput {
     pub model: String,
     pub repeat_index: i32,
     pub output: Option<String>,
-    pub latency_ms: Option<i32>,
-    pub input_tokens: i32,
-    pub output_tokens: i32,
-    pub cost_usd: f64,
-    pub attempts: i32,
-    pub finish_reason: Option<String>,
     pub error: Option<String>,
-    pub answered_by: Option<String>,
-    pub cached: bool,
-    pub cached_tokens: i32,
+    #[diesel(embed)]
+    pub call: CallFigures,
 }
 
 /// `model`'s stored outputs of items in `first..=last`, by run.
