@@ -183,6 +183,7 @@ pub async fn run(config: WorkerConfig) -> anyhow::Result<()> {
                 .backend(storage.clone().poll_with_strategy(strategy))
                 .data(env.clone())
                 .data(chunk_kind.clone())
+                .layer(jobs::catch_panics())
                 .layer(gate.clone())
                 .concurrency(jobs)
                 .parallelize(tokio::spawn)
@@ -207,6 +208,7 @@ pub async fn run(config: WorkerConfig) -> anyhow::Result<()> {
                             .poll_with_strategy(Strategy::new().interval(poll_interval)),
                     )
                     .data(env.clone())
+                    .layer(jobs::catch_panics())
                     .concurrency(jobs::versioning::JOBS_PER_KIND)
                     .parallelize(tokio::spawn)
                     .build($handler)
@@ -246,6 +248,7 @@ pub async fn run(config: WorkerConfig) -> anyhow::Result<()> {
                 )
                 .data(env.clone())
                 .data(webhook_kind.clone())
+                .layer(jobs::catch_panics())
                 .concurrency(slots)
                 .parallelize(tokio::spawn)
                 .build(jobs::webhooks::run_delivery)

@@ -4,24 +4,54 @@
 //! queue(s), registered in [`crate::run`]; metrics carry the `kind` label.
 //!
 //! Retry policy: the apalis Redis backend re-schedules every failed job by
-//! itself (`attempt` seconds later, up to 25 times), so there is no tower
-//! retry layer on top. A handler returns `AbortError` for permanent failures
-//! and once a job has failed [`MAX_ATTEMPTS`] times; otherwise a plain error
-//! lets the backend try again.
+//! itself (`attempt` seconds later, up to 25 times), so apalis' retry layer
+//! would multiply its attempts and is not used. A handler returns
+//! `AbortError` for permanent failures and once a job has failed
+//! [`MAX_ATTEMPTS`] times; otherwise a plain error lets the backend try
+//! again. Panics: every consumer has apalis' panic layer ([`catch_panics`]).
 
 pub mod chunk;
 mod poison;
 pub mod versioning;
 pub mod webhooks;
 
+use std::any::Any;
 use std::sync::Arc;
 
+use apalis::layers::catch_panic::CatchPanicLayer;
 use apalis::prelude::*;
 use assay_core::queue::ChunkJob;
 use metrics::counter;
 use tracing::Instrument;
 
 use crate::environment::Environment;
+
+/// The panic layer every consumer has: a handler that panics fails its job
+/// (logged and counted in `assay_job_panics_total`) instead of ending the
+/// consumer. The queue does not retry it: a chunk's lease expires and the
+/// sweeper queues the chunk again, counting a crash, so a chunk that
+/// panics every time is given up after a few (see `chunks::DEFAULT_MAX_CRASHES`).
+pub type PanicLayer = CatchPanicLayer<fn(&Box<dyn Any + Send>) -> AbortError, AbortError>;
+
+pub fn catch_panics() -> PanicLayer {
+    CatchPanicLayer::with_panic_handler(job_panicked)
+}
+
+fn job_panicked(panic: &Box<dyn Any + Send>) -> AbortError {
+    let message = panic_message(panic);
+    counter!("assay_job_panics_total").increment(1);
+    tracing::error!(panic = message, "a job panicked; it is not retried");
+    AbortError::new(format!("the job panicked: {message}"))
+}
+
+/// A panic's message, when it is text.
+pub(crate) fn panic_message(panic: &Box<dyn Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|text| (*text).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-text panic".to_owned())
+}
 
 /// Runs of one job (apalis counts them from 1) before its evaluation is
 /// marked failed: about three and a half minutes of retries (1 s, 2 s, ...),
