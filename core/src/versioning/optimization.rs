@@ -26,14 +26,14 @@ use uuid::Uuid;
 
 use super::optimizer::{self, FailingCase, MAX_FAILURES, MAX_RATIONALE_CHARS};
 use super::{Ctx, EvaluationSetup, Policy, Step, compare, evaluation_for, job_ref};
-use crate::db::models::datasets::{self, Dataset};
+use crate::db::models::datasets::{self, Dataset, NewDataset};
 use crate::db::models::evaluations::{self, CancelReason, Evaluation, EvaluationStatus};
 use crate::db::models::optimizations::{self, Advance, Candidate, Optimization};
 use crate::db::models::prompts::{self, Commit, PromptVersion, VersionRef};
 use crate::db::models::{branches, promotions};
 use crate::db::schema::{evaluation_results, prompt_versions};
+use crate::domain::{DatasetSummary, ParsedDataset, ParsedItem};
 use crate::domain::{ModelParams, PromptContent};
-use crate::domain::{ParsedDataset, ParsedItem};
 use crate::providers::call::CallOptions;
 use crate::queue::{VersioningJob, VersioningKind};
 
@@ -132,9 +132,8 @@ async fn split(
         )
         .await;
     }
-    let parsed = |items: Vec<datasets::DatasetItem>| ParsedDataset {
-        items_with_graders: items.iter().filter(|item| item.graders.is_some()).count(),
-        items: items
+    let parsed = |items: Vec<datasets::DatasetItem>| {
+        let items: Vec<ParsedItem> = items
             .into_iter()
             .map(|item| ParsedItem {
                 key: item.item_key,
@@ -143,9 +142,21 @@ async fn split(
                 threshold: item.threshold,
                 graders: item.graders,
             })
-            .collect(),
-        variables: dataset.shape().variables,
-        all_expected: dataset.all_expected,
+            .collect();
+        let graders = items
+            .iter()
+            .filter_map(|item| item.graders.as_ref()?.as_array());
+        ParsedDataset {
+            summary: DatasetSummary {
+                items: items.len(),
+                variables: dataset.shape().variables,
+                all_expected: dataset.all_expected,
+                items_with_graders: graders.clone().count(),
+                item_graders: graders.map(Vec::len).sum(),
+                content_hash: None,
+            },
+            items,
+        }
     };
     let (train, validation) = (parsed(train), parsed(validation));
     let actor = ctx.actor;
@@ -159,22 +170,24 @@ async fn split(
         let description = Some("made by an optimization: its part of the dataset");
         let train = datasets::create(
             conn,
-            tenant_id,
-            actor,
-            &format!("opt-{id}-train"),
-            description,
+            NewDataset {
+                tenant_id,
+                actor,
+                name: &format!("opt-{id}-train"),
+                description,
+            },
             &train,
-            None,
         )
         .await?;
         let validation = datasets::create(
             conn,
-            tenant_id,
-            actor,
-            &format!("opt-{id}-validation"),
-            description,
+            NewDataset {
+                tenant_id,
+                actor,
+                name: &format!("opt-{id}-validation"),
+                description,
+            },
             &validation,
-            None,
         )
         .await?;
         optimizations::advance(
