@@ -167,29 +167,15 @@ async fn split(
         if locked.status != "queued" {
             return Ok(());
         }
-        let description = Some("made by an optimization: its part of the dataset");
-        let train = datasets::create(
-            conn,
-            NewDataset {
-                tenant_id,
-                actor,
-                name: &format!("opt-{id}-train"),
-                description,
-            },
-            &train,
-        )
-        .await?;
-        let validation = datasets::create(
-            conn,
-            NewDataset {
-                tenant_id,
-                actor,
-                name: &format!("opt-{id}-validation"),
-                description,
-            },
-            &validation,
-        )
-        .await?;
+        let names = (format!("opt-{id}-train"), format!("opt-{id}-validation"));
+        let part = |name| NewDataset {
+            tenant_id,
+            actor,
+            name,
+            description: Some("made by an optimization: its part of the dataset"),
+        };
+        let train = datasets::create(conn, part(&names.0), &train).await?;
+        let validation = datasets::create(conn, part(&names.1), &validation).await?;
         optimizations::advance(
             conn,
             id,
