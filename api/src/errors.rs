@@ -150,6 +150,18 @@ impl From<diesel::result::Error> for ApiError {
     }
 }
 
+impl From<assay_core::db::models::datasets::CreateError> for ApiError {
+    fn from(error: assay_core::db::models::datasets::CreateError) -> Self {
+        use assay_core::db::models::datasets::CreateError;
+        match error {
+            CreateError::Database(error) => ApiError::from(error),
+            CreateError::Abandoned => {
+                ApiError::Internal(anyhow::anyhow!("the upload ended without its last batch"))
+            }
+        }
+    }
+}
+
 impl From<diesel_async::pooled_connection::deadpool::PoolError> for ApiError {
     fn from(error: diesel_async::pooled_connection::deadpool::PoolError) -> Self {
         // The driver's words stay in the log: they may name hosts and users.

@@ -6,7 +6,7 @@
 //!   deleted on drop.
 //! - [`Process`]: one of the project's binaries started as a child process
 //!   (killed on drop), for tests that must see real processes die.
-//! - [`Client`]: a small JSON client with a bearer key.
+//! - [`Client`]: the API client the `assay` CLI uses, with the tests' timeout.
 //! - [`Browser`]: headless Chromium over WebDriver, for the web viewer's tests.
 //! - [`Proxy`]: a TCP proxy a test can cut, to take Redis away from one process.
 //! - [`Receiver`]: a local HTTP server that records webhook requests and

@@ -5,11 +5,12 @@
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
+use assay_core::db::models::api_keys::Caller;
 use assay_core::db::models::datasets;
 use assay_core::domain::csv_items::CsvItems;
 use assay_core::domain::{
-    ContentHasher, DatasetItemInput, ItemChecker, MAX_ITEM_BYTES, parse_jsonl_line,
-    validate_description, validate_items_with, validate_name,
+    ContentHasher, DatasetItemInput, DatasetSummary, ItemChecker, MAX_ITEM_BYTES, ParsedItem,
+    parse_jsonl_line, validate_description, validate_items_with, validate_name,
 };
 use serde::Deserialize;
 use uuid::Uuid;
@@ -91,25 +92,14 @@ pub async fn create(
             validate_name("name", &body.name)?;
             validate_description("description", body.description.as_deref())?;
             let content_hash = ContentHasher::of_items(&body.items);
-            let parsed =
+            let mut parsed =
                 validate_items_with(ItemChecker::with_catalog(state.catalog.clone()), body.items)?;
+            parsed.summary.content_hash = Some(content_hash);
             let mut conn = state.pool.get().await?;
-            let dataset = datasets::create(
-                &mut conn,
-                caller.tenant_id,
-                &caller.actor(),
-                &body.name,
-                body.description.as_deref(),
-                &parsed,
-                Some(&content_hash),
-            )
-            .await?;
-            let graders = parsed
-                .items
-                .iter()
-                .filter_map(|item| item.graders.as_ref()?.as_array().map(Vec::len))
-                .sum();
-            record_upload("json", parsed.items.len(), graders);
+            let actor = caller.actor();
+            let new = new_dataset(&caller, &actor, &body.name, body.description.as_deref());
+            let dataset = datasets::create(&mut conn, new, &parsed).await?;
+            record_upload("json", &parsed.summary);
             dataset
         }
         "application/x-ndjson" | "application/jsonl" | "application/json-lines" => {
@@ -277,7 +267,7 @@ impl Spool {
         })
     }
 
-    async fn write(&mut self, items: &[assay_core::domain::ParsedItem]) -> Result<(), ApiError> {
+    async fn write(&mut self, items: &[ParsedItem]) -> Result<(), ApiError> {
         use tokio::io::AsyncWriteExt;
         let mut lines = Vec::new();
         for item in items {
@@ -288,11 +278,11 @@ impl Spool {
         self.file.write_all(&lines).await.map_err(spool_error)
     }
 
-    /// The items back, in order, a batch at a time.
+    /// The items back, in order, a batch at a time. On an error the
+    /// batches stop short, and the writer writes nothing.
     async fn replay(
         mut self,
-        batches: tokio::sync::mpsc::Sender<datasets::Upload>,
-        summary: assay_core::domain::DatasetSummary,
+        batches: tokio::sync::mpsc::Sender<Vec<ParsedItem>>,
     ) -> Result<(), ApiError> {
         use tokio::io::{AsyncBufReadExt, AsyncSeekExt, AsyncWriteExt};
         self.file.flush().await.map_err(spool_error)?;
@@ -306,16 +296,16 @@ impl Spool {
             );
             if batch.len() == UPLOAD_BATCH {
                 let full = std::mem::replace(&mut batch, Vec::with_capacity(UPLOAD_BATCH));
-                if batches.send(datasets::Upload::Items(full)).await.is_err() {
+                if batches.send(full).await.is_err() {
                     // The writer failed; its error is the answer.
                     return Ok(());
                 }
             }
         }
-        if !batch.is_empty() && batches.send(datasets::Upload::Items(batch)).await.is_err() {
-            return Ok(());
+        if !batch.is_empty() {
+            // A failure here is the writer's, and its error is the answer.
+            let _ = batches.send(batch).await;
         }
-        let _ = batches.send(datasets::Upload::Done(summary)).await;
         Ok(())
     }
 }
@@ -330,7 +320,7 @@ fn spool_error(error: std::io::Error) -> ApiError {
 /// over the bytes as they pass.
 async fn stream_items(
     state: &AppState,
-    caller: &assay_core::db::models::api_keys::Caller,
+    caller: &Caller,
     name: &str,
     description: Option<&str>,
     payload: web::Payload,
@@ -365,36 +355,43 @@ async fn stream_items(
     }
     let mut summary = checker.finish()?;
     summary.content_hash = Some(hasher.finish());
-    let (items, item_graders) = (summary.items, summary.item_graders);
 
-    let (batches, received) = tokio::sync::mpsc::channel(1);
+    // One batch in the channel while the writer inserts the one before.
+    let (batches, mut received) = tokio::sync::mpsc::channel(1);
     let mut conn = state.pool.get().await?;
     let actor = caller.actor();
     let writer = datasets::create_streamed(
         &mut conn,
-        caller.tenant_id,
-        &actor,
-        name,
-        description,
-        received,
+        new_dataset(caller, &actor, name, description),
+        &summary,
+        futures::stream::poll_fn(move |context| received.poll_recv(context)),
     );
-    let (replayed, written) = futures::join!(spool.replay(batches, summary), writer);
+    let (replayed, written) = futures::join!(spool.replay(batches), writer);
     replayed?;
-    let dataset = written.map_err(|error| match error {
-        datasets::UploadError::Database(error) => ApiError::from(error),
-        datasets::UploadError::Abandoned => {
-            ApiError::Internal(anyhow::anyhow!("the upload ended without its last batch"))
-        }
-    })?;
-    record_upload(format, items, item_graders);
+    let dataset = written?;
+    record_upload(format, &summary);
     Ok(dataset)
 }
 
-fn record_upload(format: &'static str, items: usize, item_graders: usize) {
+fn new_dataset<'a>(
+    caller: &Caller,
+    actor: &'a str,
+    name: &'a str,
+    description: Option<&'a str>,
+) -> datasets::NewDataset<'a> {
+    datasets::NewDataset {
+        tenant_id: caller.tenant_id,
+        actor,
+        name,
+        description,
+    }
+}
+
+fn record_upload(format: &'static str, summary: &DatasetSummary) {
     metrics::counter!("assay_dataset_uploads_total", "format" => format).increment(1);
     metrics::counter!("assay_dataset_upload_items_total", "format" => format)
-        .increment(items as u64);
-    metrics::counter!("assay_dataset_item_graders_total").increment(item_graders as u64);
+        .increment(summary.items as u64);
+    metrics::counter!("assay_dataset_item_graders_total").increment(summary.item_graders as u64);
 }
 
 /// `?after=&limit=` and, to find a dataset by what it holds, `content_hash=`.

@@ -53,12 +53,7 @@ pub struct DatasetItemInput {
 pub struct ParsedDataset {
     /// Items in order.
     pub items: Vec<ParsedItem>,
-    /// Variables every item defines.
-    pub variables: Vec<String>,
-    /// Whether every item has an expected output.
-    pub all_expected: bool,
-    /// Items that carry their own graders.
-    pub items_with_graders: usize,
+    pub summary: DatasetSummary,
 }
 
 /// One checked item. Serializable: an upload spools its checked items
@@ -327,12 +322,9 @@ pub fn validate_items_with(
         .into_iter()
         .map(|item| checker.check(item))
         .collect::<Result<Vec<_>, _>>()?;
-    let summary = checker.finish()?;
     Ok(ParsedDataset {
         items: parsed,
-        variables: summary.variables,
-        all_expected: summary.all_expected,
-        items_with_graders: summary.items_with_graders,
+        summary: checker.finish()?,
     })
 }
 
@@ -368,8 +360,8 @@ mod tests {
             item(json!({"vars": {"q": 3}, "expected": "y"})),
         ])
         .unwrap();
-        assert_eq!(parsed.variables, vec!["q".to_owned()]);
-        assert!(parsed.all_expected);
+        assert_eq!(parsed.summary.variables, vec!["q".to_owned()]);
+        assert!(parsed.summary.all_expected);
         assert_eq!(parsed.items[1].key, "1");
     }
 
@@ -399,7 +391,8 @@ mod tests {
             item(json!({"vars": {"city": "Rome"}})),
         ])
         .unwrap();
-        assert_eq!(parsed.items_with_graders, 1);
+        assert_eq!(parsed.summary.items_with_graders, 1);
+        assert_eq!(parsed.summary.item_graders, 1);
         assert_eq!(
             parsed.items[0].graders,
             Some(json!([{"type": "contains", "value": "{{ city }}"}]))

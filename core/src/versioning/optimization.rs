@@ -26,15 +26,15 @@ use uuid::Uuid;
 
 use super::optimizer::{self, FailingCase, MAX_FAILURES, MAX_RATIONALE_CHARS};
 use super::{Ctx, EvaluationSetup, Policy, Step, compare, evaluation_for, job_ref};
-use crate::db::models::datasets::{self, Dataset};
+use crate::db::models::datasets::{self, Dataset, NewDataset};
 use crate::db::models::evaluations::{self, CancelReason, Evaluation, EvaluationStatus};
 use crate::db::models::lifecycle;
 use crate::db::models::optimizations::{self, Advance, Candidate, Optimization};
 use crate::db::models::prompts::{self, Commit, PromptVersion, VersionRef};
 use crate::db::models::{branches, promotions};
 use crate::db::schema::{evaluation_results, prompt_versions};
+use crate::domain::{DatasetSummary, ParsedDataset, ParsedItem};
 use crate::domain::{ModelParams, PromptContent};
-use crate::domain::{ParsedDataset, ParsedItem};
 use crate::providers::call::CallOptions;
 use crate::queue::{VersioningJob, VersioningKind};
 
@@ -133,9 +133,8 @@ async fn split(
         )
         .await;
     }
-    let parsed = |items: Vec<datasets::DatasetItem>| ParsedDataset {
-        items_with_graders: items.iter().filter(|item| item.graders.is_some()).count(),
-        items: items
+    let parsed = |items: Vec<datasets::DatasetItem>| {
+        let items: Vec<ParsedItem> = items
             .into_iter()
             .map(|item| ParsedItem {
                 key: item.item_key,
@@ -144,9 +143,21 @@ async fn split(
                 threshold: item.threshold,
                 graders: item.graders,
             })
-            .collect(),
-        variables: dataset.shape().variables,
-        all_expected: dataset.all_expected,
+            .collect();
+        let graders = items
+            .iter()
+            .filter_map(|item| item.graders.as_ref()?.as_array());
+        ParsedDataset {
+            summary: DatasetSummary {
+                items: items.len(),
+                variables: dataset.shape().variables,
+                all_expected: dataset.all_expected,
+                items_with_graders: graders.clone().count(),
+                item_graders: graders.map(Vec::len).sum(),
+                content_hash: None,
+            },
+            items,
+        }
     };
     let (train, validation) = (parsed(train), parsed(validation));
     let actor = ctx.actor;
@@ -157,27 +168,15 @@ async fn split(
         if locked.status != "queued" {
             return Ok(());
         }
-        let description = Some("made by an optimization: its part of the dataset");
-        let train = datasets::create(
-            conn,
+        let names = (format!("opt-{id}-train"), format!("opt-{id}-validation"));
+        let part = |name| NewDataset {
             tenant_id,
             actor,
-            &format!("opt-{id}-train"),
-            description,
-            &train,
-            None,
-        )
-        .await?;
-        let validation = datasets::create(
-            conn,
-            tenant_id,
-            actor,
-            &format!("opt-{id}-validation"),
-            description,
-            &validation,
-            None,
-        )
-        .await?;
+            name,
+            description: Some("made by an optimization: its part of the dataset"),
+        };
+        let train = datasets::create(conn, part(&names.0), &train).await?;
+        let validation = datasets::create(conn, part(&names.1), &validation).await?;
         optimizations::advance(
             conn,
             id,

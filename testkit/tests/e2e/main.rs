@@ -23,6 +23,7 @@ mod worker_failures;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use assay_testkit::client::encode;
 use assay_testkit::{Client, Process, TestDatabase, TestRedis, eventually, free_port};
 use serde_json::{Value, json};
 
@@ -316,7 +317,7 @@ impl Stack {
                 None => format!("/v1/evaluations/{id}/results?limit=1000"),
                 Some(after) => format!(
                     "/v1/evaluations/{id}/results?limit=1000&after={}",
-                    urlencode(after)
+                    encode(after)
                 ),
             };
             let page = self.client.get(&path).await.unwrap();
@@ -402,15 +403,4 @@ impl Stack {
 
 pub fn question(n: usize) -> String {
     format!("What is q{n}?")
-}
-
-fn urlencode(text: &str) -> String {
-    text.bytes()
-        .map(|byte| match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (byte as char).to_string()
-            }
-            _ => format!("%{byte:02X}"),
-        })
-        .collect()
 }

@@ -1,9 +1,11 @@
-//! Datasets and their items. Items are written in multi-row batches inside
-//! one transaction: a dataset exists whole or not at all.
+//! Datasets and their items. Every dataset is written by [`create_streamed`]:
+//! items in multi-row batches inside one transaction, so a dataset exists
+//! whole or not at all.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use futures::{Stream, StreamExt as _};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -91,35 +93,83 @@ struct NewItem<'a> {
     graders: Option<&'a Value>,
 }
 
+/// Who writes a dataset, and what it is called.
+#[derive(Debug, Clone, Copy)]
+pub struct NewDataset<'a> {
+    pub tenant_id: Uuid,
+    pub actor: &'a str,
+    pub name: &'a str,
+    pub description: Option<&'a str>,
+}
+
+/// Why creating a dataset wrote nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    #[error(transparent)]
+    Database(#[from] diesel::result::Error),
+    /// The batches ended before every item the summary counts: their
+    /// sender stopped (a spooled upload that could not be read back).
+    #[error("the upload stopped before its end")]
+    Abandoned,
+}
+
+/// Creates a dataset whose items are all in memory (an inline JSON upload,
+/// an optimization's split of a dataset); see [`create_streamed`].
 pub async fn create(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    actor: &str,
-    name: &str,
-    description: Option<&str>,
+    new: NewDataset<'_>,
     parsed: &ParsedDataset,
-    content_hash: Option<&str>,
-) -> QueryResult<Dataset> {
-    let item_count = i32::try_from(parsed.items.len()).expect("item count is validated");
+) -> Result<Dataset, CreateError> {
+    let batches = futures::stream::iter(parsed.items.chunks(ITEM_BATCH));
+    create_streamed(conn, new, &parsed.summary, batches).await
+}
+
+/// Creates a dataset, the one way any is written: its row with the figures
+/// of `summary`, its items in order as `batches` yields them, and its
+/// `dataset.created` event, in one transaction, so the dataset exists whole
+/// or not at all. Only the batch being written need be in memory, however
+/// large the dataset.
+///
+/// The figures come first, so every item must have been checked before the
+/// first is written (an upload spools its checked items until its body
+/// ends); batches that end short of the count write nothing.
+pub async fn create_streamed<Batch>(
+    conn: &mut AsyncPgConnection,
+    new: NewDataset<'_>,
+    summary: &DatasetSummary,
+    batches: impl Stream<Item = Batch> + Send,
+) -> Result<Dataset, CreateError>
+where
+    Batch: AsRef<[ParsedItem]> + Send,
+{
+    let mut batches = std::pin::pin!(batches);
     let created = conn
-        .transaction::<_, diesel::result::Error, _>(async |conn| {
+        .transaction::<_, CreateError, _>(async |conn| {
             let dataset: Dataset = diesel::insert_into(datasets::table)
                 .values((
                     datasets::id.eq(Uuid::now_v7()),
-                    datasets::tenant_id.eq(tenant_id),
-                    datasets::name.eq(name),
-                    datasets::description.eq(description),
-                    datasets::item_count.eq(item_count),
-                    datasets::variables.eq(serde_json::json!(parsed.variables)),
-                    datasets::all_expected.eq(parsed.all_expected),
-                    datasets::items_with_graders.eq(count(parsed.items_with_graders)),
-                    datasets::content_hash.eq(content_hash),
+                    datasets::tenant_id.eq(new.tenant_id),
+                    datasets::name.eq(new.name),
+                    datasets::description.eq(new.description),
+                    datasets::item_count.eq(count(summary.items)),
+                    datasets::variables.eq(serde_json::json!(summary.variables)),
+                    datasets::all_expected.eq(summary.all_expected),
+                    datasets::items_with_graders.eq(count(summary.items_with_graders)),
+                    datasets::content_hash.eq(&summary.content_hash),
                 ))
                 .returning(Dataset::as_returning())
                 .get_result(conn)
                 .await?;
-            insert_items(conn, tenant_id, dataset.id, 0, &parsed.items).await?;
-            record_created(conn, actor, &dataset).await?;
+            let mut next_position = 0;
+            while let Some(batch) = batches.next().await {
+                let items: &[ParsedItem] = batch.as_ref();
+                insert_items(conn, new.tenant_id, dataset.id, next_position, items).await?;
+                next_position += items.len();
+            }
+            if next_position != summary.items {
+                return Err(CreateError::Abandoned);
+            }
+            record_created(conn, new.actor, &dataset).await?;
             Ok(dataset)
         })
         .await?;
@@ -160,89 +210,6 @@ async fn settle_search_index(conn: &mut AsyncPgConnection) {
     if let Err(error) = settled {
         tracing::debug!(error = %error, "the item search index keeps its pending list");
     }
-}
-
-/// What a streamed upload sends to [`create_streamed`].
-#[derive(Debug)]
-pub enum Upload {
-    /// The next items, in order.
-    Items(Vec<ParsedItem>),
-    /// Every item was sent and checked.
-    Done(DatasetSummary),
-}
-
-/// Why a streamed upload wrote nothing.
-#[derive(Debug, thiserror::Error)]
-pub enum UploadError {
-    #[error(transparent)]
-    Database(#[from] diesel::result::Error),
-    /// The sender stopped before `Done` (an invalid item, a broken request).
-    #[error("the upload stopped before its end")]
-    Abandoned,
-}
-
-/// Creates a dataset from items that arrive in batches, inside one
-/// transaction: the dataset exists whole or not at all, and no more than a
-/// batch or two of items is in memory at once. Its figures (count,
-/// variables every item defines) are written with `Done`.
-pub async fn create_streamed(
-    conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    actor: &str,
-    name: &str,
-    description: Option<&str>,
-    mut batches: tokio::sync::mpsc::Receiver<Upload>,
-) -> Result<Dataset, UploadError> {
-    let created = conn
-        .transaction::<_, UploadError, _>(async |conn| {
-            let id = Uuid::now_v7();
-            // Placeholders until `Done`: the row must exist for the items' key.
-            diesel::insert_into(datasets::table)
-                .values((
-                    datasets::id.eq(id),
-                    datasets::tenant_id.eq(tenant_id),
-                    datasets::name.eq(name),
-                    datasets::description.eq(description),
-                    datasets::item_count.eq(1),
-                    datasets::variables.eq(serde_json::json!([])),
-                    datasets::all_expected.eq(false),
-                ))
-                .execute(conn)
-                .await?;
-            let mut next_position = 0;
-            while let Some(upload) = batches.recv().await {
-                match upload {
-                    Upload::Items(items) => {
-                        insert_items(conn, tenant_id, id, next_position, &items).await?;
-                        next_position += items.len();
-                    }
-                    Upload::Done(summary) => {
-                        debug_assert_eq!(summary.items, next_position);
-                        let item_count =
-                            i32::try_from(summary.items).expect("item count is validated");
-                        let dataset: Dataset =
-                            diesel::update(datasets::table.filter(datasets::id.eq(id)))
-                                .set((
-                                    datasets::item_count.eq(item_count),
-                                    datasets::variables.eq(serde_json::json!(summary.variables)),
-                                    datasets::all_expected.eq(summary.all_expected),
-                                    datasets::items_with_graders
-                                        .eq(count(summary.items_with_graders)),
-                                    datasets::content_hash.eq(&summary.content_hash),
-                                ))
-                                .returning(Dataset::as_returning())
-                                .get_result(conn)
-                                .await?;
-                        record_created(conn, actor, &dataset).await?;
-                        return Ok(dataset);
-                    }
-                }
-            }
-            Err(UploadError::Abandoned)
-        })
-        .await?;
-    settle_search_index(conn).await;
-    Ok(created)
 }
 
 /// Inserts `items` at positions from `first_position`, in multi-row batches.
