@@ -1,7 +1,302 @@
 //! String graders: equals, contains (and its case-insensitive, any and all
 //! forms), starts-with, ends-with, regex.
 
-use super::Outcome;
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Check, GradeInput, GraderType, LocalCheck, Outcome, Pattern, Text, ValueOption, ValuesOption,
+};
+use crate::domain::InvalidInput;
+
+/// `equals`: the output equals `value` (optionally ignoring case and white space).
+pub(super) struct Equals;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct EqualsOptions {
+    value: String,
+    #[serde(default)]
+    ignore_case: bool,
+    #[serde(default)]
+    ignore_whitespace: bool,
+}
+
+impl GraderType for Equals {
+    const NAME: &'static str = "equals";
+    type Options = EqualsOptions;
+
+    fn compile(field: &str, options: &EqualsOptions) -> Result<Check, InvalidInput> {
+        Ok(Check::local(EqualsCheck {
+            value: Text::compile(format!("{field}.value"), &options.value)?,
+            ignore_case: options.ignore_case,
+            ignore_whitespace: options.ignore_whitespace,
+        }))
+    }
+}
+
+#[derive(Debug)]
+struct EqualsCheck {
+    value: Text,
+    ignore_case: bool,
+    ignore_whitespace: bool,
+}
+
+impl LocalCheck for EqualsCheck {
+    fn variables(&self) -> BTreeSet<String> {
+        self.value.variables()
+    }
+
+    fn grade(&self, input: &GradeInput<'_>, _: Option<f64>) -> Result<Outcome, String> {
+        Ok(equals(
+            input.output,
+            &self.value.render(input.context)?,
+            self.ignore_case,
+            self.ignore_whitespace,
+        ))
+    }
+}
+
+/// `contains`: the output contains `value`.
+pub(super) struct Contains;
+
+impl GraderType for Contains {
+    const NAME: &'static str = "contains";
+    type Options = ValueOption;
+
+    fn compile(field: &str, options: &ValueOption) -> Result<Check, InvalidInput> {
+        ContainsCheck::compile(field, options, false)
+    }
+}
+
+/// `icontains`: `contains`, case-insensitively.
+pub(super) struct Icontains;
+
+impl GraderType for Icontains {
+    const NAME: &'static str = "icontains";
+    type Options = ValueOption;
+
+    fn compile(field: &str, options: &ValueOption) -> Result<Check, InvalidInput> {
+        ContainsCheck::compile(field, options, true)
+    }
+}
+
+#[derive(Debug)]
+struct ContainsCheck {
+    value: Text,
+    ignore_case: bool,
+}
+
+impl ContainsCheck {
+    fn compile(
+        field: &str,
+        options: &ValueOption,
+        ignore_case: bool,
+    ) -> Result<Check, InvalidInput> {
+        Ok(Check::local(Self {
+            value: Text::compile(format!("{field}.value"), &options.value)?,
+            ignore_case,
+        }))
+    }
+}
+
+impl LocalCheck for ContainsCheck {
+    fn variables(&self) -> BTreeSet<String> {
+        self.value.variables()
+    }
+
+    fn grade(&self, input: &GradeInput<'_>, _: Option<f64>) -> Result<Outcome, String> {
+        Ok(contains(
+            input.output,
+            &self.value.render(input.context)?,
+            self.ignore_case,
+        ))
+    }
+}
+
+/// `contains-any`: the output contains one of `values`.
+pub(super) struct ContainsAny;
+
+impl GraderType for ContainsAny {
+    const NAME: &'static str = "contains-any";
+    type Options = ValuesOption;
+
+    fn compile(field: &str, options: &ValuesOption) -> Result<Check, InvalidInput> {
+        SeveralCheck::compile(field, options, Several::Any, false)
+    }
+}
+
+/// `icontains-any`: `contains-any`, case-insensitively.
+pub(super) struct IcontainsAny;
+
+impl GraderType for IcontainsAny {
+    const NAME: &'static str = "icontains-any";
+    type Options = ValuesOption;
+
+    fn compile(field: &str, options: &ValuesOption) -> Result<Check, InvalidInput> {
+        SeveralCheck::compile(field, options, Several::Any, true)
+    }
+}
+
+/// `contains-all`: the output contains every one of `values` (score: the share found).
+pub(super) struct ContainsAll;
+
+impl GraderType for ContainsAll {
+    const NAME: &'static str = "contains-all";
+    type Options = ValuesOption;
+
+    fn compile(field: &str, options: &ValuesOption) -> Result<Check, InvalidInput> {
+        SeveralCheck::compile(field, options, Several::All, false)
+    }
+}
+
+/// `icontains-all`: `contains-all`, case-insensitively.
+pub(super) struct IcontainsAll;
+
+impl GraderType for IcontainsAll {
+    const NAME: &'static str = "icontains-all";
+    type Options = ValuesOption;
+
+    fn compile(field: &str, options: &ValuesOption) -> Result<Check, InvalidInput> {
+        SeveralCheck::compile(field, options, Several::All, true)
+    }
+}
+
+#[derive(Debug)]
+enum Several {
+    Any,
+    All,
+}
+
+#[derive(Debug)]
+struct SeveralCheck {
+    values: Vec<Text>,
+    several: Several,
+    ignore_case: bool,
+}
+
+impl SeveralCheck {
+    fn compile(
+        field: &str,
+        options: &ValuesOption,
+        several: Several,
+        ignore_case: bool,
+    ) -> Result<Check, InvalidInput> {
+        Ok(Check::local(Self {
+            values: Text::compile_all(&format!("{field}.values"), &options.values)?,
+            several,
+            ignore_case,
+        }))
+    }
+}
+
+impl LocalCheck for SeveralCheck {
+    fn variables(&self) -> BTreeSet<String> {
+        self.values.iter().flat_map(Text::variables).collect()
+    }
+
+    fn grade(&self, input: &GradeInput<'_>, _: Option<f64>) -> Result<Outcome, String> {
+        let values = Text::render_all(&self.values, input.context)?;
+        Ok(match self.several {
+            Several::Any => contains_any(input.output, &values, self.ignore_case),
+            Several::All => contains_all(input.output, &values, self.ignore_case),
+        })
+    }
+}
+
+/// `starts-with`: the output starts with `value`.
+pub(super) struct StartsWith;
+
+impl GraderType for StartsWith {
+    const NAME: &'static str = "starts-with";
+    type Options = ValueOption;
+
+    fn compile(field: &str, options: &ValueOption) -> Result<Check, InvalidInput> {
+        AffixCheck::compile(field, options, Affix::Prefix)
+    }
+}
+
+/// `ends-with`: the output ends with `value`.
+pub(super) struct EndsWith;
+
+impl GraderType for EndsWith {
+    const NAME: &'static str = "ends-with";
+    type Options = ValueOption;
+
+    fn compile(field: &str, options: &ValueOption) -> Result<Check, InvalidInput> {
+        AffixCheck::compile(field, options, Affix::Suffix)
+    }
+}
+
+#[derive(Debug)]
+enum Affix {
+    Prefix,
+    Suffix,
+}
+
+#[derive(Debug)]
+struct AffixCheck {
+    value: Text,
+    affix: Affix,
+}
+
+impl AffixCheck {
+    fn compile(field: &str, options: &ValueOption, affix: Affix) -> Result<Check, InvalidInput> {
+        Ok(Check::local(Self {
+            value: Text::compile(format!("{field}.value"), &options.value)?,
+            affix,
+        }))
+    }
+}
+
+impl LocalCheck for AffixCheck {
+    fn variables(&self) -> BTreeSet<String> {
+        self.value.variables()
+    }
+
+    fn grade(&self, input: &GradeInput<'_>, _: Option<f64>) -> Result<Outcome, String> {
+        let value = self.value.render(input.context)?;
+        Ok(match self.affix {
+            Affix::Prefix => starts_with(input.output, &value),
+            Affix::Suffix => ends_with(input.output, &value),
+        })
+    }
+}
+
+/// `regex`: `pattern` (a template) matches somewhere in the output.
+pub(super) struct Regex;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RegexOptions {
+    pattern: String,
+}
+
+impl GraderType for Regex {
+    const NAME: &'static str = "regex";
+    type Options = RegexOptions;
+
+    fn compile(field: &str, options: &RegexOptions) -> Result<Check, InvalidInput> {
+        Ok(Check::local(RegexCheck(Pattern::compile(
+            format!("{field}.pattern"),
+            &options.pattern,
+        )?)))
+    }
+}
+
+#[derive(Debug)]
+struct RegexCheck(Pattern);
+
+impl LocalCheck for RegexCheck {
+    fn variables(&self) -> BTreeSet<String> {
+        self.0.variables()
+    }
+
+    fn grade(&self, input: &GradeInput<'_>, _: Option<f64>) -> Result<Outcome, String> {
+        Ok(regex(input.output, &*self.0.resolve(input.context)?))
+    }
+}
 
 /// Longest excerpt of an output quoted in a reason.
 const EXCERPT_CHARS: usize = 80;
