@@ -58,6 +58,7 @@ static GRADERS: &[&dyn Registered] = &[
     &strings::StartsWith,
     &strings::EndsWith,
     &strings::Regex,
+    &strings::IsRefusal,
     &structure::IsJson,
     &structure::ContainsJson,
     &structure::JsonSchema,
@@ -936,6 +937,11 @@ mod tests {
                 json!({"type": "regex", "pattern": "^P\\w+s$"}),
                 "Paris",
                 "Rome",
+            ),
+            (
+                json!({"type": "is-refusal"}),
+                "I'm sorry, but I can't help with that.",
+                "Paris",
             ),
             (json!({"type": "is-json"}), "{\"city\": \"Paris\"}", "Paris"),
             (
