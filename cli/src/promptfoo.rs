@@ -558,6 +558,7 @@ impl Translator<'_> {
                 }
             },
             "is-xml" => json!({"type": "is-xml"}),
+            "is-refusal" => json!({"type": "is-refusal"}),
             "levenshtein" => {
                 let Some(value) = string(value) else {
                     self.unsupported(location, "a levenshtein assert without a value");
@@ -718,6 +719,7 @@ tests:
       - {type: javascript, value: "output.length > 1"}
       - {type: llm-rubric, value: is a greeting}
       - {type: not-icontains, value: bye}
+      - {type: not-is-refusal}
 "#;
         let translated = translate_text(yaml, &Options::default()).unwrap();
         assert_eq!(
@@ -739,6 +741,7 @@ tests:
                 json!({"type": "levenshtein", "value": "hello", "max_distance": 2}),
                 json!({"type": "llm-rubric", "rubric": "is a greeting", "model": "mock"}),
                 json!({"type": "not-icontains", "value": "bye"}),
+                json!({"type": "not-is-refusal"}),
             ]
         );
         assert!(translated.report(false).is_err());

@@ -292,7 +292,7 @@ fn parse_header(fields: &[String]) -> Result<Vec<Column>, InvalidInput> {
 /// - `levenshtein`: the value, with at most 5 edits (as promptfoo's default);
 /// - `word-count`, `length`: `MIN-MAX`, `MIN-` or `-MAX`;
 /// - `latency`: milliseconds; `cost`: dollars;
-/// - `is-json`, `contains-json`, `is-xml`: no argument.
+/// - `is-json`, `contains-json`, `is-xml`, `is-refusal`: no argument.
 ///
 /// Graders with other options (judges, JSON paths, schemas) use the JSON form.
 pub fn parse_compact_asserts(cell: &str) -> Result<Vec<Value>, String> {
@@ -378,7 +378,7 @@ fn parse_compact(part: &str) -> Result<Value, String> {
                 json!({"type": type_name, "max_usd": limit})
             }
         }
-        "is-json" | "contains-json" | "is-xml" => {
+        "is-json" | "contains-json" | "is-xml" | "is-refusal" => {
             if argument.is_some_and(|argument| !argument.trim().is_empty()) {
                 return Err(format!("`{type_name}` takes no argument"));
             }
@@ -482,6 +482,10 @@ mod tests {
         assert_eq!(
             parse_compact_asserts("contains:a:b").unwrap(),
             vec![json!({"type": "contains", "value": "a:b"})]
+        );
+        assert_eq!(
+            parse_compact_asserts("not-is-refusal").unwrap(),
+            vec![json!({"type": "not-is-refusal"})]
         );
         assert!(parse_compact_asserts("contains").is_err());
         assert!(parse_compact_asserts("is-json:x").is_err());

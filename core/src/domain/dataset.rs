@@ -217,7 +217,7 @@ impl ItemChecker {
             let field = format!("{field}[{index}]");
             let spec = GraderSpec::parse(&field, value)?;
             let grader = Grader::compile(&field, &spec)?;
-            if let (Some(catalog), Some(model)) = (&self.catalog, spec.kind.judge_model()) {
+            if let (Some(catalog), Some(model)) = (&self.catalog, spec.judge_model()) {
                 catalog.validate_judge(&format!("{field}.model"), model)?;
             }
             if let Some(missing) = grader.variables().into_iter().find(|name| {

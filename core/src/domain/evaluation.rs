@@ -123,7 +123,7 @@ pub fn validate_graders(
     let specs = GraderSpec::parse_all(values)?;
     let compiled = graders::compile_all(&specs)?;
     for (index, spec) in specs.iter().enumerate() {
-        if let Some(model) = spec.kind.judge_model() {
+        if let Some(model) = spec.judge_model() {
             catalog.validate_judge(&format!("graders[{index}].model"), model)?;
         }
     }

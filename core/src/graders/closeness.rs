@@ -9,10 +9,186 @@
 //!   [`MAX_LCS_WORDS`] per side;
 //! - ROUGE-N and BLEU count n-grams, linear: [`MAX_NGRAM_CHARS`] per side.
 
-use super::Outcome;
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
 use super::text_metrics::{
     bleu, levenshtein_distance, normalized_similarity, rouge_l, rouge_n, token_count,
 };
+use super::{Check, GradeInput, GraderType, LocalCheck, Outcome, Text, ValueOption};
+use crate::domain::InvalidInput;
+
+/// `levenshtein`: the edit distance to `value` is at most `max_distance`.
+pub(super) struct Levenshtein;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LevenshteinOptions {
+    value: String,
+    max_distance: usize,
+}
+
+impl GraderType for Levenshtein {
+    const NAME: &'static str = "levenshtein";
+    type Options = LevenshteinOptions;
+
+    fn compile(field: &str, options: &LevenshteinOptions) -> Result<Check, InvalidInput> {
+        Ok(Check::local(LevenshteinCheck {
+            value: Text::compile(format!("{field}.value"), &options.value)?,
+            max_distance: options.max_distance,
+        }))
+    }
+}
+
+#[derive(Debug)]
+struct LevenshteinCheck {
+    value: Text,
+    max_distance: usize,
+}
+
+impl LocalCheck for LevenshteinCheck {
+    fn variables(&self) -> BTreeSet<String> {
+        self.value.variables()
+    }
+
+    fn grade(&self, input: &GradeInput<'_>, _: Option<f64>) -> Result<Outcome, String> {
+        let value = self.value.render(input.context)?;
+        grade_levenshtein(input.output, &value, self.max_distance)
+    }
+}
+
+/// `similarity`: the normalized edit similarity to `value` reaches the threshold.
+pub(super) struct Similarity;
+
+impl GraderType for Similarity {
+    const NAME: &'static str = "similarity";
+    type Options = ValueOption;
+    const DEFAULT_THRESHOLD: Option<f64> = Some(0.8);
+
+    fn compile(field: &str, options: &ValueOption) -> Result<Check, InvalidInput> {
+        Scored::compile(field, &options.value, grade_similarity)
+    }
+}
+
+/// `rouge-n`: ROUGE-N recall of the reference `value` reaches the threshold.
+pub(super) struct RougeN;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RougeNOptions {
+    value: String,
+    #[serde(default = "unigrams")]
+    n: usize,
+}
+
+fn unigrams() -> usize {
+    1
+}
+
+impl GraderType for RougeN {
+    const NAME: &'static str = "rouge-n";
+    type Options = RougeNOptions;
+    const DEFAULT_THRESHOLD: Option<f64> = Some(0.75);
+
+    fn compile(field: &str, options: &RougeNOptions) -> Result<Check, InvalidInput> {
+        if !(1..=4).contains(&options.n) {
+            return Err(InvalidInput::new(
+                format!("{field}.n"),
+                "must be between 1 and 4",
+            ));
+        }
+        Ok(Check::local(RougeNCheck {
+            reference: Text::compile(format!("{field}.value"), &options.value)?,
+            n: options.n,
+        }))
+    }
+}
+
+#[derive(Debug)]
+struct RougeNCheck {
+    reference: Text,
+    n: usize,
+}
+
+impl LocalCheck for RougeNCheck {
+    fn variables(&self) -> BTreeSet<String> {
+        self.reference.variables()
+    }
+
+    fn grade(&self, input: &GradeInput<'_>, threshold: Option<f64>) -> Result<Outcome, String> {
+        let reference = self.reference.render(input.context)?;
+        grade_rouge_n(input.output, &reference, self.n, threshold.unwrap_or(1.0))
+    }
+}
+
+/// `rouge-l`: ROUGE-L F1 against the reference `value` reaches the threshold.
+pub(super) struct RougeL;
+
+impl GraderType for RougeL {
+    const NAME: &'static str = "rouge-l";
+    type Options = ValueOption;
+    const DEFAULT_THRESHOLD: Option<f64> = Some(0.75);
+
+    fn compile(field: &str, options: &ValueOption) -> Result<Check, InvalidInput> {
+        Scored::compile(field, &options.value, grade_rouge_l)
+    }
+}
+
+/// `bleu`: sentence BLEU-4 against the reference `value` reaches the threshold.
+pub(super) struct Bleu;
+
+impl GraderType for Bleu {
+    const NAME: &'static str = "bleu";
+    type Options = ValueOption;
+    const DEFAULT_THRESHOLD: Option<f64> = Some(0.5);
+
+    fn compile(field: &str, options: &ValueOption) -> Result<Check, InvalidInput> {
+        Scored::compile(field, &options.value, grade_bleu)
+    }
+}
+
+/// Scores an output against a reference, passing at the threshold.
+type ScoreFn = fn(&str, &str, f64) -> Result<Outcome, String>;
+
+/// The output scored against a reference text.
+struct Scored {
+    reference: Text,
+    grade: ScoreFn,
+}
+
+impl std::fmt::Debug for Scored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scored")
+            .field("reference", &self.reference)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Scored {
+    fn compile(field: &str, reference: &str, grade: ScoreFn) -> Result<Check, InvalidInput> {
+        Ok(Check::local(Self {
+            reference: Text::compile(format!("{field}.value"), reference)?,
+            grade,
+        }))
+    }
+}
+
+impl LocalCheck for Scored {
+    fn variables(&self) -> BTreeSet<String> {
+        self.reference.variables()
+    }
+
+    fn grade(&self, input: &GradeInput<'_>, threshold: Option<f64>) -> Result<Outcome, String> {
+        // Always set: scored types declare a default, which the grader fills in.
+        let threshold = threshold.unwrap_or(1.0);
+        (self.grade)(
+            input.output,
+            &self.reference.render(input.context)?,
+            threshold,
+        )
+    }
+}
 
 /// Characters per side that edit-distance graders compare.
 pub const MAX_EDIT_CHARS: usize = 5_000;

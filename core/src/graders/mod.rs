@@ -17,8 +17,13 @@
 //! judge answers something unparseable) returns a grade with `error` set: a
 //! grader error, counted apart from failures, and the item is errored.
 //!
-//! Families: [`strings`], [`structure`] (with [`extract`]), [`closeness`] (with [`text_metrics`]),
-//! [`shape`] and [`model_graded`] (an LLM judge, through the provider layer).
+//! Each grader type is one `GraderType` declared in its family's file —
+//! [`strings`], [`structure`] (with [`extract`]), [`closeness`] (with
+//! [`text_metrics`]), [`shape`] and [`model_graded`] (an LLM judge, through
+//! the provider layer) — and registered in `GRADERS`, the one list of
+//! types: parsing, the error that lists the known types and the tests all
+//! read it. Adding a grader is its declaration plus its line there (README,
+//! "Adding a grader").
 
 mod closeness;
 mod extract;
@@ -29,7 +34,10 @@ mod structure;
 mod text_metrics;
 
 use std::collections::BTreeSet;
+use std::fmt::Debug;
+use std::sync::Arc;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -37,6 +45,172 @@ pub use model_graded::{Judge, JudgeReply};
 
 use crate::domain::InvalidInput;
 use crate::templates::ValueTemplate;
+
+/// Every grader type, in the order the "unknown grader type" error lists them.
+static GRADERS: &[&dyn Registered] = &[
+    &strings::Equals,
+    &strings::Contains,
+    &strings::Icontains,
+    &strings::ContainsAny,
+    &strings::ContainsAll,
+    &strings::IcontainsAny,
+    &strings::IcontainsAll,
+    &strings::StartsWith,
+    &strings::EndsWith,
+    &strings::Regex,
+    &strings::IsRefusal,
+    &structure::IsJson,
+    &structure::ContainsJson,
+    &structure::JsonSchema,
+    &structure::JsonPath,
+    &structure::IsXml,
+    &closeness::Levenshtein,
+    &closeness::Similarity,
+    &closeness::RougeN,
+    &closeness::RougeL,
+    &closeness::Bleu,
+    &shape::WordCount,
+    &shape::Length,
+    &shape::Latency,
+    &shape::Cost,
+    &shape::FinishReason,
+    &model_graded::LlmRubric,
+    &model_graded::LlmClassify,
+    &model_graded::Factuality,
+];
+
+/// The names of every grader type (without `not-`).
+pub fn grader_types() -> impl Iterator<Item = &'static str> {
+    GRADERS.iter().map(|grader| grader.name())
+}
+
+/// One grader type: its name, its options and how they compile. A family
+/// file declares it on a unit struct; [`GRADERS`] registers it.
+trait GraderType: Sync + 'static {
+    /// The `"type"` a user writes (`contains`); `not-` is added by negation.
+    const NAME: &'static str;
+    /// The options as submitted: a `#[serde(deny_unknown_fields)]` struct.
+    /// Its serialization, defaults filled in, is what is stored and shown,
+    /// so a field's name, default or `null`-ness is part of the API.
+    type Options: Serialize + DeserializeOwned + Debug + Send + Sync;
+    /// The pass mark of graders whose score is a similarity.
+    const DEFAULT_THRESHOLD: Option<f64> = None;
+
+    /// Checks what serde cannot (ranges, regexes, templates) and builds what
+    /// grades outputs; errors name `field` and the option at fault
+    /// (`graders[2].pattern`).
+    fn compile(field: &str, options: &Self::Options) -> Result<Check, InvalidInput>;
+
+    /// The judge model, for model-graded graders (checked against the catalog at submission).
+    fn judge_model(_options: &Self::Options) -> Option<&str> {
+        None
+    }
+}
+
+/// What a compiled grader runs on each output.
+#[derive(Debug)]
+enum Check {
+    /// Computed here, from the output and what is known about the call.
+    Local(Box<dyn LocalCheck>),
+    /// Asks a judge model.
+    Judge(Box<dyn model_graded::JudgeCheck>),
+}
+
+impl Check {
+    fn local(check: impl LocalCheck + 'static) -> Self {
+        Check::Local(Box::new(check))
+    }
+}
+
+/// A compiled grader that judges without calling anything.
+trait LocalCheck: Debug + Send + Sync {
+    /// The item variables its options read.
+    fn variables(&self) -> BTreeSet<String> {
+        BTreeSet::new()
+    }
+
+    /// The verdict before threshold and negation; `threshold` is the
+    /// grader's (its type's default filled in). Err is a grader error.
+    fn grade(&self, input: &GradeInput<'_>, threshold: Option<f64>) -> Result<Outcome, String>;
+}
+
+/// A [`GraderType`] with its types erased, so that one table holds them all.
+trait Registered: Sync {
+    fn name(&self) -> &'static str;
+    fn parse(&self, options: Map<String, Value>) -> Result<Arc<dyn AnyOptions>, serde_json::Error>;
+}
+
+impl<T: GraderType> Registered for T {
+    fn name(&self) -> &'static str {
+        T::NAME
+    }
+
+    fn parse(&self, options: Map<String, Value>) -> Result<Arc<dyn AnyOptions>, serde_json::Error> {
+        let options: T::Options = serde_json::from_value(Value::Object(options))?;
+        Ok(Arc::new(Parsed::<T>(options)))
+    }
+}
+
+/// A grader's parsed options, which know their [`GraderType`].
+trait AnyOptions: Debug + Send + Sync {
+    fn type_name(&self) -> &'static str;
+    fn default_threshold(&self) -> Option<f64>;
+    fn to_json(&self) -> Map<String, Value>;
+    fn compile(&self, field: &str) -> Result<Check, InvalidInput>;
+    fn judge_model(&self) -> Option<&str>;
+}
+
+struct Parsed<T: GraderType>(T::Options);
+
+impl<T: GraderType> Debug for Parsed<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple(T::NAME).field(&self.0).finish()
+    }
+}
+
+impl<T: GraderType> AnyOptions for Parsed<T> {
+    fn type_name(&self) -> &'static str {
+        T::NAME
+    }
+
+    fn default_threshold(&self) -> Option<f64> {
+        T::DEFAULT_THRESHOLD
+    }
+
+    fn to_json(&self) -> Map<String, Value> {
+        match serde_json::to_value(&self.0).expect("grader options serialize") {
+            Value::Object(object) => object,
+            other => unreachable!("{} options serialize to {other}, not an object", T::NAME),
+        }
+    }
+
+    fn compile(&self, field: &str) -> Result<Check, InvalidInput> {
+        T::compile(field, &self.0)
+    }
+
+    fn judge_model(&self) -> Option<&str> {
+        T::judge_model(&self.0)
+    }
+}
+
+/// The options of graders that have none (`is-json`).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoOptions {}
+
+/// The options of graders that compare with one text (`contains`).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ValueOption {
+    value: String,
+}
+
+/// The options of graders that look for several texts (`contains-any`).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ValuesOption {
+    values: Vec<String>,
+}
 
 /// What a grader looks at: the output and what is known about the call.
 #[derive(Debug, Clone, Copy)]
@@ -49,225 +223,38 @@ pub struct GradeInput<'a> {
     pub finish_reason: Option<&'a str>,
 }
 
-/// The grader types and their options, as submitted (`"type"` is the tag).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum GraderKind {
-    Equals {
-        value: String,
-        #[serde(default)]
-        ignore_case: bool,
-        #[serde(default)]
-        ignore_whitespace: bool,
-    },
-    Contains {
-        value: String,
-    },
-    Icontains {
-        value: String,
-    },
-    ContainsAny {
-        values: Vec<String>,
-    },
-    ContainsAll {
-        values: Vec<String>,
-    },
-    IcontainsAny {
-        values: Vec<String>,
-    },
-    IcontainsAll {
-        values: Vec<String>,
-    },
-    StartsWith {
-        value: String,
-    },
-    EndsWith {
-        value: String,
-    },
-    Regex {
-        pattern: String,
-    },
-    IsJson {},
-    ContainsJson {},
-    JsonSchema {
-        schema: Value,
-    },
-    JsonPath {
-        path: String,
-        #[serde(default)]
-        equals: Option<Value>,
-        #[serde(default)]
-        matches: Option<String>,
-    },
-    IsXml {},
-    Levenshtein {
-        value: String,
-        max_distance: usize,
-    },
-    Similarity {
-        value: String,
-    },
-    RougeN {
-        value: String,
-        #[serde(default = "one")]
-        n: usize,
-    },
-    RougeL {
-        value: String,
-    },
-    Bleu {
-        value: String,
-    },
-    WordCount {
-        #[serde(default)]
-        min: Option<usize>,
-        #[serde(default)]
-        max: Option<usize>,
-    },
-    Length {
-        #[serde(default)]
-        min: Option<usize>,
-        #[serde(default)]
-        max: Option<usize>,
-    },
-    Latency {
-        max_ms: f64,
-    },
-    Cost {
-        max_usd: f64,
-    },
-    FinishReason {
-        value: String,
-    },
-    LlmRubric {
-        rubric: String,
-        model: String,
-    },
-    LlmClassify {
-        labels: Vec<String>,
-        passing_labels: Vec<String>,
-        model: String,
-        #[serde(default)]
-        instructions: Option<String>,
-    },
-    Factuality {
-        value: String,
-        model: String,
-    },
-}
-
-fn one() -> usize {
-    1
-}
-
-/// Every type name, for error messages.
-pub const GRADER_TYPES: &[&str] = &[
-    "equals",
-    "contains",
-    "icontains",
-    "contains-any",
-    "contains-all",
-    "icontains-any",
-    "icontains-all",
-    "starts-with",
-    "ends-with",
-    "regex",
-    "is-json",
-    "contains-json",
-    "json-schema",
-    "json-path",
-    "is-xml",
-    "levenshtein",
-    "similarity",
-    "rouge-n",
-    "rouge-l",
-    "bleu",
-    "word-count",
-    "length",
-    "latency",
-    "cost",
-    "finish-reason",
-    "llm-rubric",
-    "llm-classify",
-    "factuality",
-];
-
-impl GraderKind {
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            GraderKind::Equals { .. } => "equals",
-            GraderKind::Contains { .. } => "contains",
-            GraderKind::Icontains { .. } => "icontains",
-            GraderKind::ContainsAny { .. } => "contains-any",
-            GraderKind::ContainsAll { .. } => "contains-all",
-            GraderKind::IcontainsAny { .. } => "icontains-any",
-            GraderKind::IcontainsAll { .. } => "icontains-all",
-            GraderKind::StartsWith { .. } => "starts-with",
-            GraderKind::EndsWith { .. } => "ends-with",
-            GraderKind::Regex { .. } => "regex",
-            GraderKind::IsJson {} => "is-json",
-            GraderKind::ContainsJson {} => "contains-json",
-            GraderKind::JsonSchema { .. } => "json-schema",
-            GraderKind::JsonPath { .. } => "json-path",
-            GraderKind::IsXml {} => "is-xml",
-            GraderKind::Levenshtein { .. } => "levenshtein",
-            GraderKind::Similarity { .. } => "similarity",
-            GraderKind::RougeN { .. } => "rouge-n",
-            GraderKind::RougeL { .. } => "rouge-l",
-            GraderKind::Bleu { .. } => "bleu",
-            GraderKind::WordCount { .. } => "word-count",
-            GraderKind::Length { .. } => "length",
-            GraderKind::Latency { .. } => "latency",
-            GraderKind::Cost { .. } => "cost",
-            GraderKind::FinishReason { .. } => "finish-reason",
-            GraderKind::LlmRubric { .. } => "llm-rubric",
-            GraderKind::LlmClassify { .. } => "llm-classify",
-            GraderKind::Factuality { .. } => "factuality",
-        }
-    }
-
-    /// The judge model of a model-graded grader.
-    pub fn judge_model(&self) -> Option<&str> {
-        match self {
-            GraderKind::LlmRubric { model, .. }
-            | GraderKind::LlmClassify { model, .. }
-            | GraderKind::Factuality { model, .. } => Some(model),
-            _ => None,
-        }
-    }
-
-    /// The pass mark of graders whose score is a similarity.
-    fn default_threshold(&self) -> Option<f64> {
-        match self {
-            GraderKind::Similarity { .. } => Some(0.8),
-            GraderKind::RougeN { .. } | GraderKind::RougeL { .. } => Some(0.75),
-            GraderKind::Bleu { .. } => Some(0.5),
-            _ => None,
-        }
-    }
-}
-
 /// Largest `weight` a grader may have: a weighted mean of many graders at
 /// this weight is still far from overflowing.
 pub const MAX_WEIGHT: f64 = 1000.0;
 
 /// A grader as submitted: its type and options, negation, weight and threshold.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct GraderSpec {
-    pub kind: GraderKind,
+    /// Shared: a spec is cloned with the evaluation it belongs to, its options never change.
+    options: Arc<dyn AnyOptions>,
     pub negate: bool,
     pub weight: f64,
     pub threshold: Option<f64>,
 }
 
 impl GraderSpec {
+    /// The type without negation (`contains` for a `not-contains`).
+    pub fn type_name(&self) -> &'static str {
+        self.options.type_name()
+    }
+
     /// `not-contains` for a negated `contains`.
     pub fn name(&self) -> String {
         if self.negate {
-            format!("not-{}", self.kind.type_name())
+            format!("not-{}", self.type_name())
         } else {
-            self.kind.type_name().to_owned()
+            self.type_name().to_owned()
         }
+    }
+
+    /// The judge model of a model-graded grader.
+    pub fn judge_model(&self) -> Option<&str> {
+        self.options.judge_model()
     }
 
     /// Parses `value`; errors name `field` (e.g. `graders[2]`) and the option at fault.
@@ -299,18 +286,18 @@ impl GraderSpec {
             None => return Err(InvalidInput::new(format!("{field}.type"), "is required")),
         };
         let (negate, base) = match type_name.strip_prefix("not-") {
-            Some(base) => (true, base.to_owned()),
-            None => (false, type_name.clone()),
+            Some(base) => (true, base),
+            None => (false, type_name.as_str()),
         };
-        if !GRADER_TYPES.contains(&base.as_str()) {
+        let Some(grader) = GRADERS.iter().find(|grader| grader.name() == base) else {
             return Err(InvalidInput::new(
                 format!("{field}.type"),
                 format!(
                     "unknown grader type `{type_name}` (known: {}; any may be prefixed with `not-`)",
-                    GRADER_TYPES.join(", ")
+                    grader_types().collect::<Vec<_>>().join(", ")
                 ),
             ));
-        }
+        };
         let weight = match options.remove("weight") {
             None => 1.0,
             Some(weight) => weight
@@ -337,12 +324,11 @@ impl GraderSpec {
                     })?,
             ),
         };
-        options.insert("type".to_owned(), Value::String(base.clone()));
-        let kind: GraderKind = serde_json::from_value(Value::Object(options)).map_err(|error| {
+        let options = grader.parse(options).map_err(|error| {
             InvalidInput::new(field.to_owned(), format!("{type_name} grader: {error}"))
         })?;
         Ok(Self {
-            kind,
+            options,
             negate,
             weight,
             threshold,
@@ -370,11 +356,9 @@ impl GraderSpec {
             .collect()
     }
 
+    /// The normalized form: options with their defaults filled in.
     fn to_value(&self) -> Value {
-        let mut object = match serde_json::to_value(&self.kind).expect("grader kinds serialize") {
-            Value::Object(object) => object,
-            _ => Map::new(),
-        };
+        let mut object = self.options.to_json();
         object.insert("type".to_owned(), Value::String(self.name()));
         if self.weight != 1.0 {
             object.insert("weight".to_owned(), self.weight.into());
@@ -383,6 +367,13 @@ impl GraderSpec {
             object.insert("threshold".to_owned(), threshold.into());
         }
         Value::Object(object)
+    }
+}
+
+/// Two specs are equal when their normalized forms are.
+impl PartialEq for GraderSpec {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_value() == other.to_value()
     }
 }
 
@@ -472,7 +463,7 @@ struct Text {
     template: Option<ValueTemplate>,
 }
 
-impl std::fmt::Debug for Text {
+impl Debug for Text {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{:?}", self.source)
     }
@@ -568,120 +559,11 @@ impl Pattern {
     }
 }
 
-/// `json-path`'s `equals`: any JSON value; a string is a template like every
-/// other string option, rendered per item (`"{{ expected }}"`).
-#[derive(Debug)]
-enum Expected {
-    Fixed(Value),
-    /// Boxed, like [`Pattern::Templated`].
-    Templated(Box<Text>),
-}
-
-impl Expected {
-    fn compile(field: String, value: &Value) -> Result<Self, InvalidInput> {
-        if let Value::String(source) = value {
-            let text = Text::compile(field, source)?;
-            if text.template.is_some() {
-                return Ok(Expected::Templated(Box::new(text)));
-            }
-        }
-        Ok(Expected::Fixed(value.clone()))
-    }
-
-    fn variables(&self) -> BTreeSet<String> {
-        match self {
-            Expected::Fixed(_) => BTreeSet::new(),
-            Expected::Templated(text) => text.variables(),
-        }
-    }
-
-    fn resolve(&self, context: &Value) -> Result<std::borrow::Cow<'_, Value>, String> {
-        match self {
-            Expected::Fixed(value) => Ok(std::borrow::Cow::Borrowed(value)),
-            Expected::Templated(text) => Ok(std::borrow::Cow::Owned(Value::String(
-                text.render(context)?,
-            ))),
-        }
-    }
-}
-
-#[derive(Debug)]
-enum Check {
-    Equals {
-        value: Text,
-        ignore_case: bool,
-        ignore_whitespace: bool,
-    },
-    Contains {
-        value: Text,
-        ignore_case: bool,
-    },
-    ContainsAny {
-        values: Vec<Text>,
-        ignore_case: bool,
-    },
-    ContainsAll {
-        values: Vec<Text>,
-        ignore_case: bool,
-    },
-    StartsWith(Text),
-    EndsWith(Text),
-    Regex(Pattern),
-    IsJson,
-    ContainsJson,
-    JsonSchema(extract::CompiledSchema),
-    JsonPath {
-        path: extract::CompiledPath,
-        source: String,
-        equals: Option<Expected>,
-        matches: Option<Pattern>,
-    },
-    IsXml,
-    Levenshtein {
-        value: Text,
-        max_distance: usize,
-    },
-    Similarity(Text),
-    RougeN {
-        value: Text,
-        n: usize,
-    },
-    RougeL(Text),
-    Bleu(Text),
-    WordCount {
-        min: Option<usize>,
-        max: Option<usize>,
-    },
-    Length {
-        min: Option<usize>,
-        max: Option<usize>,
-    },
-    Latency {
-        max_ms: f64,
-    },
-    Cost {
-        max_usd: f64,
-    },
-    FinishReason(Text),
-    Judge(model_graded::JudgeCheck),
-}
-
 fn compile_regex(field: String, pattern: &str) -> Result<regex::Regex, InvalidInput> {
     regex::RegexBuilder::new(pattern)
         .size_limit(1 << 20)
         .build()
         .map_err(|error| InvalidInput::new(field, format!("invalid regex: {error}")))
-}
-
-fn check_bounds(field: &str, min: Option<usize>, max: Option<usize>) -> Result<(), InvalidInput> {
-    match (min, max) {
-        (None, None) => Err(InvalidInput::new(field, "needs `min`, `max` or both")),
-        (Some(min), Some(max)) if min > max => Err(InvalidInput::new(
-            format!("{field}.min"),
-            "must not exceed max",
-        )),
-        _ => Ok(()),
-    }
 }
 
 /// A compiled grader, applied to many outputs.
@@ -697,153 +579,12 @@ pub struct Grader {
 impl Grader {
     /// Compiles `spec`; `field` names it in errors (e.g. `graders[2]`).
     pub fn compile(field: &str, spec: &GraderSpec) -> Result<Self, InvalidInput> {
-        let text = |option: &str, source: &str| Text::compile(format!("{field}.{option}"), source);
-        let check = match &spec.kind {
-            GraderKind::Equals {
-                value,
-                ignore_case,
-                ignore_whitespace,
-            } => Check::Equals {
-                value: text("value", value)?,
-                ignore_case: *ignore_case,
-                ignore_whitespace: *ignore_whitespace,
-            },
-            GraderKind::Contains { value } => Check::Contains {
-                value: text("value", value)?,
-                ignore_case: false,
-            },
-            GraderKind::Icontains { value } => Check::Contains {
-                value: text("value", value)?,
-                ignore_case: true,
-            },
-            GraderKind::ContainsAny { values } => Check::ContainsAny {
-                values: Text::compile_all(&format!("{field}.values"), values)?,
-                ignore_case: false,
-            },
-            GraderKind::IcontainsAny { values } => Check::ContainsAny {
-                values: Text::compile_all(&format!("{field}.values"), values)?,
-                ignore_case: true,
-            },
-            GraderKind::ContainsAll { values } => Check::ContainsAll {
-                values: Text::compile_all(&format!("{field}.values"), values)?,
-                ignore_case: false,
-            },
-            GraderKind::IcontainsAll { values } => Check::ContainsAll {
-                values: Text::compile_all(&format!("{field}.values"), values)?,
-                ignore_case: true,
-            },
-            GraderKind::StartsWith { value } => Check::StartsWith(text("value", value)?),
-            GraderKind::EndsWith { value } => Check::EndsWith(text("value", value)?),
-            GraderKind::Regex { pattern } => {
-                Check::Regex(Pattern::compile(format!("{field}.pattern"), pattern)?)
-            }
-            GraderKind::IsJson {} => Check::IsJson,
-            GraderKind::ContainsJson {} => Check::ContainsJson,
-            GraderKind::JsonSchema { schema } => {
-                Check::JsonSchema(extract::compile_schema(schema).map_err(|error| {
-                    InvalidInput::new(
-                        format!("{field}.schema"),
-                        format!("invalid JSON schema: {error}"),
-                    )
-                })?)
-            }
-            GraderKind::JsonPath {
-                path,
-                equals,
-                matches,
-            } => {
-                if equals.is_some() && matches.is_some() {
-                    return Err(InvalidInput::new(
-                        field,
-                        "give `equals` or `matches`, not both",
-                    ));
-                }
-                Check::JsonPath {
-                    path: extract::compile_path(path).map_err(|error| {
-                        InvalidInput::new(
-                            format!("{field}.path"),
-                            format!("invalid JSON path: {error}"),
-                        )
-                    })?,
-                    source: path.clone(),
-                    equals: equals
-                        .as_ref()
-                        .map(|value| Expected::compile(format!("{field}.equals"), value))
-                        .transpose()?,
-                    matches: matches
-                        .as_deref()
-                        .map(|pattern| Pattern::compile(format!("{field}.matches"), pattern))
-                        .transpose()?,
-                }
-            }
-            GraderKind::IsXml {} => Check::IsXml,
-            GraderKind::Levenshtein {
-                value,
-                max_distance,
-            } => Check::Levenshtein {
-                value: text("value", value)?,
-                max_distance: *max_distance,
-            },
-            GraderKind::Similarity { value } => Check::Similarity(text("value", value)?),
-            GraderKind::RougeN { value, n } => {
-                if !(1..=4).contains(n) {
-                    return Err(InvalidInput::new(
-                        format!("{field}.n"),
-                        "must be between 1 and 4",
-                    ));
-                }
-                Check::RougeN {
-                    value: text("value", value)?,
-                    n: *n,
-                }
-            }
-            GraderKind::RougeL { value } => Check::RougeL(text("value", value)?),
-            GraderKind::Bleu { value } => Check::Bleu(text("value", value)?),
-            GraderKind::WordCount { min, max } => {
-                check_bounds(field, *min, *max)?;
-                Check::WordCount {
-                    min: *min,
-                    max: *max,
-                }
-            }
-            GraderKind::Length { min, max } => {
-                check_bounds(field, *min, *max)?;
-                Check::Length {
-                    min: *min,
-                    max: *max,
-                }
-            }
-            GraderKind::Latency { max_ms } => {
-                if !(max_ms.is_finite() && *max_ms >= 0.0) {
-                    return Err(InvalidInput::new(
-                        format!("{field}.max_ms"),
-                        "must be a number of milliseconds ≥ 0",
-                    ));
-                }
-                Check::Latency { max_ms: *max_ms }
-            }
-            GraderKind::Cost { max_usd } => {
-                if !(max_usd.is_finite() && *max_usd >= 0.0) {
-                    return Err(InvalidInput::new(
-                        format!("{field}.max_usd"),
-                        "must be a number of dollars ≥ 0",
-                    ));
-                }
-                Check::Cost { max_usd: *max_usd }
-            }
-            GraderKind::FinishReason { value } => Check::FinishReason(text("value", value)?),
-            GraderKind::LlmRubric { .. }
-            | GraderKind::LlmClassify { .. }
-            | GraderKind::Factuality { .. } => {
-                Check::Judge(model_graded::JudgeCheck::compile(field, &spec.kind)?)
-            }
-        };
         Ok(Self {
             name: spec.name(),
             negate: spec.negate,
             weight: spec.weight,
-            threshold: spec.threshold.or(spec.kind.default_threshold()),
-            check,
+            threshold: spec.threshold.or(spec.options.default_threshold()),
+            check: spec.options.compile(field)?,
         })
     }
 
@@ -858,49 +599,17 @@ impl Grader {
 
     /// The item variables this grader's options read.
     pub fn variables(&self) -> BTreeSet<String> {
-        let of_all = |texts: &[Text]| texts.iter().flat_map(Text::variables).collect();
         match &self.check {
-            Check::Equals { value, .. }
-            | Check::Contains { value, .. }
-            | Check::StartsWith(value)
-            | Check::EndsWith(value)
-            | Check::Levenshtein { value, .. }
-            | Check::Similarity(value)
-            | Check::RougeN { value, .. }
-            | Check::RougeL(value)
-            | Check::Bleu(value)
-            | Check::FinishReason(value) => value.variables(),
-            Check::ContainsAny { values, .. } | Check::ContainsAll { values, .. } => of_all(values),
-            Check::Judge(judge) => judge.variables(),
-            Check::Regex(pattern) => pattern.variables(),
-            Check::JsonPath {
-                equals, matches, ..
-            } => {
-                let mut variables = equals.as_ref().map(Expected::variables).unwrap_or_default();
-                variables.extend(matches.as_ref().map(Pattern::variables).unwrap_or_default());
-                variables
-            }
-            Check::IsJson
-            | Check::ContainsJson
-            | Check::JsonSchema(_)
-            | Check::IsXml
-            | Check::WordCount { .. }
-            | Check::Length { .. }
-            | Check::Latency { .. }
-            | Check::Cost { .. } => BTreeSet::new(),
+            Check::Local(check) => check.variables(),
+            Check::Judge(check) => check.variables(),
         }
     }
 
     /// Grades one output. Model-graded graders ask `judge`.
     pub async fn grade(&self, input: &GradeInput<'_>, judge: &dyn Judge) -> Grade {
-        let mut cost_usd = 0.0;
-        let outcome = match &self.check {
-            Check::Judge(check) => {
-                let (outcome, cost) = check.grade(input, judge).await;
-                cost_usd = cost;
-                outcome
-            }
-            check => self.grade_sync(check, input),
+        let (outcome, cost_usd) = match &self.check {
+            Check::Local(check) => (check.grade(input, self.threshold), 0.0),
+            Check::Judge(check) => model_graded::ask(check.as_ref(), input, judge).await,
         };
         let mut grade = match outcome {
             Err(error) => Grade {
@@ -938,90 +647,6 @@ impl Grader {
             grade.score = 0.0;
         }
         grade
-    }
-
-    fn grade_sync(&self, check: &Check, input: &GradeInput<'_>) -> Result<Outcome, String> {
-        let output = input.output;
-        let context = input.context;
-        Ok(match check {
-            Check::Equals {
-                value,
-                ignore_case,
-                ignore_whitespace,
-            } => strings::equals(
-                output,
-                &value.render(context)?,
-                *ignore_case,
-                *ignore_whitespace,
-            ),
-            Check::Contains { value, ignore_case } => {
-                strings::contains(output, &value.render(context)?, *ignore_case)
-            }
-            Check::ContainsAny {
-                values,
-                ignore_case,
-            } => strings::contains_any(output, &Text::render_all(values, context)?, *ignore_case),
-            Check::ContainsAll {
-                values,
-                ignore_case,
-            } => strings::contains_all(output, &Text::render_all(values, context)?, *ignore_case),
-            Check::StartsWith(value) => strings::starts_with(output, &value.render(context)?),
-            Check::EndsWith(value) => strings::ends_with(output, &value.render(context)?),
-            Check::Regex(pattern) => strings::regex(output, &*pattern.resolve(context)?),
-            Check::IsJson => structure::is_json(output),
-            Check::ContainsJson => structure::contains_json(output),
-            Check::JsonSchema(schema) => structure::json_schema(output, schema),
-            Check::JsonPath {
-                path,
-                source,
-                equals,
-                matches,
-            } => {
-                let equals = equals
-                    .as_ref()
-                    .map(|expected| expected.resolve(context))
-                    .transpose()?;
-                let matches = matches
-                    .as_ref()
-                    .map(|pattern| pattern.resolve(context))
-                    .transpose()?;
-                structure::json_path(output, path, source, equals.as_deref(), matches.as_deref())
-            }
-            Check::IsXml => structure::is_xml(output),
-            Check::Levenshtein {
-                value,
-                max_distance,
-            } => closeness::grade_levenshtein(output, &value.render(context)?, *max_distance)?,
-            Check::Similarity(value) => closeness::grade_similarity(
-                output,
-                &value.render(context)?,
-                self.threshold.unwrap_or(0.8),
-            )?,
-            Check::RougeN { value, n } => closeness::grade_rouge_n(
-                output,
-                &value.render(context)?,
-                *n,
-                self.threshold.unwrap_or(0.75),
-            )?,
-            Check::RougeL(value) => closeness::grade_rouge_l(
-                output,
-                &value.render(context)?,
-                self.threshold.unwrap_or(0.75),
-            )?,
-            Check::Bleu(value) => closeness::grade_bleu(
-                output,
-                &value.render(context)?,
-                self.threshold.unwrap_or(0.5),
-            )?,
-            Check::WordCount { min, max } => shape::word_count(output, *min, *max),
-            Check::Length { min, max } => shape::length(output, *min, *max),
-            Check::Latency { max_ms } => shape::latency(input.latency_ms, *max_ms)?,
-            Check::Cost { max_usd } => shape::cost(input.cost_usd, *max_usd),
-            Check::FinishReason(value) => {
-                shape::finish_reason(input.finish_reason, &value.render(context)?)
-            }
-            Check::Judge(_) => unreachable!("judges are graded asynchronously"),
-        })
     }
 }
 
@@ -1313,6 +938,11 @@ mod tests {
                 "Paris",
                 "Rome",
             ),
+            (
+                json!({"type": "is-refusal"}),
+                "I'm sorry, but I can't help with that.",
+                "Paris",
+            ),
             (json!({"type": "is-json"}), "{\"city\": \"Paris\"}", "Paris"),
             (
                 json!({"type": "contains-json"}),
@@ -1403,7 +1033,7 @@ mod tests {
             .collect();
         assert_eq!(
             covered,
-            GRADER_TYPES.iter().copied().collect(),
+            grader_types().collect(),
             "a case for every grader type"
         );
         for (spec, passing, failing) in cases {
@@ -1444,6 +1074,66 @@ mod tests {
                 let grade = run(&spec, output).await;
                 assert!((0.0..=1.0).contains(&grade.score), "{spec}: {grade:?}");
             }
+        }
+    }
+
+    /// Every registered type, as `cases` submits it, is stored with its
+    /// defaults filled in, and reads back as the same spec, negated or not.
+    #[test]
+    fn every_type_round_trips_in_the_shape_stored_and_names_are_unique() {
+        let names: Vec<&str> = grader_types().collect();
+        let unique: BTreeSet<&str> = names.iter().copied().collect();
+        assert_eq!(
+            unique.len(),
+            names.len(),
+            "a name twice in GRADERS: {names:?}"
+        );
+        let unknown = GraderSpec::parse("g", &json!({"type": "nope"})).unwrap_err();
+        assert!(unknown.message.contains(&names.join(", ")), "{unknown}");
+        // What normalization adds to `cases`: the stored shape, as the API shows it.
+        let filled_in = [
+            (
+                "equals",
+                json!({"ignore_case": false, "ignore_whitespace": false}),
+            ),
+            ("json-path", json!({"matches": null})),
+            ("rouge-n", json!({"n": 1})),
+            ("length", json!({"min": null})),
+            ("latency", json!({"max_ms": 200.0})),
+            ("llm-classify", json!({"instructions": null})),
+        ];
+        for (submitted, ..) in cases() {
+            let type_name = submitted["type"].as_str().unwrap();
+            let mut expected = submitted.clone();
+            for (_, defaults) in filled_in.iter().filter(|(name, _)| *name == type_name) {
+                for (key, value) in defaults.as_object().unwrap() {
+                    expected[key] = value.clone();
+                }
+            }
+            let mut negated = expected.clone();
+            negated["type"] = json!(format!("not-{type_name}"));
+            negated["weight"] = json!(2.5);
+            negated["threshold"] = json!(0.5);
+            for (submitted, expected) in [(submitted.clone(), expected), (negated.clone(), negated)]
+            {
+                let spec = GraderSpec::parse("g", &submitted).unwrap();
+                let stored = serde_json::to_value(&spec).unwrap();
+                assert_eq!(stored, expected, "{submitted}");
+                let back = GraderSpec::parse("g", &stored).unwrap();
+                assert_eq!(back, spec, "{stored}");
+                assert_eq!(back.type_name(), type_name);
+                assert_eq!(back.name(), submitted["type"].as_str().unwrap());
+                Grader::compile("g", &back).unwrap_or_else(|error| panic!("{stored}: {error}"));
+            }
+        }
+    }
+
+    #[test]
+    fn judge_models_are_those_of_model_graded_types() {
+        for (submitted, ..) in cases() {
+            let spec = GraderSpec::parse("g", &submitted).unwrap();
+            let judged = submitted.get("model").and_then(Value::as_str);
+            assert_eq!(spec.judge_model(), judged, "{submitted}");
         }
     }
 

@@ -14,11 +14,13 @@
 //! from a fail.
 
 use std::collections::BTreeSet;
+use std::fmt::Debug;
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{GradeInput, GraderKind, Outcome, Text};
+use super::{Check, GradeInput, GraderType, Outcome, Text};
 use crate::domain::{ChatMessage, InvalidInput, Role};
 
 /// Starts the system message of every judge request, so that the built-in
@@ -48,191 +50,273 @@ impl Judge for NoJudge {
     }
 }
 
-#[derive(Debug)]
-pub(super) enum JudgeCheck {
-    Rubric {
-        rubric: Text,
-        model: String,
-    },
-    Classify {
-        labels: Vec<String>,
-        passing: Vec<String>,
-        instructions: Option<String>,
-        model: String,
-    },
-    Factuality {
-        reference: Text,
-        model: String,
-    },
+/// A judge grader compiled: what it asks and how it reads the reply.
+pub(super) trait JudgeCheck: Debug + Send + Sync {
+    /// The judge model.
+    fn model(&self) -> &str;
+
+    /// The item variables its options read.
+    fn variables(&self) -> BTreeSet<String> {
+        BTreeSet::new()
+    }
+
+    /// The system message, and the user message's sections before the
+    /// output (which [`ask`] appends last). Err is a grader error.
+    fn request(&self, context: &Value) -> Result<(String, String), String>;
+
+    /// The verdict in the judge's reply, or a grader error.
+    fn verdict(&self, reply: &str) -> Result<Outcome, String>;
 }
 
-impl JudgeCheck {
-    pub(super) fn compile(field: &str, kind: &GraderKind) -> Result<Self, InvalidInput> {
-        Ok(match kind {
-            GraderKind::LlmRubric { rubric, model } => {
-                if rubric.trim().is_empty() {
-                    return Err(InvalidInput::new(
-                        format!("{field}.rubric"),
-                        "must not be empty",
-                    ));
-                }
-                JudgeCheck::Rubric {
-                    rubric: Text::compile(format!("{field}.rubric"), rubric)?,
-                    model: model.clone(),
-                }
+/// Asks the judge; returns the verdict (or a grader error) and what the call cost.
+pub(super) async fn ask(
+    check: &dyn JudgeCheck,
+    input: &GradeInput<'_>,
+    judge: &dyn Judge,
+) -> (Result<Outcome, String>, f64) {
+    let (system, sections) = match check.request(input.context) {
+        Ok(request) => request,
+        Err(error) => return (Err(error), 0.0),
+    };
+    let messages = [
+        ChatMessage {
+            role: Role::System,
+            content: system,
+        },
+        ChatMessage {
+            role: Role::User,
+            content: format!("{sections}{}", section("output", input.output)),
+        },
+    ];
+    let model = check.model();
+    match judge.ask(model, &messages).await {
+        Ok(reply) => (check.verdict(&reply.text), reply.cost_usd),
+        Err(error) => (Err(format!("judge {model} failed: {error}")), 0.0),
+    }
+}
+
+/// `llm-rubric`: a judge scores the output against `rubric` (a template).
+pub(super) struct LlmRubric;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RubricOptions {
+    rubric: String,
+    model: String,
+}
+
+impl GraderType for LlmRubric {
+    const NAME: &'static str = "llm-rubric";
+    type Options = RubricOptions;
+
+    fn compile(field: &str, options: &RubricOptions) -> Result<Check, InvalidInput> {
+        if options.rubric.trim().is_empty() {
+            return Err(InvalidInput::new(
+                format!("{field}.rubric"),
+                "must not be empty",
+            ));
+        }
+        Ok(Check::Judge(Box::new(Rubric {
+            rubric: Text::compile(format!("{field}.rubric"), &options.rubric)?,
+            model: options.model.clone(),
+        })))
+    }
+
+    fn judge_model(options: &RubricOptions) -> Option<&str> {
+        Some(&options.model)
+    }
+}
+
+#[derive(Debug)]
+struct Rubric {
+    rubric: Text,
+    model: String,
+}
+
+impl JudgeCheck for Rubric {
+    fn model(&self) -> &str {
+        &self.model
+    }
+
+    fn variables(&self) -> BTreeSet<String> {
+        self.rubric.variables()
+    }
+
+    fn request(&self, context: &Value) -> Result<(String, String), String> {
+        Ok((
+            format!(
+                "{JUDGE_MARKER}llm-rubric] You grade an AI model's output against a rubric. Reply with one \
+                 JSON object with the keys score (a number from 0 to 1), pass (true or false) and reason \
+                 (one sentence)."
+            ),
+            section("rubric", &self.rubric.render(context)?),
+        ))
+    }
+
+    fn verdict(&self, reply: &str) -> Result<Outcome, String> {
+        parse_rubric(reply)
+    }
+}
+
+/// `llm-classify`: the label a judge picks among `labels` is one of `passing_labels`.
+pub(super) struct LlmClassify;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ClassifyOptions {
+    labels: Vec<String>,
+    passing_labels: Vec<String>,
+    model: String,
+    #[serde(default)]
+    instructions: Option<String>,
+}
+
+impl GraderType for LlmClassify {
+    const NAME: &'static str = "llm-classify";
+    type Options = ClassifyOptions;
+
+    fn compile(field: &str, options: &ClassifyOptions) -> Result<Check, InvalidInput> {
+        let labels = &options.labels;
+        if labels.is_empty() || labels.iter().any(|label| label.trim().is_empty()) {
+            return Err(InvalidInput::new(
+                format!("{field}.labels"),
+                "needs at least one non-empty label",
+            ));
+        }
+        let unique: BTreeSet<String> = labels.iter().map(|label| label.to_lowercase()).collect();
+        if unique.len() != labels.len() {
+            return Err(InvalidInput::new(
+                format!("{field}.labels"),
+                "labels must differ (case-insensitively)",
+            ));
+        }
+        if let Some(stray) = options
+            .passing_labels
+            .iter()
+            .find(|label| !labels.contains(label))
+        {
+            return Err(InvalidInput::new(
+                format!("{field}.passing_labels"),
+                format!("{stray:?} is not one of the labels"),
+            ));
+        }
+        Ok(Check::Judge(Box::new(Classify {
+            labels: labels.clone(),
+            passing: options.passing_labels.clone(),
+            instructions: options.instructions.clone(),
+            model: options.model.clone(),
+        })))
+    }
+
+    fn judge_model(options: &ClassifyOptions) -> Option<&str> {
+        Some(&options.model)
+    }
+}
+
+#[derive(Debug)]
+struct Classify {
+    labels: Vec<String>,
+    passing: Vec<String>,
+    instructions: Option<String>,
+    model: String,
+}
+
+impl JudgeCheck for Classify {
+    fn model(&self) -> &str {
+        &self.model
+    }
+
+    fn request(&self, _: &Value) -> Result<(String, String), String> {
+        Ok((
+            format!(
+                "{JUDGE_MARKER}llm-classify] Classify the output into exactly one of the labels. {}Reply with \
+                 one JSON object with the keys label (one of the labels, verbatim) and reason (one sentence).",
+                self.instructions
+                    .as_deref()
+                    .map(|text| format!("{text} "))
+                    .unwrap_or_default()
+            ),
+            section("labels", &self.labels.join("\n")),
+        ))
+    }
+
+    fn verdict(&self, reply: &str) -> Result<Outcome, String> {
+        parse_label(reply, &self.labels).map(|label| {
+            if self.passing.contains(&label) {
+                Outcome::pass(format!("judged {label:?}, a passing label"))
+            } else {
+                Outcome::fail(format!("judged {label:?}, not a passing label"))
             }
-            GraderKind::LlmClassify {
-                labels,
-                passing_labels,
-                model,
-                instructions,
-            } => {
-                if labels.is_empty() || labels.iter().any(|label| label.trim().is_empty()) {
-                    return Err(InvalidInput::new(
-                        format!("{field}.labels"),
-                        "needs at least one non-empty label",
-                    ));
-                }
-                let unique: BTreeSet<String> =
-                    labels.iter().map(|label| label.to_lowercase()).collect();
-                if unique.len() != labels.len() {
-                    return Err(InvalidInput::new(
-                        format!("{field}.labels"),
-                        "labels must differ (case-insensitively)",
-                    ));
-                }
-                if let Some(stray) = passing_labels.iter().find(|label| !labels.contains(label)) {
-                    return Err(InvalidInput::new(
-                        format!("{field}.passing_labels"),
-                        format!("{stray:?} is not one of the labels"),
-                    ));
-                }
-                JudgeCheck::Classify {
-                    labels: labels.clone(),
-                    passing: passing_labels.clone(),
-                    instructions: instructions.clone(),
-                    model: model.clone(),
-                }
-            }
-            GraderKind::Factuality { value, model } => JudgeCheck::Factuality {
-                reference: Text::compile(format!("{field}.value"), value)?,
-                model: model.clone(),
-            },
-            other => unreachable!("{} is not model-graded", other.type_name()),
         })
     }
+}
 
-    pub(super) fn variables(&self) -> BTreeSet<String> {
-        match self {
-            JudgeCheck::Rubric { rubric, .. } => rubric.variables(),
-            JudgeCheck::Factuality { reference, .. } => reference.variables(),
-            JudgeCheck::Classify { .. } => BTreeSet::new(),
-        }
+/// `factuality`: a judge finds the output consistent with the reference `value`.
+pub(super) struct Factuality;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FactualityOptions {
+    value: String,
+    model: String,
+}
+
+impl GraderType for Factuality {
+    const NAME: &'static str = "factuality";
+    type Options = FactualityOptions;
+
+    fn compile(field: &str, options: &FactualityOptions) -> Result<Check, InvalidInput> {
+        Ok(Check::Judge(Box::new(FactualityCheck {
+            reference: Text::compile(format!("{field}.value"), &options.value)?,
+            model: options.model.clone(),
+        })))
     }
 
-    /// Asks the judge; returns the verdict (or a grader error) and what the call cost.
-    pub(super) async fn grade(
-        &self,
-        input: &GradeInput<'_>,
-        judge: &dyn Judge,
-    ) -> (Result<Outcome, String>, f64) {
-        let (model, messages) = match self.request(input) {
-            Ok(request) => request,
-            Err(error) => return (Err(error), 0.0),
-        };
-        let reply = match judge.ask(model, &messages).await {
-            Ok(reply) => reply,
-            Err(error) => return (Err(format!("judge {model} failed: {error}")), 0.0),
-        };
-        let outcome = match self {
-            JudgeCheck::Rubric { .. } => parse_rubric(&reply.text),
-            JudgeCheck::Classify {
-                labels, passing, ..
-            } => parse_label(&reply.text, labels).map(|label| {
-                if passing.contains(&label) {
-                    Outcome::pass(format!("judged {label:?}, a passing label"))
-                } else {
-                    Outcome::fail(format!("judged {label:?}, not a passing label"))
-                }
-            }),
-            JudgeCheck::Factuality { .. } => parse_choice(&reply.text).map(|(choice, reason)| {
-                let reason = format!(
-                    "choice {choice}: {}",
-                    reason.unwrap_or_else(|| choice_meaning(choice).to_owned())
-                );
-                if choice == 'D' {
-                    Outcome::fail(reason)
-                } else {
-                    Outcome::pass(reason)
-                }
-            }),
-        };
-        (outcome, reply.cost_usd)
+    fn judge_model(options: &FactualityOptions) -> Option<&str> {
+        Some(&options.model)
+    }
+}
+
+#[derive(Debug)]
+struct FactualityCheck {
+    reference: Text,
+    model: String,
+}
+
+impl JudgeCheck for FactualityCheck {
+    fn model(&self) -> &str {
+        &self.model
     }
 
-    fn request<'a>(
-        &'a self,
-        input: &GradeInput<'_>,
-    ) -> Result<(&'a str, Vec<ChatMessage>), String> {
-        let output = section("output", input.output);
-        let (model, system, user) = match self {
-            JudgeCheck::Rubric { rubric, model } => (
-                model,
-                format!(
-                    "{JUDGE_MARKER}llm-rubric] You grade an AI model's output against a rubric. Reply with one \
-                     JSON object with the keys score (a number from 0 to 1), pass (true or false) and reason \
-                     (one sentence)."
-                ),
-                format!(
-                    "{}{output}",
-                    section("rubric", &rubric.render(input.context)?)
-                ),
-            ),
-            JudgeCheck::Classify {
-                labels,
-                instructions,
-                model,
-                ..
-            } => (
-                model,
-                format!(
-                    "{JUDGE_MARKER}llm-classify] Classify the output into exactly one of the labels. {}Reply with \
-                     one JSON object with the keys label (one of the labels, verbatim) and reason (one sentence).",
-                    instructions
-                        .as_deref()
-                        .map(|text| format!("{text} "))
-                        .unwrap_or_default()
-                ),
-                format!("{}{output}", section("labels", &labels.join("\n"))),
-            ),
-            JudgeCheck::Factuality { reference, model } => (
-                model,
-                format!(
-                    "{JUDGE_MARKER}factuality] Compare the factual content of the output with the expert answer. \
-                     Choose (A) the output is a subset of the expert answer and consistent with it, (B) a superset \
-                     and consistent, (C) it has the same details, (D) they disagree, or (E) they differ but not in \
-                     a way that matters for factuality. Reply with one JSON object with the keys choice (one \
-                     letter) and reason (one sentence)."
-                ),
-                format!(
-                    "{}{output}",
-                    section("reference", &reference.render(input.context)?)
-                ),
-            ),
-        };
+    fn variables(&self) -> BTreeSet<String> {
+        self.reference.variables()
+    }
+
+    fn request(&self, context: &Value) -> Result<(String, String), String> {
         Ok((
-            model.as_str(),
-            vec![
-                ChatMessage {
-                    role: Role::System,
-                    content: system,
-                },
-                ChatMessage {
-                    role: Role::User,
-                    content: user,
-                },
-            ],
+            format!(
+                "{JUDGE_MARKER}factuality] Compare the factual content of the output with the expert answer. \
+                 Choose (A) the output is a subset of the expert answer and consistent with it, (B) a superset \
+                 and consistent, (C) it has the same details, (D) they disagree, or (E) they differ but not in \
+                 a way that matters for factuality. Reply with one JSON object with the keys choice (one \
+                 letter) and reason (one sentence)."
+            ),
+            section("reference", &self.reference.render(context)?),
         ))
+    }
+
+    fn verdict(&self, reply: &str) -> Result<Outcome, String> {
+        parse_choice(reply).map(|(choice, reason)| {
+            let reason = format!(
+                "choice {choice}: {}",
+                reason.unwrap_or_else(|| choice_meaning(choice).to_owned())
+            );
+            if choice == 'D' {
+                Outcome::fail(reason)
+            } else {
+                Outcome::pass(reason)
+            }
+        })
     }
 }
 

@@ -1,6 +1,169 @@
 //! Shape and budget graders: word-count, length, latency, cost, finish-reason.
 
-use super::Outcome;
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Check, GradeInput, GraderType, LocalCheck, Outcome, Text, ValueOption};
+use crate::domain::InvalidInput;
+
+/// `word-count`: the number of words is within `min` and `max`.
+pub(super) struct WordCount;
+
+impl GraderType for WordCount {
+    const NAME: &'static str = "word-count";
+    type Options = Bounds;
+
+    fn compile(field: &str, options: &Bounds) -> Result<Check, InvalidInput> {
+        options.check(field)?;
+        Ok(Check::local(Counted {
+            bounds: *options,
+            count: word_count,
+        }))
+    }
+}
+
+/// `length`: the number of characters is within `min` and `max`.
+pub(super) struct Length;
+
+impl GraderType for Length {
+    const NAME: &'static str = "length";
+    type Options = Bounds;
+
+    fn compile(field: &str, options: &Bounds) -> Result<Check, InvalidInput> {
+        options.check(field)?;
+        Ok(Check::local(Counted {
+            bounds: *options,
+            count: length,
+        }))
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Bounds {
+    #[serde(default)]
+    min: Option<usize>,
+    #[serde(default)]
+    max: Option<usize>,
+}
+
+impl Bounds {
+    fn check(&self, field: &str) -> Result<(), InvalidInput> {
+        match (self.min, self.max) {
+            (None, None) => Err(InvalidInput::new(field, "needs `min`, `max` or both")),
+            (Some(min), Some(max)) if min > max => Err(InvalidInput::new(
+                format!("{field}.min"),
+                "must not exceed max",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Something counted in the output, within bounds.
+#[derive(Debug)]
+struct Counted {
+    bounds: Bounds,
+    count: fn(&str, Option<usize>, Option<usize>) -> Outcome,
+}
+
+impl LocalCheck for Counted {
+    fn grade(&self, input: &GradeInput<'_>, _: Option<f64>) -> Result<Outcome, String> {
+        Ok((self.count)(input.output, self.bounds.min, self.bounds.max))
+    }
+}
+
+/// `latency`: the call took at most `max_ms`.
+pub(super) struct Latency;
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LatencyOptions {
+    max_ms: f64,
+}
+
+impl GraderType for Latency {
+    const NAME: &'static str = "latency";
+    type Options = LatencyOptions;
+
+    fn compile(field: &str, options: &LatencyOptions) -> Result<Check, InvalidInput> {
+        if !(options.max_ms.is_finite() && options.max_ms >= 0.0) {
+            return Err(InvalidInput::new(
+                format!("{field}.max_ms"),
+                "must be a number of milliseconds ≥ 0",
+            ));
+        }
+        Ok(Check::local(*options))
+    }
+}
+
+impl LocalCheck for LatencyOptions {
+    fn grade(&self, input: &GradeInput<'_>, _: Option<f64>) -> Result<Outcome, String> {
+        latency(input.latency_ms, self.max_ms)
+    }
+}
+
+/// `cost`: the call cost at most `max_usd`.
+pub(super) struct Cost;
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CostOptions {
+    max_usd: f64,
+}
+
+impl GraderType for Cost {
+    const NAME: &'static str = "cost";
+    type Options = CostOptions;
+
+    fn compile(field: &str, options: &CostOptions) -> Result<Check, InvalidInput> {
+        if !(options.max_usd.is_finite() && options.max_usd >= 0.0) {
+            return Err(InvalidInput::new(
+                format!("{field}.max_usd"),
+                "must be a number of dollars ≥ 0",
+            ));
+        }
+        Ok(Check::local(*options))
+    }
+}
+
+impl LocalCheck for CostOptions {
+    fn grade(&self, input: &GradeInput<'_>, _: Option<f64>) -> Result<Outcome, String> {
+        Ok(cost(input.cost_usd, self.max_usd))
+    }
+}
+
+/// `finish-reason`: the model stopped for the reason `value` (`stop`, `length`, …).
+pub(super) struct FinishReason;
+
+impl GraderType for FinishReason {
+    const NAME: &'static str = "finish-reason";
+    type Options = ValueOption;
+
+    fn compile(field: &str, options: &ValueOption) -> Result<Check, InvalidInput> {
+        Ok(Check::local(FinishReasonCheck(Text::compile(
+            format!("{field}.value"),
+            &options.value,
+        )?)))
+    }
+}
+
+#[derive(Debug)]
+struct FinishReasonCheck(Text);
+
+impl LocalCheck for FinishReasonCheck {
+    fn variables(&self) -> BTreeSet<String> {
+        self.0.variables()
+    }
+
+    fn grade(&self, input: &GradeInput<'_>, _: Option<f64>) -> Result<Outcome, String> {
+        Ok(finish_reason(
+            input.finish_reason,
+            &self.0.render(input.context)?,
+        ))
+    }
+}
 
 fn within(value: usize, min: Option<usize>, max: Option<usize>, unit: &str) -> Outcome {
     let low_ok = min.is_none_or(|min| value >= min);

@@ -1,10 +1,221 @@
 //! Structure graders: is-json, contains-json, json-schema, json-path, is-xml.
 
+use std::borrow::Cow;
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::Outcome;
 use super::extract::{self as json, CompiledPath, CompiledSchema};
 use super::strings::excerpt;
+use super::{Check, GradeInput, GraderType, LocalCheck, NoOptions, Outcome, Pattern, Text};
+use crate::domain::InvalidInput;
+
+/// `is-json`: the output is one JSON document (a single fenced block counts).
+pub(super) struct IsJson;
+
+impl GraderType for IsJson {
+    const NAME: &'static str = "is-json";
+    type Options = NoOptions;
+
+    fn compile(_: &str, _: &NoOptions) -> Result<Check, InvalidInput> {
+        Ok(Check::local(OutputCheck(is_json)))
+    }
+}
+
+/// `contains-json`: a JSON object or array is embedded in the output.
+pub(super) struct ContainsJson;
+
+impl GraderType for ContainsJson {
+    const NAME: &'static str = "contains-json";
+    type Options = NoOptions;
+
+    fn compile(_: &str, _: &NoOptions) -> Result<Check, InvalidInput> {
+        Ok(Check::local(OutputCheck(contains_json)))
+    }
+}
+
+/// `is-xml`: the output is well-formed XML.
+pub(super) struct IsXml;
+
+impl GraderType for IsXml {
+    const NAME: &'static str = "is-xml";
+    type Options = NoOptions;
+
+    fn compile(_: &str, _: &NoOptions) -> Result<Check, InvalidInput> {
+        Ok(Check::local(OutputCheck(is_xml)))
+    }
+}
+
+/// A check of the output alone, without options.
+#[derive(Debug)]
+struct OutputCheck(fn(&str) -> Outcome);
+
+impl LocalCheck for OutputCheck {
+    fn grade(&self, input: &GradeInput<'_>, _: Option<f64>) -> Result<Outcome, String> {
+        Ok((self.0)(input.output))
+    }
+}
+
+/// `json-schema`: the output's JSON validates against `schema`.
+pub(super) struct JsonSchema;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct JsonSchemaOptions {
+    schema: Value,
+}
+
+impl GraderType for JsonSchema {
+    const NAME: &'static str = "json-schema";
+    type Options = JsonSchemaOptions;
+
+    fn compile(field: &str, options: &JsonSchemaOptions) -> Result<Check, InvalidInput> {
+        let schema = json::compile_schema(&options.schema).map_err(|error| {
+            InvalidInput::new(
+                format!("{field}.schema"),
+                format!("invalid JSON schema: {error}"),
+            )
+        })?;
+        Ok(Check::local(JsonSchemaCheck(schema)))
+    }
+}
+
+#[derive(Debug)]
+struct JsonSchemaCheck(CompiledSchema);
+
+impl LocalCheck for JsonSchemaCheck {
+    fn grade(&self, input: &GradeInput<'_>, _: Option<f64>) -> Result<Outcome, String> {
+        Ok(json_schema(input.output, &self.0))
+    }
+}
+
+/// `json-path`: `path` selects a value (equal to `equals`, or matching the
+/// regex `matches`, when given).
+pub(super) struct JsonPath;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct JsonPathOptions {
+    path: String,
+    #[serde(default)]
+    equals: Option<Value>,
+    #[serde(default)]
+    matches: Option<String>,
+}
+
+impl GraderType for JsonPath {
+    const NAME: &'static str = "json-path";
+    type Options = JsonPathOptions;
+
+    fn compile(field: &str, options: &JsonPathOptions) -> Result<Check, InvalidInput> {
+        if options.equals.is_some() && options.matches.is_some() {
+            return Err(InvalidInput::new(
+                field,
+                "give `equals` or `matches`, not both",
+            ));
+        }
+        Ok(Check::local(JsonPathCheck {
+            path: json::compile_path(&options.path).map_err(|error| {
+                InvalidInput::new(
+                    format!("{field}.path"),
+                    format!("invalid JSON path: {error}"),
+                )
+            })?,
+            source: options.path.clone(),
+            equals: options
+                .equals
+                .as_ref()
+                .map(|value| Expected::compile(format!("{field}.equals"), value))
+                .transpose()?,
+            matches: options
+                .matches
+                .as_deref()
+                .map(|pattern| Pattern::compile(format!("{field}.matches"), pattern))
+                .transpose()?,
+        }))
+    }
+}
+
+#[derive(Debug)]
+struct JsonPathCheck {
+    path: CompiledPath,
+    source: String,
+    equals: Option<Expected>,
+    matches: Option<Pattern>,
+}
+
+impl LocalCheck for JsonPathCheck {
+    fn variables(&self) -> BTreeSet<String> {
+        let mut variables = self
+            .equals
+            .as_ref()
+            .map(Expected::variables)
+            .unwrap_or_default();
+        variables.extend(
+            self.matches
+                .as_ref()
+                .map(Pattern::variables)
+                .unwrap_or_default(),
+        );
+        variables
+    }
+
+    fn grade(&self, input: &GradeInput<'_>, _: Option<f64>) -> Result<Outcome, String> {
+        let equals = self
+            .equals
+            .as_ref()
+            .map(|expected| expected.resolve(input.context))
+            .transpose()?;
+        let matches = self
+            .matches
+            .as_ref()
+            .map(|pattern| pattern.resolve(input.context))
+            .transpose()?;
+        Ok(json_path(
+            input.output,
+            &self.path,
+            &self.source,
+            equals.as_deref(),
+            matches.as_deref(),
+        ))
+    }
+}
+
+/// `json-path`'s `equals`: any JSON value; a string is a template like every
+/// other string option, rendered per item (`"{{ expected }}"`).
+#[derive(Debug)]
+enum Expected {
+    Fixed(Value),
+    /// Boxed, like [`Pattern::Templated`].
+    Templated(Box<Text>),
+}
+
+impl Expected {
+    fn compile(field: String, value: &Value) -> Result<Self, InvalidInput> {
+        if let Value::String(source) = value {
+            let text = Text::compile(field, source)?;
+            if text.template.is_some() {
+                return Ok(Expected::Templated(Box::new(text)));
+            }
+        }
+        Ok(Expected::Fixed(value.clone()))
+    }
+
+    fn variables(&self) -> BTreeSet<String> {
+        match self {
+            Expected::Fixed(_) => BTreeSet::new(),
+            Expected::Templated(text) => text.variables(),
+        }
+    }
+
+    fn resolve(&self, context: &Value) -> Result<Cow<'_, Value>, String> {
+        match self {
+            Expected::Fixed(value) => Ok(Cow::Borrowed(value)),
+            Expected::Templated(text) => Ok(Cow::Owned(Value::String(text.render(context)?))),
+        }
+    }
+}
 
 pub(super) fn is_json(output: &str) -> Outcome {
     match json::parse_json_document(output) {

@@ -50,6 +50,7 @@ fn graders_and_expectations() -> Vec<(Value, &'static str)> {
             json!({"type": "regex", "pattern": "^[A-Z][a-z]+$"}),
             "FPFFP",
         ),
+        (json!({"type": "is-refusal"}), "FFFFF"),
         (json!({"type": "is-json"}), "PFFFF"),
         (json!({"type": "contains-json"}), "PFFFF"),
         (
