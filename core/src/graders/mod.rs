@@ -227,6 +227,26 @@ pub struct GradeInput<'a> {
 /// this weight is still far from overflowing.
 pub const MAX_WEIGHT: f64 = 1000.0;
 
+/// Outputs at least this long are graded where they cannot stall the async
+/// runtime's threads: an O(n·m) metric (Levenshtein, ROUGE-L) or a JSON
+/// schema over a few thousand characters takes milliseconds, and a tenant
+/// may list dozens of such graders. Shorter outputs, the common case, are
+/// graded in place, which costs nothing extra per call.
+pub const LONG_OUTPUT_BYTES: usize = 2048;
+
+/// Runs `grade` on the current thread, first handing the thread's other
+/// tasks to another worker thread (`block_in_place`) when `output` is long
+/// and the runtime has worker threads to hand them to.
+fn off_the_runtime_if_long<T>(output: &str, grade: impl FnOnce() -> T) -> T {
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|handle| handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if output.len() >= LONG_OUTPUT_BYTES && multi_thread {
+        tokio::task::block_in_place(grade)
+    } else {
+        grade()
+    }
+}
+
 /// A grader as submitted: its type and options, negation, weight and threshold.
 #[derive(Debug, Clone)]
 pub struct GraderSpec {
@@ -608,7 +628,10 @@ impl Grader {
     /// Grades one output. Model-graded graders ask `judge`.
     pub async fn grade(&self, input: &GradeInput<'_>, judge: &dyn Judge) -> Grade {
         let (outcome, cost_usd) = match &self.check {
-            Check::Local(check) => (check.grade(input, self.threshold), 0.0),
+            Check::Local(check) => (
+                off_the_runtime_if_long(input.output, || check.grade(input, self.threshold)),
+                0.0,
+            ),
             Check::Judge(check) => model_graded::ask(check.as_ref(), input, judge).await,
         };
         let mut grade = match outcome {
@@ -1256,5 +1279,68 @@ mod tests {
             json!({"type": "llm-rubric", "rubric": "r", "model": "mock"}),
         )];
         assert!(grade_all(&judged, &input, &NoJudge, None).await.errored);
+    }
+
+    /// A long output's grading does not stall the runtime: on one worker
+    /// thread, a task ticking every millisecond keeps ticking while a
+    /// spawned task grades a 5,000-character Levenshtein distance (about
+    /// 25 million cells). Graded in place, the ticker would stop for the
+    /// whole grading.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn long_outputs_are_graded_without_stalling_the_runtime() {
+        use std::time::{Duration, Instant};
+        let value = "ab".repeat(2_500);
+        let output = "ba".repeat(2_500);
+        assert!(output.len() >= LONG_OUTPUT_BYTES);
+        let spec = GraderSpec::parse(
+            "grader",
+            &json!({"type": "levenshtein", "value": value, "max_distance": 1}),
+        )
+        .unwrap();
+        let grader = Grader::compile("grader", &spec).unwrap();
+        let ticks = Arc::new(std::sync::Mutex::new(Vec::<Instant>::new()));
+        let ticker = tokio::spawn({
+            let ticks = ticks.clone();
+            async move {
+                loop {
+                    ticks.lock().unwrap().push(Instant::now());
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let (started, finished, grade) = tokio::spawn(async move {
+            let started = Instant::now();
+            let context = json!({});
+            let input = GradeInput {
+                output: &output,
+                context: &context,
+                latency_ms: None,
+                cost_usd: 0.0,
+                finish_reason: None,
+            };
+            let grade = grader.grade(&input, &NoJudge).await;
+            (started, Instant::now(), grade)
+        })
+        .await
+        .unwrap();
+        ticker.abort();
+        assert!(!grade.passed && grade.error.is_none(), "{grade:?}");
+        let took = finished - started;
+        let ticks = ticks.lock().unwrap().clone();
+        let longest_gap = ticks
+            .windows(2)
+            .filter(|pair| pair[1] > started && pair[0] < finished)
+            .map(|pair| pair[1] - pair[0])
+            .max()
+            .unwrap_or(took);
+        assert!(
+            took >= Duration::from_millis(20),
+            "the grading took {took:?}: too short to show a stall"
+        );
+        assert!(
+            longest_gap < took / 2,
+            "the ticker stopped for {longest_gap:?} of the {took:?} grading"
+        );
     }
 }
