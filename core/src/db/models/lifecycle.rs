@@ -409,15 +409,7 @@ pub async fn finalize(
     actor: &str,
 ) -> QueryResult<bool> {
     conn.transaction(async |conn| {
-        let Some(evaluation) = evaluations::table
-            .filter(evaluations::tenant_id.eq(tenant_id))
-            .filter(evaluations::id.eq(id))
-            .select(Evaluation::as_select())
-            .for_update()
-            .first(conn)
-            .await
-            .optional()?
-        else {
+        let Some(evaluation) = lock(conn, tenant_id, id).await? else {
             return Ok(false);
         };
         if !evaluation_moves::FINALIZE.from.contains(&evaluation.status) {
