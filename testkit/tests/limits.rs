@@ -283,6 +283,31 @@ async fn callers_learn_a_hard_cap_the_registry_does_not_know() {
     assert!(share <= 0.1, "{:.1}% refused", share * 100.0);
 }
 
+/// Calls Redis has served of `commands`, from its command statistics.
+fn redis_calls(url: &str, commands: &[&str]) -> u64 {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut conn)
+        .unwrap();
+    info.lines()
+        .filter(|line| {
+            commands
+                .iter()
+                .any(|command| line.starts_with(&format!("cmdstat_{command}:")))
+        })
+        .filter_map(|line| {
+            line.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
 /// Calls waiting on a shared limit queue in their process: one script call
 /// per granted request or so, not one per waiting call per poll.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -297,23 +322,7 @@ async fn waiting_calls_queue_in_their_process_instead_of_polling_redis() {
         },
         Duration::from_secs(5),
     ));
-    let script_calls = || {
-        let client = redis::Client::open(redis.url.as_str()).unwrap();
-        let mut conn = client.get_connection().unwrap();
-        let info: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query(&mut conn)
-            .unwrap();
-        info.lines()
-            .filter(|line| {
-                line.starts_with("cmdstat_evalsha:") || line.starts_with("cmdstat_eval:")
-            })
-            .filter_map(|line| {
-                let calls = line.split("calls=").nth(1)?.split(',').next()?;
-                calls.parse::<u64>().ok()
-            })
-            .sum::<u64>()
-    };
+    let script_calls = || redis_calls(&redis.url, &["evalsha", "eval"]);
     let before = script_calls();
     let started = Instant::now();
     let mut calls = Vec::new();
@@ -484,25 +493,7 @@ async fn answers_are_reported_only_while_they_can_change_a_learned_rate() {
         Duration::from_secs(5),
     );
     // Only the controller's script reads its hash with HMGET.
-    let reports = || {
-        let client = redis::Client::open(redis.url.as_str()).unwrap();
-        let mut conn = client.get_connection().unwrap();
-        let info: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query(&mut conn)
-            .unwrap();
-        info.lines()
-            .find(|line| line.starts_with("cmdstat_hmget:"))
-            .and_then(|line| {
-                line.split("calls=")
-                    .nth(1)?
-                    .split(',')
-                    .next()?
-                    .parse::<u64>()
-                    .ok()
-            })
-            .unwrap_or(0)
-    };
+    let reports = || redis_calls(&redis.url, &["hmget"]);
     let limiter = Limiter::new(
         assay_core::redis_pool::build(&redis.url, 4).unwrap(),
         "report-test",
