@@ -183,10 +183,12 @@ pub async fn run(config: WorkerConfig) -> anyhow::Result<()> {
                 .backend(storage.clone().poll_with_strategy(strategy))
                 .data(env.clone())
                 .data(chunk_kind.clone())
-                .layer(jobs::catch_panics())
                 .layer(gate.clone())
                 .concurrency(jobs)
                 .parallelize(tokio::spawn)
+                // Inside the spawn (a later layer is an inner one): outside
+                // it, tokio's JoinHandle would take the panic first.
+                .layer(jobs::catch_panics())
                 .build(jobs::run_chunk)
         });
     }
@@ -208,9 +210,9 @@ pub async fn run(config: WorkerConfig) -> anyhow::Result<()> {
                             .poll_with_strategy(Strategy::new().interval(poll_interval)),
                     )
                     .data(env.clone())
-                    .layer(jobs::catch_panics())
                     .concurrency(jobs::versioning::JOBS_PER_KIND)
                     .parallelize(tokio::spawn)
+                    .layer(jobs::catch_panics())
                     .build($handler)
             });
         }};
@@ -248,9 +250,9 @@ pub async fn run(config: WorkerConfig) -> anyhow::Result<()> {
                 )
                 .data(env.clone())
                 .data(webhook_kind.clone())
-                .layer(jobs::catch_panics())
                 .concurrency(slots)
                 .parallelize(tokio::spawn)
+                .layer(jobs::catch_panics())
                 .build(jobs::webhooks::run_delivery)
         });
     }

@@ -28,7 +28,9 @@ use crate::environment::Environment;
 
 /// The panic layer every consumer has: a handler that panics fails its job
 /// (logged and counted in `assay_job_panics_total`) instead of ending the
-/// consumer. The queue does not retry it: a chunk's lease expires and the
+/// consumer. It goes inside `parallelize` (added after it: apalis' later
+/// layers are inner ones), or the spawned task's `JoinHandle` takes the
+/// panic first and this handler never runs. The queue does not retry it: a chunk's lease expires and the
 /// sweeper queues the chunk again, counting a crash, so a chunk that
 /// panics every time is given up after a few (see `chunks::DEFAULT_MAX_CRASHES`).
 pub type PanicLayer = CatchPanicLayer<fn(&Box<dyn Any + Send>) -> AbortError, AbortError>;
@@ -144,5 +146,100 @@ async fn run_chunk_in_span(
             tracing::warn!(error = format!("{error:#}"), "chunk will be retried");
             Err(format!("{error:#}").into())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use apalis_core::backend::TaskSink;
+    use apalis_core::backend::ext::poll_strategy::Strategy;
+    use apalis_redis::{Config, RedisStorage};
+    use assay_testkit::{TestRedis, eventually};
+    use redis::AsyncCommands;
+
+    use super::*;
+
+    const PANICS: u32 = 1;
+
+    async fn panics_on_request(
+        job: u32,
+        ran: Data<Arc<Mutex<Vec<u32>>>>,
+    ) -> Result<(), BoxDynError> {
+        assert_ne!(job, PANICS, "this job always panics");
+        ran.lock().expect("ran lock").push(job);
+        Ok(())
+    }
+
+    /// A handler that panics fails its own job for good (the queue's dead
+    /// set: not retried), the panic is counted, and the consumer goes on to
+    /// the next job. One thread, so the test's metrics recorder sees the
+    /// spawned job tasks.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_panicking_handler_fails_its_job_and_the_consumer_takes_the_next() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let exported = recorder.handle();
+        let _recording = metrics::set_default_local_recorder(&recorder);
+        let redis = TestRedis::new();
+        let queue = format!("{}:panics", redis.prefix);
+        let conn = assay_core::queue::connect(&redis.url).await.unwrap();
+        let mut storage = RedisStorage::<u32>::new(conn.clone()).with_config(
+            Config::default()
+                .queue(&queue)
+                .persist_results(true)
+                .emit_events(false),
+        );
+        let ran: Arc<Mutex<Vec<u32>>> = Arc::new(Mutex::new(Vec::new()));
+        let worker = WorkerBuilder::new(format!("{queue}-worker"))
+            .backend(
+                storage
+                    .clone()
+                    .poll_with_strategy(Strategy::new().interval(Duration::from_millis(50))),
+            )
+            .data(ran.clone())
+            .concurrency(1)
+            .parallelize(tokio::spawn)
+            .layer(catch_panics())
+            .build(panics_on_request);
+        let consumer = tokio::spawn(worker.run());
+
+        storage.push(PANICS).await.unwrap();
+        let dead_key = format!("{queue}:dead");
+        eventually(
+            Duration::from_secs(20),
+            "the panicked job in the dead set",
+            || {
+                let (mut conn, dead_key) = (conn.clone(), dead_key.clone());
+                async move {
+                    let dead: usize = conn.scard(&dead_key).await?;
+                    Ok((dead == 1).then_some(()))
+                }
+            },
+        )
+        .await
+        .unwrap();
+
+        storage.push(2).await.unwrap();
+        eventually(Duration::from_secs(20), "the next job to run", || {
+            let ran = ran.clone();
+            async move { Ok((ran.lock().expect("ran lock").as_slice() == [2]).then_some(())) }
+        })
+        .await
+        .unwrap();
+        assert!(!consumer.is_finished(), "the consumer ended");
+        let scheduled: usize = conn
+            .clone()
+            .zcard(format!("{queue}:scheduled"))
+            .await
+            .unwrap();
+        assert_eq!(scheduled, 0, "the panicked job was scheduled for a retry");
+        let rendered = exported.render();
+        assert!(
+            rendered.contains("assay_job_panics_total 1"),
+            "the panic was not counted:\n{rendered}"
+        );
+        consumer.abort();
     }
 }
