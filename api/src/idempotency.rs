@@ -34,6 +34,7 @@ use actix_web::middleware::Next;
 use actix_web::web::Bytes;
 use actix_web::{HttpMessage, HttpResponse, ResponseError, web};
 use assay_core::db::models::idempotency::{self, Claim, StoredResponse};
+use assay_core::ids::TenantId;
 use futures::{Stream, StreamExt};
 use metrics::counter;
 use sha2::{Digest, Sha256};
@@ -352,7 +353,7 @@ impl Stream for HashingStream {
 /// background so a retry need not wait for the lock timeout.
 struct HeldClaim {
     state: Option<web::Data<AppState>>,
-    tenant_id: Uuid,
+    tenant_id: TenantId,
     key: String,
     claim_id: Uuid,
 }
@@ -378,7 +379,7 @@ impl Drop for HeldClaim {
     }
 }
 
-async fn release(state: web::Data<AppState>, tenant_id: Uuid, key: String, claim_id: Uuid) {
+async fn release(state: web::Data<AppState>, tenant_id: TenantId, key: String, claim_id: Uuid) {
     let released = async {
         let mut conn = state.pool.get().await?;
         Ok::<_, ApiError>(idempotency::release(&mut conn, tenant_id, &key, claim_id).await?)

@@ -78,11 +78,11 @@ async fn seed(deployment: &Deployment, evaluation: &str) -> anyhow::Result<()> {
 async fn tenant_of(
     conn: &mut diesel_async::AsyncPgConnection,
     evaluation: &str,
-) -> anyhow::Result<uuid::Uuid> {
+) -> anyhow::Result<assay_core::ids::TenantId> {
     #[derive(diesel::QueryableByName)]
     struct Tenant {
         #[diesel(sql_type = diesel::sql_types::Uuid)]
-        tenant_id: uuid::Uuid,
+        tenant_id: assay_core::ids::TenantId,
     }
     let row: Tenant = diesel::sql_query(format!(
         "SELECT tenant_id FROM evaluations WHERE id = '{evaluation}'"

@@ -34,10 +34,10 @@ use std::time::{Duration, Instant};
 use diesel::QueryResult;
 use diesel_async::AsyncPgConnection;
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use crate::db::models::datasets;
 use crate::domain::{ChatMessage, ModelParams};
+use crate::ids::{DatasetId, TenantId};
 use crate::providers::{Model, tokens};
 use crate::templates::PromptTemplate;
 
@@ -158,8 +158,8 @@ impl Estimate {
 
 /// What an evaluation's estimate is made from.
 pub struct EstimateInput {
-    pub tenant_id: Uuid,
-    pub dataset_id: Uuid,
+    pub tenant_id: TenantId,
+    pub dataset_id: DatasetId,
     pub item_count: i32,
     pub template: Arc<PromptTemplate>,
     pub models: Vec<Arc<Model>>,

@@ -10,6 +10,8 @@
 //!   error, never an empty string sent to a model).
 //! - [`gauges`]: deployment-wide gauges (work left, queue age, budgets) every process exports.
 //! - [`graders`]: the checks an output is scored with.
+//! - [`ids`]: one id type per thing a tenant owns (tenant, evaluation, chunk,
+//!   prompt, version, dataset), so swapped ids do not compile.
 //! - [`providers`]: the LLM provider trait and its implementations.
 //! - [`db`]: the schema, the pool and every query; each query filters on the tenant.
 //! - [`queue`]: job payloads and the Redis queue they travel on.
@@ -30,6 +32,7 @@ pub mod db;
 pub mod domain;
 pub mod gauges;
 pub mod graders;
+pub mod ids;
 pub mod providers;
 pub mod queue;
 pub mod redis_pool;

@@ -30,14 +30,15 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::domain::Priority;
+use crate::ids::{EvaluationId, TenantId};
 
 /// Runs one chunk of an evaluation: a range of items x one model.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkJob {
     /// Payload format, so that workers can refuse what they do not understand.
     pub v: u32,
-    pub tenant_id: Uuid,
-    pub evaluation_id: Uuid,
+    pub tenant_id: TenantId,
+    pub evaluation_id: EvaluationId,
     pub chunk_index: i32,
     /// The `X-Request-Id` of the request that submitted the evaluation, for
     /// the worker's log lines. Optional, so payloads without it (pushed by
@@ -49,7 +50,7 @@ pub struct ChunkJob {
 impl ChunkJob {
     pub const VERSION: u32 = 1;
 
-    pub fn new(tenant_id: Uuid, evaluation_id: Uuid, chunk_index: i32) -> Self {
+    pub fn new(tenant_id: TenantId, evaluation_id: EvaluationId, chunk_index: i32) -> Self {
         Self {
             v: Self::VERSION,
             tenant_id,
@@ -98,14 +99,14 @@ impl VersioningKind {
 pub struct VersioningJob {
     /// Payload format, so that workers can refuse what they do not understand.
     pub v: u32,
-    pub tenant_id: Uuid,
+    pub tenant_id: TenantId,
     pub id: Uuid,
 }
 
 impl VersioningJob {
     pub const VERSION: u32 = 1;
 
-    pub fn new(tenant_id: Uuid, id: Uuid) -> Self {
+    pub fn new(tenant_id: TenantId, id: Uuid) -> Self {
         Self {
             v: Self::VERSION,
             tenant_id,

@@ -27,7 +27,7 @@ pub enum SubmitError {
     Database(#[from] diesel::result::Error),
     /// The push failed twice and the evaluation was marked failed.
     #[error("the job queue is unavailable; evaluation {0} was recorded as failed")]
-    QueueUnavailable(uuid::Uuid),
+    QueueUnavailable(crate::ids::EvaluationId),
     /// The tenant's quota of evaluations queued or running at once is full;
     /// nothing was written.
     #[error("the tenant already has {active} evaluations queued or running (its quota is {limit})")]

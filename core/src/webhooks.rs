@@ -24,6 +24,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::domain::InvalidInput;
+use crate::ids::TenantId;
 
 /// Events an evaluation's own webhook (`webhook_url`) is sent.
 pub const EVALUATION_EVENTS: [&str; 3] = [
@@ -326,14 +327,14 @@ impl DeliverySettings {
 pub struct WebhookJob {
     /// Payload format, so that workers can refuse what they do not understand.
     pub v: u32,
-    pub tenant_id: Uuid,
+    pub tenant_id: TenantId,
     pub delivery_id: Uuid,
 }
 
 impl WebhookJob {
     pub const VERSION: u32 = 1;
 
-    pub fn new(tenant_id: Uuid, delivery_id: Uuid) -> Self {
+    pub fn new(tenant_id: TenantId, delivery_id: Uuid) -> Self {
         Self {
             v: Self::VERSION,
             tenant_id,

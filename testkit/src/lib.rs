@@ -27,6 +27,7 @@ mod servers;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use assay_core::ids::{EvaluationId, TenantId};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 pub use browser::Browser;
@@ -245,8 +246,8 @@ pub async fn api_key_with_scope(
 pub async fn bare_evaluation(
     conn: &mut AsyncPgConnection,
     items: usize,
-) -> anyhow::Result<(uuid::Uuid, uuid::Uuid)> {
-    let (tenant, evaluation) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+) -> anyhow::Result<(TenantId, EvaluationId)> {
+    let (tenant, evaluation) = (TenantId::new(), EvaluationId::new());
     for statement in [
         format!("INSERT INTO tenants (id, name) VALUES ('{tenant}', 't-{tenant}')"),
         format!("INSERT INTO prompts (id, tenant_id, name) VALUES ('{tenant}', '{tenant}', 'p')"),

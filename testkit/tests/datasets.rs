@@ -4,14 +4,14 @@
 use assay_core::db::models::datasets::{self, CreateError, NewDataset};
 use assay_core::db::schema::{dataset_items, events};
 use assay_core::domain::{DatasetItemInput, ParsedDataset, validate_items};
+use assay_core::ids::TenantId;
 use assay_testkit::TestDatabase;
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde_json::json;
-use uuid::Uuid;
 
-async fn tenant(conn: &mut AsyncPgConnection) -> Uuid {
-    let tenant = Uuid::now_v7();
+async fn tenant(conn: &mut AsyncPgConnection) -> TenantId {
+    let tenant = TenantId::new();
     diesel::sql_query(format!(
         "INSERT INTO tenants (id, name) VALUES ('{tenant}', 't-{tenant}')"
     ))
@@ -28,7 +28,7 @@ fn three_items() -> ParsedDataset {
     validate_items(items).unwrap()
 }
 
-async fn rows_of(conn: &mut AsyncPgConnection, tenant: Uuid) -> (usize, i64, i64) {
+async fn rows_of(conn: &mut AsyncPgConnection, tenant: TenantId) -> (usize, i64, i64) {
     let datasets = datasets::list(conn, tenant, None, 10, None).await.unwrap();
     let items = dataset_items::table
         .filter(dataset_items::tenant_id.eq(tenant))

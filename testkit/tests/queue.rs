@@ -4,13 +4,18 @@
 use std::time::Duration;
 
 use assay_core::domain::Priority;
+use assay_core::ids::{EvaluationId, TenantId};
 use assay_core::queue::{ChunkJob, JobQueue, Push, chunk_queue};
 use assay_testkit::TestRedis;
 use uuid::Uuid;
 
 fn push(priority: Priority, chunk_index: i32) -> Push {
     Push {
-        job: ChunkJob::new(Uuid::nil(), Uuid::from_u128(7), chunk_index),
+        job: ChunkJob::new(
+            TenantId::from_uuid(Uuid::nil()),
+            EvaluationId::from_uuid(Uuid::from_u128(7)),
+            chunk_index,
+        ),
         priority,
         job_id: Uuid::now_v7(),
     }

@@ -2,11 +2,11 @@
 //! storable, or its chunk would fail on every retry.
 
 use assay_core::db::models::results::{self, CallFigures, NewResult, Written};
+use assay_core::ids::{EvaluationId, TenantId};
 use assay_testkit::{TestDatabase, bare_evaluation};
 use serde_json::json;
-use uuid::Uuid;
 
-fn row(tenant: Uuid, evaluation: Uuid, position: i32, output: &str) -> NewResult {
+fn row(tenant: TenantId, evaluation: EvaluationId, position: i32, output: &str) -> NewResult {
     NewResult {
         evaluation_id: evaluation,
         model: "mock".to_owned(),

@@ -3,6 +3,7 @@
 //! instead of making (and paying for) another. Real PostgreSQL and Redis.
 
 use assay_core::db::models::datasets;
+use assay_core::ids::{DatasetId, VersionId};
 use assay_core::providers::ModelCatalog;
 use assay_core::providers::call::LlmClient;
 use assay_core::queue::JobQueue;
@@ -27,7 +28,7 @@ async fn submit(
         ctx,
         conn,
         tenant,
-        tenant,
+        VersionId::from_uuid(tenant.uuid()),
         dataset,
         setup,
         None,
@@ -46,7 +47,7 @@ async fn a_step_run_again_finds_the_evaluation_it_made() {
     let mut conn = pool.get().await.unwrap();
     // Tenant, prompt, version and dataset share one id in this fixture.
     let (tenant, _) = bare_evaluation(&mut conn, 10).await.unwrap();
-    let dataset = datasets::get(&mut conn, tenant, tenant)
+    let dataset = datasets::get(&mut conn, tenant, DatasetId::from_uuid(tenant.uuid()))
         .await
         .unwrap()
         .unwrap();

@@ -20,8 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 use assay_core::domain::Priority;
+use assay_core::ids::EvaluationId;
 use tokio::sync::oneshot;
-use uuid::Uuid;
 
 /// LLM call permits, handed out by priority, then in order of asking.
 pub struct LlmSlots {
@@ -39,12 +39,12 @@ struct SlotState {
 #[derive(Default)]
 struct Turns {
     /// Evaluations with waiters, next to serve first.
-    order: VecDeque<Uuid>,
-    waiting: HashMap<Uuid, VecDeque<oneshot::Sender<LlmPermit>>>,
+    order: VecDeque<EvaluationId>,
+    waiting: HashMap<EvaluationId, VecDeque<oneshot::Sender<LlmPermit>>>,
 }
 
 impl Turns {
-    fn push(&mut self, group: Uuid, waiter: oneshot::Sender<LlmPermit>) {
+    fn push(&mut self, group: EvaluationId, waiter: oneshot::Sender<LlmPermit>) {
         let queue = self.waiting.entry(group).or_default();
         if queue.is_empty() {
             self.order.push_back(group);
@@ -85,7 +85,7 @@ impl LlmSlots {
     }
 
     /// A permit for a call of evaluation `group` at `priority`.
-    pub async fn acquire(self: &Arc<Self>, priority: Priority, group: Uuid) -> LlmPermit {
+    pub async fn acquire(self: &Arc<Self>, priority: Priority, group: EvaluationId) -> LlmPermit {
         let waiting = {
             let mut state = self.state.lock().expect("slots lock");
             if state.available > 0 {
@@ -140,12 +140,17 @@ impl Drop for LlmPermit {
 pub struct HeldSlot {
     slots: Arc<LlmSlots>,
     priority: Priority,
-    group: Uuid,
+    group: EvaluationId,
     permit: Mutex<Option<LlmPermit>>,
 }
 
 impl HeldSlot {
-    pub fn new(slots: Arc<LlmSlots>, priority: Priority, group: Uuid, permit: LlmPermit) -> Self {
+    pub fn new(
+        slots: Arc<LlmSlots>,
+        priority: Priority,
+        group: EvaluationId,
+        permit: LlmPermit,
+    ) -> Self {
         Self {
             slots,
             priority,
@@ -287,6 +292,9 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use uuid::Uuid;
+
+    const ONE_EVALUATION: EvaluationId = EvaluationId::from_uuid(Uuid::nil());
 
     /// Waiters queued for a permit.
     fn waiting(slots: &LlmSlots) -> usize {
@@ -314,7 +322,7 @@ mod tests {
     #[tokio::test]
     async fn permits_go_to_higher_priorities_first_then_in_order() {
         let slots = LlmSlots::new(1);
-        let held = slots.acquire(Priority::Normal, Uuid::nil()).await;
+        let held = slots.acquire(Priority::Normal, ONE_EVALUATION).await;
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut waiters = Vec::new();
         for (name, priority) in [
@@ -325,7 +333,7 @@ mod tests {
         ] {
             let (waiter_slots, order) = (slots.clone(), order.clone());
             waiters.push(tokio::spawn(async move {
-                let permit = waiter_slots.acquire(priority, Uuid::nil()).await;
+                let permit = waiter_slots.acquire(priority, ONE_EVALUATION).await;
                 order.lock().unwrap().push(name);
                 drop(permit);
             }));
@@ -345,10 +353,10 @@ mod tests {
     #[tokio::test]
     async fn a_waiter_that_gives_up_does_not_lose_the_permit() {
         let slots = LlmSlots::new(1);
-        let held = slots.acquire(Priority::Normal, Uuid::nil()).await;
+        let held = slots.acquire(Priority::Normal, ONE_EVALUATION).await;
         let waiter = tokio::spawn({
             let slots = slots.clone();
-            async move { slots.acquire(Priority::High, Uuid::nil()).await }
+            async move { slots.acquire(Priority::High, ONE_EVALUATION).await }
         });
         until_waiting(&slots, 1).await;
         waiter.abort();
@@ -358,15 +366,18 @@ mod tests {
         );
         drop(held);
         assert_eq!(slots.available(), 1, "the permit skipped the gone waiter");
-        let _again = slots.acquire(Priority::Low, Uuid::nil()).await;
+        let _again = slots.acquire(Priority::Low, ONE_EVALUATION).await;
         assert_eq!(slots.available(), 0);
     }
 
     #[tokio::test]
     async fn evaluations_take_turns_whatever_their_number_of_waiters() {
         let slots = LlmSlots::new(1);
-        let held = slots.acquire(Priority::Normal, Uuid::nil()).await;
-        let (big, small) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let held = slots.acquire(Priority::Normal, ONE_EVALUATION).await;
+        let (big, small) = (
+            EvaluationId::from_uuid(Uuid::from_u128(1)),
+            EvaluationId::from_uuid(Uuid::from_u128(2)),
+        );
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut waiters = Vec::new();
         // Three waiters of the big evaluation queue up before the small one's two.
@@ -399,12 +410,12 @@ mod tests {
     async fn a_held_slot_is_free_for_others_while_released() {
         use assay_core::providers::call::Slot;
         let slots = LlmSlots::new(1);
-        let permit = slots.acquire(Priority::Normal, Uuid::nil()).await;
-        let held = HeldSlot::new(slots.clone(), Priority::Normal, Uuid::nil(), permit);
+        let permit = slots.acquire(Priority::Normal, ONE_EVALUATION).await;
+        let held = HeldSlot::new(slots.clone(), Priority::Normal, ONE_EVALUATION, permit);
         assert_eq!(slots.available(), 0);
         held.release();
         assert_eq!(slots.available(), 1, "free while the call waits");
-        let other = slots.acquire(Priority::Normal, Uuid::nil()).await;
+        let other = slots.acquire(Priority::Normal, ONE_EVALUATION).await;
         let again = tokio::spawn(async move {
             held.reacquire().await;
             held

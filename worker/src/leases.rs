@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use assay_core::db::DbPool;
 use assay_core::db::models::chunks;
+use assay_core::ids::EvaluationId;
 use metrics::gauge;
-use uuid::Uuid;
 
 /// How long a lease lasts without renewal: several missed renewals (a slow
 /// database, a restarting PostgreSQL) before a live worker's chunk is
@@ -23,7 +23,7 @@ pub const LEASE: Duration = Duration::from_secs(10);
 /// How often leases are renewed, and how soon a cancel reaches a chunk.
 pub const RENEW_EVERY: Duration = Duration::from_secs(1);
 
-type Key = (Uuid, i32);
+type Key = (EvaluationId, i32);
 
 /// A running chunk's stop flag.
 #[derive(Default)]
@@ -59,7 +59,11 @@ impl Drop for Registration {
 }
 
 impl ActiveChunks {
-    pub fn register(self: &Arc<Self>, evaluation_id: Uuid, chunk_index: i32) -> Registration {
+    pub fn register(
+        self: &Arc<Self>,
+        evaluation_id: EvaluationId,
+        chunk_index: i32,
+    ) -> Registration {
         let handle = Arc::new(ChunkHandle::default());
         let mut chunks = self.chunks.lock().expect("active lock");
         chunks.insert((evaluation_id, chunk_index), handle.clone());

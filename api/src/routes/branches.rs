@@ -3,8 +3,8 @@
 use actix_web::{HttpResponse, web};
 use assay_core::db::models::branches::{self, BranchError};
 use assay_core::db::models::prompts::{self, Commit, VersionRef};
+use assay_core::ids::PromptId;
 use serde::Deserialize;
-use uuid::Uuid;
 
 use super::prompts::CommittedBody;
 use super::prompts::{commit_error, committed, validate_commit_message};
@@ -44,7 +44,7 @@ fn branch_error(error: BranchError) -> ApiError {
 pub async fn list(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
-    path: web::Path<Uuid>,
+    path: web::Path<PromptId>,
     query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let limit = query.limit()?;
@@ -89,7 +89,7 @@ pub struct CreateBranch {
 pub async fn create(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
-    path: web::Path<Uuid>,
+    path: web::Path<PromptId>,
     body: Json<CreateBranch>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
@@ -127,7 +127,7 @@ pub async fn create(
 pub async fn get(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
-    path: web::Path<(Uuid, String)>,
+    path: web::Path<(PromptId, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (prompt_id, name) = path.into_inner();
     let mut conn = state.pool.get().await?;
@@ -152,7 +152,7 @@ pub async fn get(
 pub async fn delete(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
-    path: web::Path<(Uuid, String)>,
+    path: web::Path<(PromptId, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (prompt_id, name) = path.into_inner();
     let mut conn = state.pool.get().await?;
@@ -200,7 +200,7 @@ pub struct Revert {
 pub async fn revert(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
-    path: web::Path<(Uuid, String)>,
+    path: web::Path<(PromptId, String)>,
     body: Json<Revert>,
 ) -> Result<HttpResponse, ApiError> {
     let (prompt_id, name) = path.into_inner();

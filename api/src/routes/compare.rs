@@ -8,9 +8,9 @@ use std::time::Instant;
 use actix_web::{HttpResponse, web};
 use assay_core::db::models::compare::{self, Direction, Side};
 use assay_core::db::models::evaluations::{self, Evaluation, EvaluationStatus};
+use assay_core::ids::{DatasetId, EvaluationId, TenantId, VersionId};
 use assay_core::stats;
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use super::PageQuery;
 use crate::auth::Authenticated;
@@ -78,9 +78,9 @@ fn pairs(
 /// Both evaluations, checked to be comparable.
 async fn comparable(
     state: &AppState,
-    tenant_id: Uuid,
-    a: Uuid,
-    b: Uuid,
+    tenant_id: TenantId,
+    a: EvaluationId,
+    b: EvaluationId,
 ) -> Result<(Evaluation, Evaluation), ApiError> {
     let mut conn = state.pool.get().await?;
     let a = evaluations::get(&mut conn, tenant_id, a)
@@ -126,7 +126,7 @@ fn list_limit(limit: Option<i64>) -> Result<i64, ApiError> {
 pub async fn compare(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
-    path: web::Path<(Uuid, Uuid)>,
+    path: web::Path<(EvaluationId, EvaluationId)>,
     query: web::Query<CompareQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
@@ -204,7 +204,7 @@ pub struct ChangesQuery {
 pub async fn changes(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
-    path: web::Path<(Uuid, Uuid)>,
+    path: web::Path<(EvaluationId, EvaluationId)>,
     query: web::Query<ChangesQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let direction = match query.direction.as_str() {
@@ -256,8 +256,8 @@ pub async fn changes(
 /// One side of a comparison.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 struct CompareSide {
-    id: Uuid,
-    prompt_version_id: Uuid,
+    id: EvaluationId,
+    prompt_version_id: VersionId,
     models: serde_json::Value,
     repeat: i32,
 }
@@ -277,7 +277,7 @@ impl CompareSide {
 struct CompareBody {
     a: CompareSide,
     b: CompareSide,
-    dataset_id: Uuid,
+    dataset_id: DatasetId,
     /// How items were paired and the bootstrap's settings.
     method: serde_json::Value,
     /// One report per model pair.

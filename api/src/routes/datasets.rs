@@ -12,6 +12,7 @@ use assay_core::domain::{
     ContentHasher, DatasetItemInput, DatasetSummary, ItemChecker, MAX_ITEM_BYTES, ParsedItem,
     parse_jsonl_line, validate_description, validate_items_with, validate_name,
 };
+use assay_core::ids::DatasetId;
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -463,7 +464,7 @@ pub async fn list(
 pub async fn get(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
-    path: web::Path<Uuid>,
+    path: web::Path<DatasetId>,
 ) -> Result<HttpResponse, ApiError> {
     let mut conn = state.pool.get().await?;
     let dataset = datasets::get(&mut conn, caller.tenant_id, *path)
@@ -486,7 +487,7 @@ pub async fn get(
 pub async fn items(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
-    path: web::Path<Uuid>,
+    path: web::Path<DatasetId>,
     query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let limit = query.limit()?;

@@ -14,12 +14,12 @@ use assay_core::db::models::results::{self, EvaluationResult, ResultCursor};
 use assay_core::db::models::{budgets, chunks};
 use assay_core::db::models::{datasets, prompts};
 use assay_core::domain::{EvaluationRequest, PromptChoice, validate_graders, validate_threshold};
+use assay_core::ids::{DatasetId, EvaluationId, PromptId, TenantId, VersionId};
 use assay_core::submit::{self, OnPushFailure, SubmitError};
 use assay_core::templates::PromptTemplate;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use uuid::Uuid;
 
 use super::{PageBody, PageQuery};
 use crate::auth::Authenticated;
@@ -40,14 +40,14 @@ struct Counts {
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 struct EvaluationBody {
-    id: Uuid,
+    id: EvaluationId,
     status: EvaluationStatus,
-    prompt_version_id: Uuid,
+    prompt_version_id: VersionId,
     /// How the request named its prompt (label or branch) and what that
     /// resolved to at submission.
     #[serde(skip_serializing_if = "Option::is_none")]
     prompt_ref: Option<Value>,
-    dataset_id: Uuid,
+    dataset_id: DatasetId,
     models: Value,
     graders: Value,
     params: Value,
@@ -59,14 +59,14 @@ struct EvaluationBody {
     /// 1, then one more per resume or retry-errors.
     run: i32,
     /// For a re-grading: the evaluation whose outputs it grades.
-    source_evaluation_id: Option<Uuid>,
+    source_evaluation_id: Option<EvaluationId>,
     counts: Counts,
     /// The evaluation's chunks by state (single-evaluation reads only).
     #[serde(skip_serializing_if = "Option::is_none")]
     chunks: Option<chunks::ChunkCounts>,
     /// The prompt its version belongs to (single-evaluation reads only).
     #[serde(skip_serializing_if = "Option::is_none")]
-    prompt_id: Option<Uuid>,
+    prompt_id: Option<PromptId>,
     summary: Option<Value>,
     error: Option<String>,
     /// What it may spend (None: no cap of its own).
@@ -226,7 +226,7 @@ pub async fn create(
         None
     };
     let new = NewEvaluation {
-        id: Uuid::now_v7(),
+        id: EvaluationId::new(),
         tenant_id: caller.tenant_id,
         prompt_version_id: version.id,
         dataset_id: dataset.id,
@@ -260,7 +260,7 @@ pub async fn create(
 /// change it), and how it was named when not by id.
 async fn resolve_prompt(
     conn: &mut diesel_async::AsyncPgConnection,
-    tenant_id: Uuid,
+    tenant_id: TenantId,
     choice: PromptChoice,
 ) -> Result<(prompts::PromptVersion, Option<Value>), ApiError> {
     let (prompt, pointer) = match &choice {
@@ -479,7 +479,7 @@ async fn enqueue(
 pub async fn cancel(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
-    path: web::Path<Uuid>,
+    path: web::Path<EvaluationId>,
 ) -> Result<HttpResponse, ApiError> {
     let mut conn = state.pool.get().await?;
     let canceled = lifecycle::cancel(
@@ -519,7 +519,7 @@ pub async fn cancel(
 pub async fn resume(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
-    path: web::Path<Uuid>,
+    path: web::Path<EvaluationId>,
 ) -> Result<HttpResponse, ApiError> {
     reopen(&state, &caller, *path, Reopen::Resume).await
 }
@@ -540,7 +540,7 @@ pub async fn resume(
 pub async fn retry_errors(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
-    path: web::Path<Uuid>,
+    path: web::Path<EvaluationId>,
 ) -> Result<HttpResponse, ApiError> {
     reopen(&state, &caller, *path, Reopen::RetryErrors).await
 }
@@ -548,7 +548,7 @@ pub async fn retry_errors(
 async fn reopen(
     state: &AppState,
     caller: &assay_core::db::models::api_keys::Caller,
-    id: Uuid,
+    id: EvaluationId,
     how: Reopen,
 ) -> Result<HttpResponse, ApiError> {
     let mut conn = state.pool.get().await?;
@@ -613,7 +613,7 @@ pub async fn regrade(
     Authenticated(caller): Authenticated,
     request_id: RequestId,
     TenantRequestLimits(limits): TenantRequestLimits,
-    path: web::Path<Uuid>,
+    path: web::Path<EvaluationId>,
     body: Json<RegradeRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
@@ -633,7 +633,7 @@ pub async fn regrade(
     validate_threshold(body.threshold)?;
     let graders = validate_graders(&state.catalog, &body.graders, &dataset.shape())?;
     let new = NewEvaluation {
-        id: Uuid::now_v7(),
+        id: EvaluationId::new(),
         tenant_id: caller.tenant_id,
         prompt_version_id: source.prompt_version_id,
         dataset_id: source.dataset_id,
@@ -677,7 +677,7 @@ pub async fn regrade(
 pub async fn get(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
-    path: web::Path<Uuid>,
+    path: web::Path<EvaluationId>,
 ) -> Result<HttpResponse, ApiError> {
     let mut conn = state.pool.get().await?;
     let evaluation = evaluations::get(&mut conn, caller.tenant_id, *path)
@@ -734,7 +734,7 @@ pub async fn list(
 pub async fn results(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
-    path: web::Path<Uuid>,
+    path: web::Path<EvaluationId>,
     query: web::Query<ResultsQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let query = query.into_inner();
@@ -920,7 +920,7 @@ impl ResultsQuery {
 pub async fn latency(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
-    path: web::Path<Uuid>,
+    path: web::Path<EvaluationId>,
     query: web::Query<LatencyQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let buckets = query.buckets.unwrap_or(20);

@@ -14,9 +14,9 @@ use actix_web::web::Bytes;
 use actix_web::{HttpResponse, web};
 use assay_core::db::models::evaluations::{self, Evaluation, EvaluationStatus};
 use assay_core::db::models::results;
+use assay_core::ids::{EvaluationId, TenantId};
 use metrics::{counter, gauge};
 use serde_json::json;
-use uuid::Uuid;
 
 use crate::auth::Authenticated;
 use crate::errors::ApiError;
@@ -51,8 +51,8 @@ impl Drop for OpenStream {
 
 struct Follow {
     state: web::Data<AppState>,
-    tenant_id: Uuid,
-    id: Uuid,
+    tenant_id: TenantId,
+    id: EvaluationId,
     status: Option<EvaluationStatus>,
     counts: Option<[i32; 4]>,
     started: Instant,
@@ -162,7 +162,7 @@ fn progress_data(evaluation: &Evaluation, cost_usd: f64) -> serde_json::Value {
 pub async fn events(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
-    path: web::Path<Uuid>,
+    path: web::Path<EvaluationId>,
 ) -> Result<HttpResponse, ApiError> {
     let mut conn = state.pool.get().await?;
     // Checked before the response starts: another tenant's id is a plain 404.

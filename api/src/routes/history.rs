@@ -4,8 +4,8 @@
 use actix_web::{HttpResponse, web};
 use assay_core::db::models::prompts::{self, Pointer, PromptVersion, ResolveError, VersionRef};
 use assay_core::domain::diff;
+use assay_core::ids::{PromptId, TenantId, VersionId};
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use super::{PageBody, PageQuery};
 use crate::auth::Authenticated;
@@ -15,8 +15,8 @@ use crate::startup::AppState;
 /// A version named in a path or query, or 404.
 async fn version(
     conn: &mut diesel_async::AsyncPgConnection,
-    tenant_id: Uuid,
-    prompt_id: Uuid,
+    tenant_id: TenantId,
+    prompt_id: PromptId,
     named: &str,
 ) -> Result<PromptVersion, ApiError> {
     let reference: VersionRef = named
@@ -42,7 +42,7 @@ async fn version(
 pub async fn log(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
-    path: web::Path<(Uuid, String)>,
+    path: web::Path<(PromptId, String)>,
     query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let (prompt_id, named) = path.into_inner();
@@ -88,7 +88,7 @@ pub async fn log(
 pub async fn children(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
-    path: web::Path<(Uuid, String)>,
+    path: web::Path<(PromptId, String)>,
     query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let (prompt_id, named) = path.into_inner();
@@ -130,7 +130,7 @@ pub struct PairQuery {
 pub async fn common_ancestor(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
-    path: web::Path<Uuid>,
+    path: web::Path<PromptId>,
     query: web::Query<PairQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let prompt_id = *path;
@@ -155,7 +155,7 @@ pub struct DiffQuery {
 /// A version in a diff: enough to name it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Named {
-    id: Uuid,
+    id: VersionId,
     version: i32,
 }
 
@@ -191,7 +191,7 @@ struct DiffBody {
 pub async fn diff(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
-    path: web::Path<Uuid>,
+    path: web::Path<PromptId>,
     query: web::Query<DiffQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let prompt_id = *path;

@@ -6,8 +6,8 @@ use assay_core::db::models::api_keys::KeyScope;
 use assay_core::db::models::events;
 use assay_core::db::models::labels::{self, Authority, Move, MoveError};
 use assay_core::db::models::prompts::{self, VersionRef};
+use assay_core::ids::PromptId;
 use serde::{Deserialize, Deserializer, Serialize};
-use uuid::Uuid;
 
 use super::{PageBody, PageQuery};
 use crate::auth::Authenticated;
@@ -49,7 +49,7 @@ fn metric_label(name: &str) -> &'static str {
 pub async fn list(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
-    path: web::Path<Uuid>,
+    path: web::Path<PromptId>,
     query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let limit = query.limit()?;
@@ -82,7 +82,7 @@ pub async fn list(
 pub async fn get(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
-    path: web::Path<(Uuid, String)>,
+    path: web::Path<(PromptId, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (prompt_id, name) = path.into_inner();
     let mut conn = state.pool.get().await?;
@@ -139,7 +139,7 @@ pub struct MoveLabel {
 pub async fn put(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
-    path: web::Path<(Uuid, String)>,
+    path: web::Path<(PromptId, String)>,
     body: Json<MoveLabel>,
 ) -> Result<HttpResponse, ApiError> {
     let (prompt_id, name) = path.into_inner();
@@ -223,7 +223,7 @@ pub async fn put(
 pub async fn history(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
-    path: web::Path<(Uuid, String)>,
+    path: web::Path<(PromptId, String)>,
     query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let (prompt_id, name) = path.into_inner();

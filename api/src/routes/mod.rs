@@ -316,8 +316,8 @@ impl PageQuery {
             .transpose()
     }
 
-    /// `after` parsed as a resource id.
-    pub fn after_id(&self) -> Result<Option<uuid::Uuid>, ApiError> {
+    /// `after` parsed as the id of a resource of the listed kind.
+    pub fn after_id<Id: std::str::FromStr>(&self) -> Result<Option<Id>, ApiError> {
         self.after
             .as_deref()
             .map(|after| {

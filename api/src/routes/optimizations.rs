@@ -8,6 +8,7 @@ use assay_core::db::models::optimizations::{self, NewOptimization};
 use assay_core::db::models::prompts::{self, VersionRef};
 use assay_core::db::models::{events, labels};
 use assay_core::domain::ModelParams;
+use assay_core::ids::{DatasetId, PromptId};
 use assay_core::queue::VersioningKind;
 use assay_core::versioning::optimization::{MAX_ITEMS, StoredSetup};
 use assay_core::versioning::{EvaluationSetup, Policy};
@@ -34,7 +35,7 @@ pub struct OptimizationRequest {
     /// The version to start from (number or id).
     #[schema(value_type = super::openapi::VersionRefSchema)]
     from: VersionRef,
-    dataset_id: Uuid,
+    dataset_id: DatasetId,
     models: Vec<String>,
     graders: Vec<Value>,
     #[serde(default)]
@@ -88,7 +89,7 @@ pub async fn create(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
     request_id: RequestId,
-    path: web::Path<Uuid>,
+    path: web::Path<PromptId>,
     body: Json<OptimizationRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let request = body.into_inner();

@@ -4,8 +4,8 @@
 
 use actix_web::{HttpResponse, web};
 use assay_core::db::models::{evaluations, results};
+use assay_core::ids::EvaluationId;
 use serde::Serialize;
-use uuid::Uuid;
 
 use crate::auth::Authenticated;
 use crate::errors::ApiError;
@@ -13,7 +13,7 @@ use crate::startup::AppState;
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 struct ProgressBody {
-    id: Uuid,
+    id: EvaluationId,
     status: evaluations::EvaluationStatus,
     /// Runs planned (items × models × repeats).
     total: i32,
@@ -34,7 +34,7 @@ struct ProgressBody {
 pub async fn progress(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
-    path: web::Path<Uuid>,
+    path: web::Path<EvaluationId>,
 ) -> Result<HttpResponse, ApiError> {
     let mut conn = state.pool.get().await?;
     let evaluation = evaluations::get(&mut conn, caller.tenant_id, *path)

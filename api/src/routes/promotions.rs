@@ -9,6 +9,7 @@ use assay_core::db::models::promotions::{self, NewPromotion};
 use assay_core::db::models::prompts::{self, VersionRef};
 use assay_core::db::models::{datasets, events};
 use assay_core::domain::ModelParams;
+use assay_core::ids::{DatasetId, PromptId, TenantId};
 use assay_core::queue::{VersioningJob, VersioningKind};
 use assay_core::versioning::{EvaluationSetup, Policy};
 use serde::Deserialize;
@@ -30,7 +31,7 @@ pub struct PromotionRequest {
     candidate: VersionRef,
     /// The label to move; it must exist (its version is the baseline).
     label: String,
-    dataset_id: Uuid,
+    dataset_id: DatasetId,
     models: Vec<String>,
     graders: Vec<Value>,
     #[serde(default)]
@@ -47,7 +48,7 @@ pub struct PromotionRequest {
 pub(crate) async fn check_setup(
     state: &AppState,
     conn: &mut diesel_async::AsyncPgConnection,
-    tenant_id: Uuid,
+    tenant_id: TenantId,
     setup: &EvaluationSetup,
     versions: &[&prompts::PromptVersion],
 ) -> Result<(EvaluationSetup, datasets::Dataset), ApiError> {
@@ -83,7 +84,7 @@ pub async fn create(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
     request_id: RequestId,
-    path: web::Path<Uuid>,
+    path: web::Path<PromptId>,
     body: Json<PromotionRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let request = body.into_inner();
@@ -168,7 +169,7 @@ pub async fn create(
 pub(crate) async fn push(
     state: &AppState,
     kind: VersioningKind,
-    tenant_id: Uuid,
+    tenant_id: TenantId,
     id: Uuid,
     job_id: Uuid,
 ) {

@@ -9,9 +9,9 @@ use assay_core::db::models::prompts::{
 use assay_core::domain::{
     ChatMessage, ModelParams, PromptContent, validate_description, validate_name,
 };
+use assay_core::ids::PromptId;
 use diesel_async::AsyncConnection;
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use super::{PageBody, PageQuery};
 use crate::auth::Authenticated;
@@ -205,7 +205,7 @@ pub async fn list(
 pub async fn get(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
-    path: web::Path<Uuid>,
+    path: web::Path<PromptId>,
 ) -> Result<HttpResponse, ApiError> {
     let mut conn = state.pool.get().await?;
     let prompt = prompts::get(&mut conn, caller.tenant_id, *path)
@@ -248,7 +248,7 @@ pub(super) struct CommittedBody {
 }
 
 /// Answers a commit: 201 for a new version, 200 for an unchanged head.
-pub(super) fn committed(prompt_id: Uuid, branch: String, committed: Committed) -> HttpResponse {
+pub(super) fn committed(prompt_id: PromptId, branch: String, committed: Committed) -> HttpResponse {
     let location = format!(
         "/v1/prompts/{prompt_id}/versions/{}",
         committed.version().version
@@ -284,7 +284,7 @@ pub(super) fn committed(prompt_id: Uuid, branch: String, committed: Committed) -
 pub async fn commit_version(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
-    path: web::Path<Uuid>,
+    path: web::Path<PromptId>,
     body: Json<CommitVersion>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
@@ -325,7 +325,7 @@ pub async fn commit_version(
 pub async fn list_versions(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
-    path: web::Path<Uuid>,
+    path: web::Path<PromptId>,
     query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let limit = query.limit()?;
@@ -352,7 +352,7 @@ pub async fn list_versions(
 pub async fn get_version(
     state: web::Data<AppState>,
     Authenticated(caller): Authenticated,
-    path: web::Path<(Uuid, String)>,
+    path: web::Path<(PromptId, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (prompt_id, version) = path.into_inner();
     let version: VersionRef = version

@@ -5,6 +5,7 @@
 
 use actix_web::{HttpResponse, web};
 use assay_core::db::models::webhooks::{self, NewWebhook, Webhook};
+use assay_core::ids::{EvaluationId, TenantId};
 use assay_core::webhooks::{EVALUATION_EVENTS, generate_secret, validate_events, validate_url};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -81,8 +82,8 @@ pub async fn create(
 /// event can come before it): sent that evaluation's end events only.
 pub async fn create_for_evaluation(
     conn: &mut diesel_async::AsyncPgConnection,
-    tenant_id: Uuid,
-    evaluation_id: Uuid,
+    tenant_id: TenantId,
+    evaluation_id: EvaluationId,
     url: &str,
 ) -> Result<CreatedWebhook, ApiError> {
     let webhook = webhooks::create(

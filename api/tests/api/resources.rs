@@ -297,7 +297,7 @@ async fn an_evaluation_is_recorded_then_queued() {
 #[derive(Debug, PartialEq, diesel::QueryableByName)]
 struct QueuedChunk {
     #[diesel(sql_type = diesel::sql_types::Uuid)]
-    tenant_id: uuid::Uuid,
+    tenant_id: assay_core::ids::TenantId,
     #[diesel(sql_type = diesel::sql_types::Int4)]
     chunk_index: i32,
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Uuid>)]

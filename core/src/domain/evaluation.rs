@@ -3,10 +3,10 @@
 use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use super::{InvalidInput, ModelParams, PromptContent};
 use crate::graders::{self, GraderSpec};
+use crate::ids::{DatasetId, VersionId};
 use crate::providers::ModelCatalog;
 use crate::templates::PromptTemplate;
 use serde_json::Value;
@@ -17,7 +17,7 @@ use serde_json::Value;
 pub struct EvaluationRequest {
     /// The prompt version, by id; or name the prompt and a label or branch.
     #[serde(default)]
-    pub prompt_version_id: Option<Uuid>,
+    pub prompt_version_id: Option<VersionId>,
     /// A prompt by name or id, resolved at submission through `label` or
     /// `branch` (default: the head of `main`).
     #[serde(default)]
@@ -26,7 +26,7 @@ pub struct EvaluationRequest {
     pub label: Option<String>,
     #[serde(default)]
     pub branch: Option<String>,
-    pub dataset_id: Uuid,
+    pub dataset_id: DatasetId,
     pub models: Vec<String>,
     /// Grader specs; parsed one by one so that errors name `graders[i].field`.
     pub graders: Vec<Value>,
@@ -194,7 +194,7 @@ impl DatasetShape {
 /// How a request names its prompt version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PromptChoice {
-    Version(Uuid),
+    Version(VersionId),
     Label { prompt: String, label: String },
     Branch { prompt: String, branch: String },
 }
@@ -293,6 +293,7 @@ impl EvaluationRequest {
 #[cfg(test)]
 mod tests {
     use serde_json::json;
+    use uuid::Uuid;
 
     use super::*;
     use crate::domain::{ChatMessage, Role};
@@ -463,7 +464,7 @@ mod tests {
             }
         );
         let mut both = by_label.clone();
-        both.prompt_version_id = Some(Uuid::nil());
+        both.prompt_version_id = Some(VersionId::from_uuid(Uuid::nil()));
         assert_eq!(both.prompt_choice().unwrap_err().field, "prompt");
         let mut label_and_branch = by_label.clone();
         label_and_branch.branch = Some("dev".into());

@@ -31,6 +31,7 @@ use crate::db::schema::evaluations;
 use crate::domain::{
     DatasetShape, EvaluationRequest, InvalidInput, ModelParams, Priority, PromptContent,
 };
+use crate::ids::{DatasetId, EvaluationId, TenantId, VersionId};
 use crate::providers::ModelCatalog;
 use crate::providers::call::LlmClient;
 use crate::queue::JobQueue;
@@ -61,7 +62,7 @@ pub enum Step {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvaluationSetup {
-    pub dataset_id: Uuid,
+    pub dataset_id: DatasetId,
     pub models: Vec<String>,
     pub graders: Vec<Value>,
     #[serde(default)]
@@ -83,7 +84,7 @@ impl EvaluationSetup {
         shape: &DatasetShape,
     ) -> Result<EvaluationSetup, InvalidInput> {
         let request = EvaluationRequest {
-            prompt_version_id: Some(Uuid::nil()),
+            prompt_version_id: Some(VersionId::from_uuid(Uuid::nil())),
             prompt: None,
             label: None,
             branch: None,
@@ -137,9 +138,9 @@ pub fn job_ref(kind: &str, id: Uuid, role: &str) -> Value {
 /// `version` on `dataset_id` whose `prompt_ref` is the step's job reference.
 async fn made_before(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    version_id: Uuid,
-    dataset_id: Uuid,
+    tenant_id: TenantId,
+    version_id: VersionId,
+    dataset_id: DatasetId,
     job_ref: &Value,
 ) -> QueryResult<Option<Evaluation>> {
     evaluations::table
@@ -158,9 +159,9 @@ async fn made_before(
 /// `setup` asks for, newest first.
 pub async fn find_reusable(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    version_id: Uuid,
-    dataset_id: Uuid,
+    tenant_id: TenantId,
+    version_id: VersionId,
+    dataset_id: DatasetId,
     setup: &EvaluationSetup,
 ) -> QueryResult<Option<Evaluation>> {
     let mut query = evaluations::table
@@ -195,8 +196,8 @@ pub async fn find_reusable(
 pub async fn evaluation_for(
     ctx: &Ctx<'_>,
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    version_id: Uuid,
+    tenant_id: TenantId,
+    version_id: VersionId,
     dataset: &Dataset,
     setup: &EvaluationSetup,
     max_cost_usd: Option<f64>,
@@ -218,7 +219,7 @@ pub async fn evaluation_for(
     let total =
         i64::from(dataset.item_count) * setup.models.len() as i64 * i64::from(setup.repeats());
     let new = NewEvaluation {
-        id: Uuid::now_v7(),
+        id: EvaluationId::new(),
         tenant_id,
         prompt_version_id: version_id,
         dataset_id: dataset.id,
@@ -411,9 +412,9 @@ impl Policy {
 /// Compares `a` (baseline) with `b` (candidate), model by model.
 pub async fn compare(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    a: Uuid,
-    b: Uuid,
+    tenant_id: TenantId,
+    a: EvaluationId,
+    b: EvaluationId,
     models: &[String],
 ) -> QueryResult<Vec<PairReport>> {
     use crate::db::models::compare::{Side, compare_pair};
@@ -450,6 +451,14 @@ pub const EVIDENCE_ITEMS: i64 = 20;
 #[expect(dead_code, reason = "compiled, never run")]
 fn steps_are_send(ctx: &Ctx<'_>) {
     fn is_send<T: Send>(_: T) {}
-    is_send(promotion::step(ctx, Uuid::nil(), Uuid::nil()));
-    is_send(optimization::step(ctx, Uuid::nil(), Uuid::nil()));
+    is_send(promotion::step(
+        ctx,
+        TenantId::from_uuid(Uuid::nil()),
+        Uuid::nil(),
+    ));
+    is_send(optimization::step(
+        ctx,
+        TenantId::from_uuid(Uuid::nil()),
+        Uuid::nil(),
+    ));
 }

@@ -35,6 +35,7 @@ use crate::db::models::{branches, promotions};
 use crate::db::schema::{evaluation_results, prompt_versions};
 use crate::domain::{DatasetSummary, ParsedDataset, ParsedItem};
 use crate::domain::{ModelParams, PromptContent};
+use crate::ids::{DatasetId, EvaluationId, TenantId, VersionId};
 use crate::providers::call::CallOptions;
 use crate::queue::{VersioningJob, VersioningKind};
 
@@ -51,7 +52,7 @@ pub struct StoredSetup {
     pub promote_policy: Option<Policy>,
 }
 
-pub async fn step(ctx: &Ctx<'_>, tenant_id: Uuid, id: Uuid) -> anyhow::Result<Step> {
+pub async fn step(ctx: &Ctx<'_>, tenant_id: TenantId, id: Uuid) -> anyhow::Result<Step> {
     let mut conn = ctx.pool.get().await?;
     let Some(optimization) = optimizations::get(&mut conn, tenant_id, id).await? else {
         return Ok(Step::Done("missing"));
@@ -227,8 +228,8 @@ enum Waited {
 
 async fn wait_for(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    id: Uuid,
+    tenant_id: TenantId,
+    id: EvaluationId,
 ) -> anyhow::Result<Waited> {
     let evaluation = evaluations::get(conn, tenant_id, id)
         .await?
@@ -270,8 +271,8 @@ pub struct Figures {
 
 pub async fn figures(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    evaluation_id: Uuid,
+    tenant_id: TenantId,
+    evaluation_id: EvaluationId,
 ) -> QueryResult<Figures> {
     diesel::sql_query(
         "SELECT (count(*) FILTER (WHERE status = 'passed'))::float8 \
@@ -288,8 +289,8 @@ pub async fn figures(
 
 async fn dataset(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    id: Option<Uuid>,
+    tenant_id: TenantId,
+    id: Option<DatasetId>,
 ) -> anyhow::Result<Dataset> {
     let id = id.context("a running optimization has its datasets")?;
     datasets::get(conn, tenant_id, id)
@@ -305,7 +306,7 @@ async fn advance(
     let (tenant_id, id, round) = (optimization.tenant_id, optimization.id, optimization.round);
     let setup = setup_of(optimization)?.evaluation;
     let remaining = optimization.max_cost_usd - optimizations::spent(conn, optimization).await?;
-    let new_evaluation = |version: Uuid, role: &'static str| Needed {
+    let new_evaluation = |version: VersionId, role: &'static str| Needed {
         optimization,
         setup: &setup,
         remaining,
@@ -452,7 +453,7 @@ struct Needed<'a> {
     optimization: &'a Optimization,
     setup: &'a EvaluationSetup,
     remaining: f64,
-    version: Uuid,
+    version: VersionId,
     role: &'static str,
 }
 
@@ -486,7 +487,7 @@ async fn best(
     conn: &mut AsyncPgConnection,
     optimization: &Optimization,
     candidates: &[Candidate],
-) -> anyhow::Result<(Uuid, Uuid)> {
+) -> anyhow::Result<(VersionId, EvaluationId)> {
     let parent_evaluation = optimization
         .parent_validation_evaluation_id
         .context("the parent has a validation evaluation")?;
@@ -517,7 +518,7 @@ async fn best(
 async fn version(
     conn: &mut AsyncPgConnection,
     optimization: &Optimization,
-    id: Uuid,
+    id: VersionId,
 ) -> anyhow::Result<PromptVersion> {
     prompts::get_version_by_id(conn, optimization.tenant_id, id)
         .await?
@@ -528,8 +529,8 @@ async fn version(
 async fn cancel_orphan(
     ctx: &Ctx<'_>,
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    evaluation: Uuid,
+    tenant_id: TenantId,
+    evaluation: EvaluationId,
 ) -> anyhow::Result<()> {
     lifecycle::cancel(conn, tenant_id, evaluation, ctx.actor, CancelReason::User).await?;
     Ok(())
@@ -650,7 +651,7 @@ async fn propose(
     let proposals = optimizer::parse(&answer, count as usize);
     let mut rows = Vec::new();
     let row = |index: usize,
-               version_id: Option<Uuid>,
+               version_id: Option<VersionId>,
                invalid: Option<String>,
                rationale: &str,
                tokens: i64| Candidate {
@@ -727,7 +728,7 @@ async fn commit_child(
     parent: &PromptVersion,
     content: &PromptContent,
     message: &str,
-) -> anyhow::Result<Uuid> {
+) -> anyhow::Result<VersionId> {
     let (tenant_id, prompt_id) = (optimization.tenant_id, optimization.prompt_id);
     let branch_name = optimization.branch();
     let hash = content.content_hash();
@@ -737,7 +738,7 @@ async fn commit_child(
             if !prompts::lock_prompt(conn, tenant_id, prompt_id).await? {
                 anyhow::bail!("the prompt is gone");
             }
-            let existing: Option<Uuid> = prompt_versions::table
+            let existing: Option<VersionId> = prompt_versions::table
                 .filter(prompt_versions::tenant_id.eq(tenant_id))
                 .filter(prompt_versions::prompt_id.eq(prompt_id))
                 .filter(prompt_versions::parent_id.eq(parent.id))
@@ -870,7 +871,7 @@ async fn chain_promotion(
     ctx: &Ctx<'_>,
     conn: &mut AsyncPgConnection,
     optimization: &Optimization,
-    winner: Uuid,
+    winner: VersionId,
     label: &str,
     setup: &StoredSetup,
 ) -> anyhow::Result<()> {
@@ -935,7 +936,7 @@ async fn chain_promotion(
 /// Cancels an unfinished optimization and its running evaluations.
 pub async fn cancel(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
+    tenant_id: TenantId,
     id: Uuid,
     actor: &str,
 ) -> anyhow::Result<bool> {
@@ -950,7 +951,7 @@ pub async fn cancel(
         return Ok(false);
     }
     metrics::counter!("assay_optimizations_total", "outcome" => "canceled").increment(1);
-    let mut ids: Vec<Uuid> = optimizations::candidates(conn, tenant_id, id)
+    let mut ids: Vec<EvaluationId> = optimizations::candidates(conn, tenant_id, id)
         .await?
         .into_iter()
         .filter_map(|candidate| candidate.evaluation_id)

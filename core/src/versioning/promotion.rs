@@ -18,9 +18,10 @@ use crate::db::models::labels::{self, Authority, Move, MoveError};
 use crate::db::models::lifecycle;
 use crate::db::models::prompts::VersionRef;
 use crate::db::models::{datasets, promotions};
+use crate::ids::{EvaluationId, TenantId};
 
 /// Takes the promotion one step further.
-pub async fn step(ctx: &Ctx<'_>, tenant_id: Uuid, id: Uuid) -> anyhow::Result<Step> {
+pub async fn step(ctx: &Ctx<'_>, tenant_id: TenantId, id: Uuid) -> anyhow::Result<Step> {
     let mut conn = ctx.pool.get().await?;
     let Some(promotion) = promotions::get(&mut conn, tenant_id, id).await? else {
         return Ok(Step::Done("missing"));
@@ -114,8 +115,8 @@ async fn pick(
     dataset: &datasets::Dataset,
     setup: &EvaluationSetup,
     role: &str,
-    made: &mut Vec<Uuid>,
-) -> anyhow::Result<(Uuid, bool)> {
+    made: &mut Vec<EvaluationId>,
+) -> anyhow::Result<(EvaluationId, bool)> {
     let version = match role {
         "baseline" => promotion.baseline_version_id,
         _ => promotion.candidate_version_id,
@@ -292,7 +293,7 @@ async fn decide(
 /// Cancels an unfinished promotion and its evaluations; false when it had ended.
 pub async fn cancel(
     conn: &mut diesel_async::AsyncPgConnection,
-    tenant_id: Uuid,
+    tenant_id: TenantId,
     id: Uuid,
     actor: &str,
 ) -> anyhow::Result<bool> {

@@ -348,7 +348,7 @@ impl Stack {
             .collect()
     }
 
-    async fn tenant_id(&self) -> uuid::Uuid {
+    async fn tenant_id(&self) -> assay_core::ids::TenantId {
         use diesel::prelude::*;
         use diesel_async::RunQueryDsl;
         let pool = self.database.pool(1);

@@ -14,11 +14,12 @@ use uuid::Uuid;
 use crate::db::models::Page;
 use crate::db::models::tenant_limits::TenantLimits;
 use crate::db::schema::{api_keys, tenant_limits, tenants};
+use crate::ids::TenantId;
 
 #[derive(Debug, Clone, Queryable, Selectable, serde::Serialize)]
 #[diesel(table_name = tenants, check_for_backend(diesel::pg::Pg))]
 pub struct Tenant {
-    pub id: Uuid,
+    pub id: TenantId,
     pub name: String,
     pub created_at: DateTime<Utc>,
 }
@@ -59,7 +60,7 @@ impl std::str::FromStr for KeyScope {
 /// Who is calling: the tenant, the key it used and that key's scope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Caller {
-    pub tenant_id: Uuid,
+    pub tenant_id: TenantId,
     pub key_id: Uuid,
     pub scope: KeyScope,
 }
@@ -130,7 +131,7 @@ pub async fn create_key_with_scope(
 pub struct ApiKey {
     pub id: Uuid,
     #[serde(skip)]
-    pub tenant_id: Uuid,
+    pub tenant_id: TenantId,
     pub name: Option<String>,
     pub key_prefix: String,
     pub scope: String,
@@ -164,7 +165,7 @@ pub struct NewKey {
 /// which is never readable again.
 pub async fn create_for_tenant(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
+    tenant_id: TenantId,
     new: &NewKey,
 ) -> QueryResult<(ApiKey, String)> {
     let key = generate_key();
@@ -187,7 +188,7 @@ pub async fn create_for_tenant(
 /// A tenant's keys, newest first, revoked and expired ones included.
 pub async fn list(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
+    tenant_id: TenantId,
     after: Option<Uuid>,
     limit: i64,
 ) -> QueryResult<Page<ApiKey>> {
@@ -198,7 +199,7 @@ pub async fn list(
 /// One of a tenant's keys.
 pub async fn get(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
+    tenant_id: TenantId,
     id: Uuid,
 ) -> QueryResult<Option<ApiKey>> {
     api_keys::table
@@ -214,7 +215,7 @@ pub async fn get(
 /// `revoked_at`); None when the tenant has no such key.
 pub async fn revoke(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
+    tenant_id: TenantId,
     id: Uuid,
 ) -> QueryResult<Option<ApiKey>> {
     diesel::update(
@@ -251,7 +252,7 @@ pub async fn revoke_any(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<O
     let tenant_id = api_keys::table
         .filter(api_keys::id.eq(id))
         .select(api_keys::tenant_id)
-        .first::<Uuid>(conn)
+        .first::<TenantId>(conn)
         .await
         .optional()?;
     match tenant_id {
@@ -264,7 +265,7 @@ pub async fn revoke_any(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<O
 pub async fn tenant_id_by_name(
     conn: &mut AsyncPgConnection,
     name: &str,
-) -> QueryResult<Option<Uuid>> {
+) -> QueryResult<Option<TenantId>> {
     tenants::table
         .filter(tenants::name.eq(name))
         .select(tenants::id)
@@ -309,7 +310,14 @@ pub async fn check(conn: &mut AsyncPgConnection, key: &str) -> QueryResult<KeyCh
             api_keys::expires_at.le(diesel::dsl::now),
             Option::<TenantLimits>::as_select(),
         ))
-        .first::<(Uuid, Uuid, String, bool, Option<bool>, Option<TenantLimits>)>(conn)
+        .first::<(
+            TenantId,
+            Uuid,
+            String,
+            bool,
+            Option<bool>,
+            Option<TenantLimits>,
+        )>(conn)
         .await
         .optional()?;
     let Some((tenant_id, key_id, scope, revoked, expired, limits)) = found else {
@@ -335,7 +343,7 @@ pub async fn check(conn: &mut AsyncPgConnection, key: &str) -> QueryResult<KeyCh
 /// The tenant named `name`, created if new.
 pub async fn ensure_tenant(conn: &mut AsyncPgConnection, name: &str) -> QueryResult<Tenant> {
     diesel::insert_into(tenants::table)
-        .values((tenants::id.eq(Uuid::now_v7()), tenants::name.eq(name)))
+        .values((tenants::id.eq(TenantId::new()), tenants::name.eq(name)))
         .on_conflict(tenants::name)
         .do_nothing()
         .execute(conn)

@@ -13,6 +13,7 @@ use super::events::{self, NewEvent};
 use super::prompts::{self, VersionRef};
 use crate::db::schema::{prompt_branches, prompt_versions};
 use crate::domain::InvalidInput;
+use crate::ids::{PromptId, TenantId, VersionId};
 
 /// The branch every prompt has, and the default of commits.
 pub const MAIN: &str = "main";
@@ -37,10 +38,10 @@ pub fn validate_name(field: &str, name: &str) -> Result<(), InvalidInput> {
 #[diesel(table_name = prompt_branches, check_for_backend(diesel::pg::Pg))]
 pub struct Branch {
     pub id: Uuid,
-    pub tenant_id: Uuid,
-    pub prompt_id: Uuid,
+    pub tenant_id: TenantId,
+    pub prompt_id: PromptId,
     pub name: String,
-    pub head_version_id: Option<Uuid>,
+    pub head_version_id: Option<VersionId>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -50,8 +51,8 @@ pub struct Branch {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BranchView {
     pub name: String,
-    pub prompt_id: Uuid,
-    pub head_version_id: Option<Uuid>,
+    pub prompt_id: PromptId,
+    pub head_version_id: Option<VersionId>,
     pub head_version: Option<i32>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -59,10 +60,10 @@ pub struct BranchView {
 
 pub(crate) async fn insert(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    prompt_id: Uuid,
+    tenant_id: TenantId,
+    prompt_id: PromptId,
     name: &str,
-    head: Option<Uuid>,
+    head: Option<VersionId>,
 ) -> QueryResult<Branch> {
     diesel::insert_into(prompt_branches::table)
         .values((
@@ -79,8 +80,8 @@ pub(crate) async fn insert(
 
 pub async fn get(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    prompt_id: Uuid,
+    tenant_id: TenantId,
+    prompt_id: PromptId,
     name: &str,
 ) -> QueryResult<Option<Branch>> {
     prompt_branches::table
@@ -97,8 +98,8 @@ pub async fn get(
 /// by code older than branches gets its `main` here, at its latest version.
 pub(crate) async fn get_locked(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    prompt_id: Uuid,
+    tenant_id: TenantId,
+    prompt_id: PromptId,
     name: &str,
 ) -> QueryResult<Option<Branch>> {
     if let Some(branch) = get(conn, tenant_id, prompt_id, name).await? {
@@ -107,7 +108,7 @@ pub(crate) async fn get_locked(
     if name != MAIN {
         return Ok(None);
     }
-    let latest: Option<Uuid> = prompt_versions::table
+    let latest: Option<VersionId> = prompt_versions::table
         .filter(prompt_versions::tenant_id.eq(tenant_id))
         .filter(prompt_versions::prompt_id.eq(prompt_id))
         .order(prompt_versions::version.desc())
@@ -123,7 +124,7 @@ pub(crate) async fn get_locked(
 pub(crate) async fn set_head(
     conn: &mut AsyncPgConnection,
     branch: &Branch,
-    head: Uuid,
+    head: VersionId,
 ) -> QueryResult<()> {
     diesel::update(prompt_branches::table)
         .filter(prompt_branches::id.eq(branch.id))
@@ -167,8 +168,8 @@ macro_rules! with_heads {
 /// One branch with its head's number.
 pub async fn get_view(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    prompt_id: Uuid,
+    tenant_id: TenantId,
+    prompt_id: PromptId,
     name: &str,
 ) -> QueryResult<Option<BranchView>> {
     Ok(with_heads!(tenant_id, prompt_id)
@@ -182,8 +183,8 @@ pub async fn get_view(
 /// By name; `after` is the last name of the previous page.
 pub async fn list(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    prompt_id: Uuid,
+    tenant_id: TenantId,
+    prompt_id: PromptId,
     after: Option<&str>,
     limit: i64,
 ) -> QueryResult<Page<BranchView>> {
@@ -222,9 +223,9 @@ pub enum BranchError {
 /// Creates a branch at `at` (default: the head of `main`).
 pub async fn create(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
+    tenant_id: TenantId,
     actor: &str,
-    prompt_id: Uuid,
+    prompt_id: PromptId,
     name: &str,
     at: Option<VersionRef>,
 ) -> Result<BranchView, BranchError> {
@@ -283,9 +284,9 @@ pub async fn create(
 /// Deletes a branch (not `main`); its versions stay.
 pub async fn delete(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
+    tenant_id: TenantId,
     actor: &str,
-    prompt_id: Uuid,
+    prompt_id: PromptId,
     name: &str,
 ) -> Result<(), BranchError> {
     conn.transaction(async |conn| {

@@ -19,10 +19,10 @@ use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{Double, Nullable};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use uuid::Uuid;
 
 use super::evaluations::CancelReason;
 use crate::db::schema::{evaluations, tenant_budgets, tenant_spend};
+use crate::ids::{EvaluationId, TenantId};
 
 /// The first day of `at`'s month: the key of a tenant's monthly spend.
 pub fn month_of(at: DateTime<Utc>) -> NaiveDate {
@@ -41,7 +41,7 @@ pub fn spent_by_results() -> diesel::expression::SqlLiteral<Double> {
 /// A tenant's monthly budget; None when it has none.
 pub async fn tenant_budget(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
+    tenant_id: TenantId,
 ) -> QueryResult<Option<f64>> {
     tenant_budgets::table
         .filter(tenant_budgets::tenant_id.eq(tenant_id))
@@ -55,7 +55,7 @@ pub async fn tenant_budget(
 /// month's spend from its results when the month has no record yet.
 pub async fn set_tenant_budget(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
+    tenant_id: TenantId,
     monthly_usd: Option<f64>,
 ) -> QueryResult<()> {
     conn.transaction(async |conn| {
@@ -93,7 +93,7 @@ pub async fn set_tenant_budget(
 /// that month cost, unless it exists.
 async fn seed_month(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
+    tenant_id: TenantId,
     month: NaiveDate,
 ) -> QueryResult<()> {
     diesel::sql_query(
@@ -110,7 +110,7 @@ async fn seed_month(
 }
 
 /// What a tenant spent (and reserved) in the current month.
-pub async fn tenant_spent(conn: &mut AsyncPgConnection, tenant_id: Uuid) -> QueryResult<f64> {
+pub async fn tenant_spent(conn: &mut AsyncPgConnection, tenant_id: TenantId) -> QueryResult<f64> {
     let month = month_of(Utc::now());
     seed_month(conn, tenant_id, month).await?;
     tenant_spend::table
@@ -126,8 +126,8 @@ pub async fn tenant_spent(conn: &mut AsyncPgConnection, tenant_id: Uuid) -> Quer
 /// would be passed; the tenant's is checked only when `tenant_budget`.
 pub async fn reserve(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    evaluation_id: Uuid,
+    tenant_id: TenantId,
+    evaluation_id: EvaluationId,
     amount: f64,
     tenant_budget: bool,
 ) -> QueryResult<Result<(), CancelReason>> {
@@ -181,8 +181,8 @@ pub async fn reserve(
 /// Swaps `reserved` dollars of reservations for `spent` dollars of cost.
 pub async fn settle(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    evaluation_id: Uuid,
+    tenant_id: TenantId,
+    evaluation_id: EvaluationId,
     reserved: f64,
     spent: f64,
     tenant_budget: bool,

@@ -36,6 +36,7 @@ pub use super::states::ChunkStatus;
 use super::states::{chunk_moves, evaluation_moves};
 use crate::db::schema::{evaluation_chunks, evaluations as evaluations_table};
 use crate::domain::Priority;
+use crate::ids::{EvaluationId, TenantId};
 use crate::queue::{ChunkJob, Push};
 
 /// Chunks of one evaluation in the queue at once.
@@ -113,9 +114,9 @@ impl Planning {
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
 #[diesel(table_name = evaluation_chunks, check_for_backend(diesel::pg::Pg))]
 pub struct Chunk {
-    pub evaluation_id: Uuid,
+    pub evaluation_id: EvaluationId,
     pub chunk_index: i32,
-    pub tenant_id: Uuid,
+    pub tenant_id: TenantId,
     pub model: String,
     pub first_position: i32,
     pub last_position: i32,
@@ -145,9 +146,9 @@ impl Chunk {
 #[derive(Debug, Clone, PartialEq, Eq, Insertable)]
 #[diesel(table_name = evaluation_chunks)]
 pub struct NewChunk {
-    pub evaluation_id: Uuid,
+    pub evaluation_id: EvaluationId,
     pub chunk_index: i32,
-    pub tenant_id: Uuid,
+    pub tenant_id: TenantId,
     pub model: String,
     pub first_position: i32,
     pub last_position: i32,
@@ -159,8 +160,8 @@ pub struct NewChunk {
 /// progress together, and the first chunk of each model is raised one
 /// priority level above the evaluation's.
 pub fn plan(
-    tenant_id: Uuid,
-    evaluation_id: Uuid,
+    tenant_id: TenantId,
+    evaluation_id: EvaluationId,
     models: &[String],
     items: i32,
     repeats: i32,
@@ -270,7 +271,7 @@ pub(super) fn no_lease() -> NoLease {
 /// Sets `indices` of an evaluation queued under `job_ids`.
 async fn mark_queued(
     conn: &mut AsyncPgConnection,
-    evaluation_id: Uuid,
+    evaluation_id: EvaluationId,
     indices: &[i32],
     job_ids: &[Uuid],
 ) -> QueryResult<()> {
@@ -312,7 +313,7 @@ pub(super) fn lease_until(
 #[derive(QueryableByName)]
 struct Held {
     #[diesel(sql_type = SqlUuid)]
-    evaluation_id: Uuid,
+    evaluation_id: EvaluationId,
     #[diesel(sql_type = Int4)]
     chunk_index: i32,
 }
@@ -323,13 +324,13 @@ struct Held {
 pub async fn renew_leases(
     conn: &mut AsyncPgConnection,
     owner: &str,
-    chunks: &[(Uuid, i32)],
+    chunks: &[(EvaluationId, i32)],
     lease: std::time::Duration,
-) -> QueryResult<Vec<(Uuid, i32)>> {
+) -> QueryResult<Vec<(EvaluationId, i32)>> {
     if chunks.is_empty() {
         return Ok(Vec::new());
     }
-    let (ids, indices): (Vec<Uuid>, Vec<i32>) = chunks.iter().copied().unzip();
+    let (ids, indices): (Vec<EvaluationId>, Vec<i32>) = chunks.iter().copied().unzip();
     let held: Vec<Held> = diesel::sql_query(format!(
         "UPDATE evaluation_chunks c
          SET lease_expires_at = now() + $4
@@ -478,8 +479,8 @@ pub struct ChunkCounts {
 
 pub async fn counts(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    evaluation_id: Uuid,
+    tenant_id: TenantId,
+    evaluation_id: EvaluationId,
 ) -> QueryResult<ChunkCounts> {
     let rows: Vec<(ChunkStatus, i64)> = evaluation_chunks::table
         .filter(evaluation_chunks::evaluation_id.eq(evaluation_id))
@@ -651,8 +652,8 @@ mod tests {
         // 1,000 runs on 2 workers: 16 chunks of 63 (the last 55).
         assert_eq!(spread_runs_per_chunk(250, 1_000, 2), 63);
         let chunks = plan(
-            Uuid::nil(),
-            Uuid::nil(),
+            TenantId::from_uuid(Uuid::nil()),
+            EvaluationId::from_uuid(Uuid::nil()),
             &["m".to_owned()],
             1_000,
             1,
@@ -683,8 +684,8 @@ mod tests {
     fn plans_cover_every_item_once_per_model_with_models_interleaved() {
         let models = vec!["a".to_owned(), "b".to_owned()];
         let chunks = plan(
-            Uuid::nil(),
-            Uuid::nil(),
+            TenantId::from_uuid(Uuid::nil()),
+            EvaluationId::from_uuid(Uuid::nil()),
             &models,
             1001,
             2,
@@ -727,8 +728,8 @@ mod tests {
         assert_eq!(raised, ["normal", "normal", "low"]);
         // More repeats than runs per chunk: one item per chunk.
         let chunks = plan(
-            Uuid::nil(),
-            Uuid::nil(),
+            TenantId::from_uuid(Uuid::nil()),
+            EvaluationId::from_uuid(Uuid::nil()),
             &models[..1],
             3,
             500,

@@ -16,9 +16,9 @@ use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Double, Integer, Nullable, Text, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde::Serialize;
-use uuid::Uuid;
 
 use super::Page;
+use crate::ids::{EvaluationId, TenantId};
 
 /// Most distinct values a difference histogram keeps. Beyond that the
 /// differences are grouped into `MAX_BINS` equal-width bins, each standing
@@ -31,7 +31,7 @@ pub const MAX_BINS: i64 = 200;
 /// One side of a pair: an evaluation's results for one model.
 #[derive(Debug, Clone)]
 pub struct Side<'a> {
-    pub evaluation_id: Uuid,
+    pub evaluation_id: EvaluationId,
     pub model: &'a str,
 }
 
@@ -73,7 +73,7 @@ const PAIRED: &str = "WITH paired AS ( \
 /// Makes the pairing table of this transaction.
 async fn pair_items(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
+    tenant_id: TenantId,
     a: &Side<'_>,
     b: &Side<'_>,
 ) -> diesel::QueryResult<()> {
@@ -143,7 +143,7 @@ pub struct Totals {
 
 async fn totals(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
+    tenant_id: TenantId,
     a: &Side<'_>,
     b: &Side<'_>,
 ) -> diesel::QueryResult<Totals> {
@@ -201,7 +201,7 @@ impl Difference {
 /// floating-point twins. `range` is the differences' (min, max).
 async fn histogram(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
+    tenant_id: TenantId,
     a: &Side<'_>,
     b: &Side<'_>,
     difference: Difference,
@@ -277,7 +277,7 @@ struct SideUsage {
 /// Usage of both sides over the paired items: `(a, b)`.
 async fn usage(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
+    tenant_id: TenantId,
     a: &Side<'_>,
     b: &Side<'_>,
 ) -> diesel::QueryResult<(Usage, Usage)> {
@@ -338,7 +338,7 @@ pub struct ChangedItem {
 /// Changed items by position; `after` is the last position of the previous page.
 async fn changed_items(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
+    tenant_id: TenantId,
     a: &Side<'_>,
     b: &Side<'_>,
     direction: Direction,
@@ -479,7 +479,7 @@ pub struct PairReport {
 /// statistics of [`crate::stats`] on their results.
 pub async fn compare_pair(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
+    tenant_id: TenantId,
     a: &Side<'_>,
     b: &Side<'_>,
     list_limit: i64,
@@ -494,7 +494,7 @@ pub async fn compare_pair(
 /// The statistics, from this transaction's pairing table.
 async fn report(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
+    tenant_id: TenantId,
     a: &Side<'_>,
     b: &Side<'_>,
     list_limit: i64,
@@ -602,7 +602,7 @@ async fn report(
 /// One page of the improved or regressed items of a pair, and how many there are.
 pub async fn changes(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
+    tenant_id: TenantId,
     a: &Side<'_>,
     b: &Side<'_>,
     direction: Direction,

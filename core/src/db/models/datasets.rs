@@ -7,12 +7,12 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use futures::{Stream, StreamExt as _};
 use serde_json::Value;
-use uuid::Uuid;
 
 use super::Page;
 use super::events::{self, NewEvent};
 use crate::db::schema::{dataset_items, datasets};
 use crate::domain::{DatasetShape, DatasetSummary, ParsedDataset, ParsedItem};
+use crate::ids::{DatasetId, TenantId};
 
 /// Rows per INSERT: 8 columns each, well under PostgreSQL's 65,535 bind parameters.
 const ITEM_BATCH: usize = 5_000;
@@ -21,9 +21,9 @@ const ITEM_BATCH: usize = 5_000;
 #[diesel(table_name = datasets, check_for_backend(diesel::pg::Pg))]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Dataset {
-    pub id: Uuid,
+    pub id: DatasetId,
     #[serde(skip)]
-    pub tenant_id: Uuid,
+    pub tenant_id: TenantId,
     pub name: String,
     pub description: Option<String>,
     pub item_count: i32,
@@ -83,9 +83,9 @@ impl DatasetItem {
 #[derive(Insertable)]
 #[diesel(table_name = dataset_items)]
 struct NewItem<'a> {
-    dataset_id: Uuid,
+    dataset_id: DatasetId,
     position: i32,
-    tenant_id: Uuid,
+    tenant_id: TenantId,
     item_key: &'a str,
     vars: &'a Value,
     expected: Option<&'a Value>,
@@ -96,7 +96,7 @@ struct NewItem<'a> {
 /// Who writes a dataset, and what it is called.
 #[derive(Debug, Clone, Copy)]
 pub struct NewDataset<'a> {
-    pub tenant_id: Uuid,
+    pub tenant_id: TenantId,
     pub actor: &'a str,
     pub name: &'a str,
     pub description: Option<&'a str>,
@@ -147,7 +147,7 @@ where
         .transaction::<_, CreateError, _>(async |conn| {
             let dataset: Dataset = diesel::insert_into(datasets::table)
                 .values((
-                    datasets::id.eq(Uuid::now_v7()),
+                    datasets::id.eq(DatasetId::new()),
                     datasets::tenant_id.eq(new.tenant_id),
                     datasets::name.eq(new.name),
                     datasets::description.eq(new.description),
@@ -190,7 +190,7 @@ async fn record_created(
             actor,
             action: "dataset.created",
             resource_type: "dataset",
-            resource_id: dataset.id,
+            resource_id: dataset.id.uuid(),
             data: serde_json::json!({ "name": dataset.name, "items": dataset.item_count }),
         },
     )
@@ -215,8 +215,8 @@ async fn settle_search_index(conn: &mut AsyncPgConnection) {
 /// Inserts `items` at positions from `first_position`, in multi-row batches.
 async fn insert_items(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    dataset_id: Uuid,
+    tenant_id: TenantId,
+    dataset_id: DatasetId,
     first_position: usize,
     items: &[ParsedItem],
 ) -> QueryResult<()> {
@@ -246,8 +246,8 @@ async fn insert_items(
 
 pub async fn get(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    id: Uuid,
+    tenant_id: TenantId,
+    id: DatasetId,
 ) -> QueryResult<Option<Dataset>> {
     datasets::table
         .filter(datasets::tenant_id.eq(tenant_id))
@@ -266,8 +266,8 @@ fn count(items: usize) -> i32 {
 /// page; with `content_hash`, only datasets whose content hashes to it.
 pub async fn list(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    after: Option<Uuid>,
+    tenant_id: TenantId,
+    after: Option<DatasetId>,
     limit: i64,
     content_hash: Option<&str>,
 ) -> QueryResult<Page<Dataset>> {
@@ -283,8 +283,8 @@ pub async fn list(
 /// Items at positions `from..=to`, in order (a chunk's range).
 pub async fn items_between(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    dataset_id: Uuid,
+    tenant_id: TenantId,
+    dataset_id: DatasetId,
     from: i32,
     to: i32,
 ) -> QueryResult<Vec<DatasetItem>> {
@@ -300,8 +300,8 @@ pub async fn items_between(
 
 pub async fn items_page(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    dataset_id: Uuid,
+    tenant_id: TenantId,
+    dataset_id: DatasetId,
     after: Option<i32>,
     limit: i64,
 ) -> QueryResult<Page<DatasetItem>> {

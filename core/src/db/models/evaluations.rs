@@ -8,7 +8,6 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use uuid::Uuid;
 
 use super::Page;
 use super::results::{GraderSummary, ModelSummary, RepeatStats};
@@ -16,14 +15,15 @@ pub use super::states::EvaluationStatus;
 use super::states::evaluation_moves;
 use crate::db::schema::{datasets, evaluations};
 use crate::domain::Priority;
+use crate::ids::{DatasetId, EvaluationId, TenantId, VersionId};
 
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = evaluations, check_for_backend(diesel::pg::Pg))]
 pub struct Evaluation {
-    pub id: Uuid,
-    pub tenant_id: Uuid,
-    pub prompt_version_id: Uuid,
-    pub dataset_id: Uuid,
+    pub id: EvaluationId,
+    pub tenant_id: TenantId,
+    pub prompt_version_id: VersionId,
+    pub dataset_id: DatasetId,
     pub models: Value,
     pub graders: Value,
     pub params: Value,
@@ -41,7 +41,7 @@ pub struct Evaluation {
     pub updated_at: DateTime<Utc>,
     pub repeats: i32,
     pub threshold: Option<f64>,
-    pub source_evaluation_id: Option<Uuid>,
+    pub source_evaluation_id: Option<EvaluationId>,
     /// Deterministic calls may be answered from the response cache.
     pub use_cache: bool,
     pub priority: String,
@@ -110,7 +110,7 @@ pub struct Summary {
     pub graders: Value,
     /// For a re-grading: the evaluation whose outputs were graded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub regraded_from: Option<Uuid>,
+    pub regraded_from: Option<EvaluationId>,
 }
 
 /// One model's figures, and its repeat statistics when items ran more than once.
@@ -126,17 +126,17 @@ pub struct ModelReport {
 #[derive(Debug, Clone, Insertable)]
 #[diesel(table_name = evaluations)]
 pub struct NewEvaluation {
-    pub id: Uuid,
-    pub tenant_id: Uuid,
-    pub prompt_version_id: Uuid,
-    pub dataset_id: Uuid,
+    pub id: EvaluationId,
+    pub tenant_id: TenantId,
+    pub prompt_version_id: VersionId,
+    pub dataset_id: DatasetId,
     pub models: Value,
     pub graders: Value,
     pub params: Value,
     pub total: i32,
     pub repeats: i32,
     pub threshold: Option<f64>,
-    pub source_evaluation_id: Option<Uuid>,
+    pub source_evaluation_id: Option<EvaluationId>,
     pub use_cache: bool,
     pub priority: String,
     /// `{"prompt_id", "label"}` or `{"prompt_id", "branch"}` when the request
@@ -150,8 +150,8 @@ pub struct NewEvaluation {
 /// The evaluation, its row locked until the transaction ends.
 pub async fn lock(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    id: Uuid,
+    tenant_id: TenantId,
+    id: EvaluationId,
 ) -> QueryResult<Option<Evaluation>> {
     evaluations::table
         .filter(evaluations::tenant_id.eq(tenant_id))
@@ -175,8 +175,8 @@ pub async fn item_count(conn: &mut AsyncPgConnection, evaluation: &Evaluation) -
 
 pub async fn get(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    id: Uuid,
+    tenant_id: TenantId,
+    id: EvaluationId,
 ) -> QueryResult<Option<Evaluation>> {
     evaluations::table
         .filter(evaluations::tenant_id.eq(tenant_id))
@@ -190,8 +190,8 @@ pub async fn get(
 /// Newest first (ids are UUIDv7, so id order is creation order).
 pub async fn list(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    after: Option<Uuid>,
+    tenant_id: TenantId,
+    after: Option<EvaluationId>,
     limit: i64,
 ) -> QueryResult<Page<Evaluation>> {
     let query = super::tenant_page_newest_first!(evaluations, Evaluation, tenant_id, after, limit);

@@ -7,11 +7,12 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::db::schema::events;
+use crate::ids::TenantId;
 
 #[derive(Debug, Clone, Insertable)]
 #[diesel(table_name = events)]
 pub struct NewEvent<'a> {
-    pub tenant_id: Uuid,
+    pub tenant_id: TenantId,
     pub actor: &'a str,
     pub action: &'a str,
     pub resource_type: &'a str,
@@ -24,7 +25,7 @@ pub struct NewEvent<'a> {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Event {
     pub id: i64,
-    pub tenant_id: Uuid,
+    pub tenant_id: TenantId,
     pub actor: String,
     pub action: String,
     pub resource_type: String,
@@ -49,7 +50,7 @@ pub async fn record(conn: &mut AsyncPgConnection, event: NewEvent<'_>) -> QueryR
 /// Events about one resource, oldest first.
 pub async fn for_resource(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
+    tenant_id: TenantId,
     resource_id: Uuid,
 ) -> QueryResult<Vec<Event>> {
     events::table
@@ -65,7 +66,7 @@ pub async fn for_resource(
 /// the last event of the previous page.
 pub async fn page_for_resource(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
+    tenant_id: TenantId,
     resource_type: &str,
     resource_id: Uuid,
     after: Option<i64>,

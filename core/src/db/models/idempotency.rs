@@ -18,6 +18,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use crate::db::schema::idempotency_keys;
+use crate::ids::TenantId;
 
 /// How long a completed key is replayed.
 pub const TIME_TO_LIVE: Duration = Duration::from_secs(24 * 60 * 60);
@@ -58,7 +59,7 @@ struct Claimed {
 /// time to live or an in-progress claim locked longer than `lock_timeout`.
 pub async fn claim(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
+    tenant_id: TenantId,
     key: &str,
     claim_id: Uuid,
     lock_timeout: Duration,
@@ -116,7 +117,7 @@ pub struct StoredResponse<'a> {
 /// is no longer this request's (it was taken over after the lock timeout).
 pub async fn complete(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
+    tenant_id: TenantId,
     key: &str,
     claim_id: Uuid,
     response: &StoredResponse<'_>,
@@ -144,7 +145,7 @@ pub async fn complete(
 /// the key does the work).
 pub async fn release(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
+    tenant_id: TenantId,
     key: &str,
     claim_id: Uuid,
 ) -> QueryResult<()> {

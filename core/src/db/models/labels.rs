@@ -19,6 +19,7 @@ use super::events::{self, NewEvent};
 use super::prompts::{self, PromptVersion, VersionRef};
 use crate::db::schema::{prompt_labels, prompt_versions};
 use crate::domain::InvalidInput;
+use crate::ids::{PromptId, TenantId, VersionId};
 
 /// Checks a label name: 1 to 36 of `a-z 0-9 _ . -`.
 pub fn validate_name(field: &str, name: &str) -> Result<(), InvalidInput> {
@@ -40,10 +41,10 @@ pub fn validate_name(field: &str, name: &str) -> Result<(), InvalidInput> {
 #[diesel(table_name = prompt_labels, check_for_backend(diesel::pg::Pg))]
 pub struct Label {
     pub id: Uuid,
-    pub tenant_id: Uuid,
-    pub prompt_id: Uuid,
+    pub tenant_id: TenantId,
+    pub prompt_id: PromptId,
     pub name: String,
-    pub version_id: Uuid,
+    pub version_id: VersionId,
     pub protected: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -54,8 +55,8 @@ pub struct Label {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LabelView {
     pub name: String,
-    pub prompt_id: Uuid,
-    pub version_id: Uuid,
+    pub prompt_id: PromptId,
+    pub version_id: VersionId,
     pub version: i32,
     pub protected: bool,
     pub created_at: DateTime<Utc>,
@@ -76,8 +77,8 @@ fn view(label: Label, version: i32) -> LabelView {
 
 pub async fn get(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    prompt_id: Uuid,
+    tenant_id: TenantId,
+    prompt_id: PromptId,
     name: &str,
 ) -> QueryResult<Option<Label>> {
     prompt_labels::table
@@ -106,8 +107,8 @@ macro_rules! with_versions {
 
 pub async fn get_view(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    prompt_id: Uuid,
+    tenant_id: TenantId,
+    prompt_id: PromptId,
     name: &str,
 ) -> QueryResult<Option<LabelView>> {
     Ok(with_versions!(tenant_id, prompt_id)
@@ -121,8 +122,8 @@ pub async fn get_view(
 /// By name; `after` is the last name of the previous page.
 pub async fn list(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    prompt_id: Uuid,
+    tenant_id: TenantId,
+    prompt_id: PromptId,
     after: Option<&str>,
     limit: i64,
 ) -> QueryResult<Page<LabelView>> {
@@ -201,9 +202,9 @@ pub enum MoveError {
 /// Creates or moves a label; see the module rules.
 pub async fn move_label(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
+    tenant_id: TenantId,
     actor: &str,
-    prompt_id: Uuid,
+    prompt_id: PromptId,
     request: Move<'_>,
 ) -> Result<Moved, MoveError> {
     conn.transaction(async |conn| {

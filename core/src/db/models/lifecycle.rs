@@ -33,6 +33,7 @@ use super::events::{self, NewEvent};
 use super::results::{self, ModelSummary, RepeatStats};
 use super::states::{ChunkStatus, EvaluationStatus, chunk_moves, evaluation_moves};
 use crate::db::schema::{evaluation_chunks, evaluation_results, evaluations};
+use crate::ids::{EvaluationId, TenantId};
 use crate::queue::{ChunkJob, Push};
 
 /// Writes the evaluation (status `queued`), its plan of chunks and its
@@ -67,7 +68,7 @@ pub async fn create(
                 actor,
                 action: "evaluation.created",
                 resource_type: "evaluation",
-                resource_id: new.id,
+                resource_id: new.id.uuid(),
                 data: serde_json::json!({
                     "total": new.total,
                     "models": new.models,
@@ -110,7 +111,7 @@ pub async fn create_within_quota(
             .filter(crate::db::schema::tenants::id.eq(new.tenant_id))
             .select(crate::db::schema::tenants::id)
             .for_no_key_update()
-            .first::<Uuid>(conn)
+            .first::<TenantId>(conn)
             .await?;
         let active = super::tenant_limits::active_evaluations(conn, new.tenant_id).await?;
         if active >= max_active {
@@ -150,7 +151,7 @@ async fn mark_running(
             actor,
             action: "evaluation.started",
             resource_type: "evaluation",
-            resource_id: evaluation.id,
+            resource_id: evaluation.id.uuid(),
             data: serde_json::json!({ "run": evaluation.run }),
         },
     )
@@ -163,8 +164,8 @@ async fn mark_running(
 /// not queued or running.
 pub async fn cancel(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    id: Uuid,
+    tenant_id: TenantId,
+    id: EvaluationId,
     actor: &str,
     reason: CancelReason,
 ) -> QueryResult<bool> {
@@ -192,7 +193,7 @@ pub async fn cancel(
                 actor,
                 action: "evaluation.canceled",
                 resource_type: "evaluation",
-                resource_id: id,
+                resource_id: id.uuid(),
                 data: serde_json::json!({ "completed": evaluation.completed, "chunks_stopped": stopped, "reason": reason.as_str(), "committed_usd": evaluation.committed_usd }),
             },
         )
@@ -225,8 +226,8 @@ pub enum ReopenRefused {
 /// Restarts an evaluation as run `run + 1`; returns its first chunks to push.
 pub async fn reopen(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    id: Uuid,
+    tenant_id: TenantId,
+    id: EvaluationId,
     actor: &str,
     how: Reopen,
 ) -> QueryResult<Result<(Evaluation, Vec<Push>), ReopenRefused>> {
@@ -279,7 +280,7 @@ pub async fn reopen(
                     Reopen::RetryErrors => "evaluation.retrying_errors",
                 },
                 resource_type: "evaluation",
-                resource_id: id,
+                resource_id: id.uuid(),
                 data: serde_json::json!({ "from": evaluation.status, "run": reopened.run, "errored_results_retried": retried }),
             },
         )
@@ -358,8 +359,8 @@ async fn supersede_errored(
 /// Marks an unfinished evaluation failed with `error`; false when it had finished already.
 pub async fn fail(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    id: Uuid,
+    tenant_id: TenantId,
+    id: EvaluationId,
     actor: &str,
     error: &str,
 ) -> QueryResult<bool> {
@@ -388,7 +389,7 @@ pub async fn fail(
                     actor,
                     action: "evaluation.failed",
                     resource_type: "evaluation",
-                    resource_id: id,
+                    resource_id: id.uuid(),
                     data: serde_json::json!({ "error": error }),
                 },
             )
@@ -404,8 +405,8 @@ pub async fn fail(
 /// Counts are recomputed from the rows, so they match them exactly.
 pub async fn finalize(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    id: Uuid,
+    tenant_id: TenantId,
+    id: EvaluationId,
     actor: &str,
 ) -> QueryResult<bool> {
     conn.transaction(async |conn| {
@@ -475,7 +476,7 @@ pub async fn finalize(
                 actor,
                 action: "evaluation.succeeded",
                 resource_type: "evaluation",
-                resource_id: id,
+                resource_id: id.uuid(),
                 data: serde_json::json!({ "passed": passed, "failed": failed, "errored": errored }),
             },
         )
@@ -670,7 +671,7 @@ pub async fn finish_chunk(
 /// Cancels every unfinished chunk of an evaluation (in the caller's transaction).
 async fn cancel_unfinished(
     conn: &mut AsyncPgConnection,
-    evaluation_id: Uuid,
+    evaluation_id: EvaluationId,
 ) -> QueryResult<usize> {
     diesel::update(
         evaluation_chunks::table
@@ -688,7 +689,7 @@ async fn cancel_unfinished(
 /// Makes every chunk that is not done pending again (in the caller's transaction).
 async fn reopen_unfinished(
     conn: &mut AsyncPgConnection,
-    evaluation_id: Uuid,
+    evaluation_id: EvaluationId,
 ) -> QueryResult<usize> {
     diesel::update(
         evaluation_chunks::table
@@ -707,7 +708,7 @@ async fn reopen_unfinished(
 /// Makes the done chunks that hold one of `runs` (model, position) pending again.
 async fn reopen_holding(
     conn: &mut AsyncPgConnection,
-    evaluation_id: Uuid,
+    evaluation_id: EvaluationId,
     runs: &[(String, i32)],
 ) -> QueryResult<usize> {
     if runs.is_empty() {
@@ -733,9 +734,9 @@ async fn reopen_holding(
 #[derive(QueryableByName)]
 struct EvaluationKey {
     #[diesel(sql_type = SqlUuid)]
-    id: Uuid,
+    id: EvaluationId,
     #[diesel(sql_type = SqlUuid)]
-    tenant_id: Uuid,
+    tenant_id: TenantId,
 }
 
 /// Unfinished evaluations with pending chunks and room in the queue: their
@@ -774,7 +775,7 @@ pub async fn refill_starved(conn: &mut AsyncPgConnection, limit: i64) -> QueryRe
 pub async fn unfinalized(
     conn: &mut AsyncPgConnection,
     limit: i64,
-) -> QueryResult<Vec<(Uuid, Uuid)>> {
+) -> QueryResult<Vec<(TenantId, EvaluationId)>> {
     let rows: Vec<EvaluationKey> = diesel::sql_query(format!(
         "SELECT e.id, e.tenant_id FROM evaluations e
          WHERE e.status IN ({finalizable})
@@ -834,7 +835,7 @@ pub async fn plan_unplanned(
                 actor: "system",
                 action: "evaluation.planned",
                 resource_type: "evaluation",
-                resource_id: evaluation.id,
+                resource_id: evaluation.id.uuid(),
                 data: serde_json::json!({ "chunks": plan.len() }),
             },
         )

@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use super::events::{self, NewEvent};
 use crate::db::schema::{evaluations, optimization_candidates, optimizations};
+use crate::ids::{DatasetId, EvaluationId, PromptId, TenantId, VersionId};
 
 pub const UNFINISHED: [&str; 2] = ["queued", "running"];
 
@@ -23,9 +24,9 @@ pub const UNFINISHED: [&str; 2] = ["queued", "running"];
 pub struct Optimization {
     pub id: Uuid,
     #[serde(skip)]
-    pub tenant_id: Uuid,
-    pub prompt_id: Uuid,
-    pub from_version_id: Uuid,
+    pub tenant_id: TenantId,
+    pub prompt_id: PromptId,
+    pub from_version_id: VersionId,
     pub setup: Value,
     pub optimizer_model: String,
     pub candidates: i32,
@@ -35,17 +36,17 @@ pub struct Optimization {
     pub max_cost_usd: f64,
     pub promote_to: Option<String>,
     pub status: String,
-    pub train_dataset_id: Option<Uuid>,
-    pub validation_dataset_id: Option<Uuid>,
+    pub train_dataset_id: Option<DatasetId>,
+    pub validation_dataset_id: Option<DatasetId>,
     pub round: i32,
-    pub current_version_id: Uuid,
-    pub parent_train_evaluation_id: Option<Uuid>,
-    pub parent_validation_evaluation_id: Option<Uuid>,
-    pub origin_validation_evaluation_id: Option<Uuid>,
+    pub current_version_id: VersionId,
+    pub parent_train_evaluation_id: Option<EvaluationId>,
+    pub parent_validation_evaluation_id: Option<EvaluationId>,
+    pub origin_validation_evaluation_id: Option<EvaluationId>,
     pub optimizer_cost_usd: f64,
     pub proposals_valid: i32,
     pub proposals_invalid: i32,
-    pub winner_version_id: Option<Uuid>,
+    pub winner_version_id: Option<VersionId>,
     pub comparison: Option<Value>,
     pub reason: Option<String>,
     pub promotion_id: Option<Uuid>,
@@ -77,10 +78,10 @@ pub fn branch_name(id: Uuid) -> String {
 #[diesel(table_name = optimizations)]
 pub struct NewOptimization {
     pub id: Uuid,
-    pub tenant_id: Uuid,
-    pub prompt_id: Uuid,
-    pub from_version_id: Uuid,
-    pub current_version_id: Uuid,
+    pub tenant_id: TenantId,
+    pub prompt_id: PromptId,
+    pub from_version_id: VersionId,
+    pub current_version_id: VersionId,
     pub setup: Value,
     pub optimizer_model: String,
     pub candidates: i32,
@@ -102,11 +103,11 @@ pub struct Candidate {
     pub round: i32,
     pub index: i32,
     #[serde(skip)]
-    pub tenant_id: Uuid,
-    pub version_id: Option<Uuid>,
+    pub tenant_id: TenantId,
+    pub version_id: Option<VersionId>,
     pub invalid_reason: Option<String>,
     pub rationale: String,
-    pub evaluation_id: Option<Uuid>,
+    pub evaluation_id: Option<EvaluationId>,
     pub pass_rate: Option<f64>,
     pub mean_score: Option<f64>,
     pub cost_usd: Option<f64>,
@@ -150,7 +151,7 @@ pub async fn create(
 
 pub async fn get(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
+    tenant_id: TenantId,
     id: Uuid,
 ) -> QueryResult<Option<Optimization>> {
     optimizations::table
@@ -164,7 +165,7 @@ pub async fn get(
 
 pub async fn lock(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
+    tenant_id: TenantId,
     id: Uuid,
 ) -> QueryResult<Option<Optimization>> {
     optimizations::table
@@ -191,7 +192,7 @@ pub async fn set_job(conn: &mut AsyncPgConnection, id: Uuid, job_id: Uuid) -> Qu
 /// Every candidate of every round, in order.
 pub async fn candidates(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
+    tenant_id: TenantId,
     id: Uuid,
 ) -> QueryResult<Vec<Candidate>> {
     optimization_candidates::table
@@ -211,7 +212,7 @@ pub async fn candidates(
 /// cost is counted apart, around the call ([`add_optimizer_cost`]).
 pub async fn record_round(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
+    tenant_id: TenantId,
     id: Uuid,
     round: i32,
     rows: &[Candidate],
@@ -281,7 +282,7 @@ pub async fn set_candidate_evaluation(
     id: Uuid,
     round: i32,
     index: i32,
-    evaluation_id: Uuid,
+    evaluation_id: EvaluationId,
 ) -> QueryResult<bool> {
     let updated = diesel::update(
         optimization_candidates::table
@@ -323,7 +324,7 @@ pub async fn set_candidate_figures(
 /// What the optimization has spent: its optimizer calls and every call of
 /// the evaluations it ran (reservations of calls in flight included).
 pub async fn spent(conn: &mut AsyncPgConnection, optimization: &Optimization) -> QueryResult<f64> {
-    let mut ids: Vec<Uuid> = optimization_candidates::table
+    let mut ids: Vec<EvaluationId> = optimization_candidates::table
         .filter(optimization_candidates::optimization_id.eq(optimization.id))
         .filter(optimization_candidates::evaluation_id.is_not_null())
         .select(optimization_candidates::evaluation_id.assume_not_null())
@@ -368,14 +369,14 @@ pub async fn advance(
 #[diesel(table_name = optimizations)]
 pub struct Advance {
     pub status: Option<String>,
-    pub train_dataset_id: Option<Uuid>,
-    pub validation_dataset_id: Option<Uuid>,
+    pub train_dataset_id: Option<DatasetId>,
+    pub validation_dataset_id: Option<DatasetId>,
     pub round: Option<i32>,
-    pub current_version_id: Option<Uuid>,
-    pub parent_train_evaluation_id: Option<Option<Uuid>>,
-    pub parent_validation_evaluation_id: Option<Option<Uuid>>,
-    pub origin_validation_evaluation_id: Option<Uuid>,
-    pub winner_version_id: Option<Uuid>,
+    pub current_version_id: Option<VersionId>,
+    pub parent_train_evaluation_id: Option<Option<EvaluationId>>,
+    pub parent_validation_evaluation_id: Option<Option<EvaluationId>>,
+    pub origin_validation_evaluation_id: Option<EvaluationId>,
+    pub winner_version_id: Option<VersionId>,
     pub promotion_id: Option<Uuid>,
 }
 
@@ -383,11 +384,11 @@ pub struct Advance {
 #[expect(clippy::too_many_arguments, reason = "one row's final columns")]
 pub async fn finish(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
+    tenant_id: TenantId,
     id: Uuid,
     actor: &str,
     status: &str,
-    winner: Option<Uuid>,
+    winner: Option<VersionId>,
     comparison: Option<&Value>,
     reason: &str,
 ) -> QueryResult<bool> {
@@ -434,7 +435,7 @@ pub async fn stale(
     conn: &mut AsyncPgConnection,
     grace: std::time::Duration,
     limit: i64,
-) -> QueryResult<Vec<(Uuid, Uuid, Option<Uuid>)>> {
+) -> QueryResult<Vec<(TenantId, Uuid, Option<Uuid>)>> {
     let cutoff = Utc::now() - chrono::Duration::from_std(grace).unwrap_or_default();
     optimizations::table
         .filter(optimizations::status.eq_any(UNFINISHED))

@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use super::events::{self, NewEvent};
 use crate::db::schema::promotions;
+use crate::ids::{EvaluationId, PromptId, TenantId, VersionId};
 
 /// States a promotion is still being worked on in.
 pub const UNFINISHED: [&str; 2] = ["queued", "evaluating"];
@@ -23,16 +24,16 @@ pub const UNFINISHED: [&str; 2] = ["queued", "evaluating"];
 pub struct Promotion {
     pub id: Uuid,
     #[serde(skip)]
-    pub tenant_id: Uuid,
-    pub prompt_id: Uuid,
+    pub tenant_id: TenantId,
+    pub prompt_id: PromptId,
     pub label: String,
-    pub candidate_version_id: Uuid,
-    pub baseline_version_id: Uuid,
+    pub candidate_version_id: VersionId,
+    pub baseline_version_id: VersionId,
     pub setup: Value,
     pub policy: Value,
     pub status: String,
-    pub baseline_evaluation_id: Option<Uuid>,
-    pub candidate_evaluation_id: Option<Uuid>,
+    pub baseline_evaluation_id: Option<EvaluationId>,
+    pub candidate_evaluation_id: Option<EvaluationId>,
     pub baseline_reused: bool,
     pub candidate_reused: bool,
     pub comparison: Option<Value>,
@@ -56,11 +57,11 @@ impl Promotion {
 #[diesel(table_name = promotions)]
 pub struct NewPromotion {
     pub id: Uuid,
-    pub tenant_id: Uuid,
-    pub prompt_id: Uuid,
+    pub tenant_id: TenantId,
+    pub prompt_id: PromptId,
     pub label: String,
-    pub candidate_version_id: Uuid,
-    pub baseline_version_id: Uuid,
+    pub candidate_version_id: VersionId,
+    pub baseline_version_id: VersionId,
     pub setup: Value,
     pub policy: Value,
     pub optimization_id: Option<Uuid>,
@@ -106,7 +107,7 @@ pub async fn create(
 
 pub async fn get(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
+    tenant_id: TenantId,
     id: Uuid,
 ) -> QueryResult<Option<Promotion>> {
     promotions::table
@@ -121,7 +122,7 @@ pub async fn get(
 /// The promotion, its row locked until the transaction ends.
 pub async fn lock(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
+    tenant_id: TenantId,
     id: Uuid,
 ) -> QueryResult<Option<Promotion>> {
     promotions::table
@@ -151,8 +152,8 @@ pub async fn set_job(conn: &mut AsyncPgConnection, id: Uuid, job_id: Uuid) -> Qu
 pub async fn start_evaluating(
     conn: &mut AsyncPgConnection,
     id: Uuid,
-    baseline: (Uuid, bool),
-    candidate: (Uuid, bool),
+    baseline: (EvaluationId, bool),
+    candidate: (EvaluationId, bool),
 ) -> QueryResult<bool> {
     let updated = diesel::update(
         promotions::table
@@ -176,7 +177,7 @@ pub async fn start_evaluating(
 /// and writes its `promotion.<status>` event. False when it had ended already.
 pub async fn finish(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
+    tenant_id: TenantId,
     id: Uuid,
     actor: &str,
     status: &str,
@@ -227,7 +228,7 @@ pub async fn stale(
     conn: &mut AsyncPgConnection,
     grace: std::time::Duration,
     limit: i64,
-) -> QueryResult<Vec<(Uuid, Uuid, Option<Uuid>)>> {
+) -> QueryResult<Vec<(TenantId, Uuid, Option<Uuid>)>> {
     let cutoff = Utc::now() - chrono::Duration::from_std(grace).unwrap_or_default();
     promotions::table
         .filter(promotions::status.eq_any(UNFINISHED))
@@ -242,7 +243,7 @@ pub async fn stale(
 /// Promotions chained by an optimization.
 pub async fn of_optimization(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
+    tenant_id: TenantId,
     optimization_id: Uuid,
 ) -> QueryResult<Option<Promotion>> {
     promotions::table

@@ -5,20 +5,20 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde_json::Value;
-use uuid::Uuid;
 
 use super::Page;
 use super::events::{self, NewEvent};
 use crate::db::schema::{prompt_versions, prompts};
 use crate::domain::PromptContent;
+use crate::ids::{PromptId, TenantId, VersionId};
 
 #[derive(Debug, Clone, Queryable, Selectable, serde::Serialize)]
 #[diesel(table_name = prompts, check_for_backend(diesel::pg::Pg))]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Prompt {
-    pub id: Uuid,
+    pub id: PromptId,
     #[serde(skip)]
-    pub tenant_id: Uuid,
+    pub tenant_id: TenantId,
     pub name: String,
     pub description: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -28,12 +28,12 @@ pub struct Prompt {
 #[diesel(table_name = prompt_versions, check_for_backend(diesel::pg::Pg))]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PromptVersion {
-    pub id: Uuid,
+    pub id: VersionId,
     #[serde(skip)]
-    pub tenant_id: Uuid,
-    pub prompt_id: Uuid,
+    pub tenant_id: TenantId,
+    pub prompt_id: PromptId,
     pub version: i32,
-    pub parent_id: Option<Uuid>,
+    pub parent_id: Option<VersionId>,
     pub messages: Value,
     pub params: Value,
     pub content_hash: String,
@@ -55,7 +55,7 @@ impl PromptVersion {
 /// tenant already has a prompt of that name.
 pub async fn create(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
+    tenant_id: TenantId,
     actor: &str,
     name: &str,
     description: Option<&str>,
@@ -63,7 +63,7 @@ pub async fn create(
     conn.transaction(async |conn| {
         let prompt: Prompt = diesel::insert_into(prompts::table)
             .values((
-                prompts::id.eq(Uuid::now_v7()),
+                prompts::id.eq(PromptId::new()),
                 prompts::tenant_id.eq(tenant_id),
                 prompts::name.eq(name),
                 prompts::description.eq(description),
@@ -80,7 +80,7 @@ pub async fn create(
                 actor,
                 action: "prompt.created",
                 resource_type: "prompt",
-                resource_id: prompt.id,
+                resource_id: prompt.id.uuid(),
                 data: serde_json::json!({ "name": name }),
             },
         )
@@ -92,8 +92,8 @@ pub async fn create(
 
 pub async fn get(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    id: Uuid,
+    tenant_id: TenantId,
+    id: PromptId,
 ) -> QueryResult<Option<Prompt>> {
     prompts::table
         .filter(prompts::tenant_id.eq(tenant_id))
@@ -107,8 +107,8 @@ pub async fn get(
 /// Newest first; `after` is the id of the last prompt of the previous page.
 pub async fn list(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    after: Option<Uuid>,
+    tenant_id: TenantId,
+    after: Option<PromptId>,
     limit: i64,
 ) -> QueryResult<Page<Prompt>> {
     let query = super::tenant_page_newest_first!(prompts, Prompt, tenant_id, after, limit);
@@ -168,22 +168,22 @@ pub struct Commit<'a> {
     pub content: &'a PromptContent,
     pub commit_message: &'a str,
     /// For a revert: the version whose content this is (recorded in the event).
-    pub reverts: Option<Uuid>,
+    pub reverts: Option<VersionId>,
 }
 
 /// Locks the prompt row: every change to a prompt's branches, labels and
 /// version numbers happens under it, so they are serialised per prompt.
 pub(crate) async fn lock_prompt(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    prompt_id: Uuid,
+    tenant_id: TenantId,
+    prompt_id: PromptId,
 ) -> QueryResult<bool> {
     Ok(prompts::table
         .filter(prompts::tenant_id.eq(tenant_id))
         .filter(prompts::id.eq(prompt_id))
         .select(prompts::id)
         .for_update()
-        .first::<Uuid>(conn)
+        .first::<PromptId>(conn)
         .await
         .optional()?
         .is_some())
@@ -198,9 +198,9 @@ pub(crate) async fn lock_prompt(
 /// content is this content).
 pub async fn commit(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
+    tenant_id: TenantId,
     actor: &str,
-    prompt_id: Uuid,
+    prompt_id: PromptId,
     commit: Commit<'_>,
 ) -> Result<Committed, CommitError> {
     conn.transaction(async |conn| {
@@ -246,7 +246,7 @@ pub async fn commit(
             .await?;
         let version: PromptVersion = diesel::insert_into(prompt_versions::table)
             .values((
-                prompt_versions::id.eq(Uuid::now_v7()),
+                prompt_versions::id.eq(VersionId::new()),
                 prompt_versions::tenant_id.eq(tenant_id),
                 prompt_versions::prompt_id.eq(prompt_id),
                 prompt_versions::version.eq(latest.map_or(1, |number| number + 1)),
@@ -269,7 +269,7 @@ pub async fn commit(
                 actor,
                 action: "prompt.version_committed",
                 resource_type: "prompt",
-                resource_id: prompt_id,
+                resource_id: prompt_id.uuid(),
                 data: serde_json::json!({
                     "version_id": version.id,
                     "version": version.version,
@@ -289,8 +289,8 @@ pub async fn commit(
 /// A version by number or id, or why not.
 pub async fn require_version(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    prompt_id: Uuid,
+    tenant_id: TenantId,
+    prompt_id: PromptId,
     version: VersionRef,
 ) -> QueryResult<PromptVersion> {
     get_version(conn, tenant_id, prompt_id, version)
@@ -303,10 +303,10 @@ pub async fn require_version(
 /// page starts at its parent.
 pub async fn log(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    prompt_id: Uuid,
-    start: Uuid,
-    after: Option<Uuid>,
+    tenant_id: TenantId,
+    prompt_id: PromptId,
+    start: VersionId,
+    after: Option<VersionId>,
     limit: i64,
 ) -> QueryResult<Page<PromptVersion>> {
     use diesel::sql_types::{BigInt, Integer, Uuid as SqlUuid};
@@ -339,9 +339,9 @@ pub async fn log(
 /// Versions whose parent is `parent`, oldest first; `after` is a version number.
 pub async fn children(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    prompt_id: Uuid,
-    parent: Uuid,
+    tenant_id: TenantId,
+    prompt_id: PromptId,
+    parent: VersionId,
     after: Option<i32>,
     limit: i64,
 ) -> QueryResult<Page<PromptVersion>> {
@@ -364,10 +364,10 @@ pub async fn children(
 /// chain and the nearest to `a` is also the nearest to `b`.
 pub async fn common_ancestor(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    prompt_id: Uuid,
-    a: Uuid,
-    b: Uuid,
+    tenant_id: TenantId,
+    prompt_id: PromptId,
+    a: VersionId,
+    b: VersionId,
 ) -> QueryResult<Option<PromptVersion>> {
     use diesel::sql_types::Uuid as SqlUuid;
     let rows: Vec<PromptVersion> = diesel::sql_query(
@@ -401,10 +401,10 @@ pub async fn common_ancestor(
 /// A prompt named by id (when `name_or_id` parses as one) or by name.
 pub async fn find(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
+    tenant_id: TenantId,
     name_or_id: &str,
 ) -> QueryResult<Option<Prompt>> {
-    if let Ok(id) = name_or_id.parse::<Uuid>()
+    if let Ok(id) = name_or_id.parse::<PromptId>()
         && let Some(prompt) = get(conn, tenant_id, id).await?
     {
         return Ok(Some(prompt));
@@ -441,8 +441,8 @@ pub enum ResolveError {
 /// The version a label or branch of a prompt points at.
 pub async fn resolve(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    prompt_id: Uuid,
+    tenant_id: TenantId,
+    prompt_id: PromptId,
     pointer: Pointer<'_>,
 ) -> Result<PromptVersion, ResolveError> {
     let version_id = match pointer {
@@ -464,8 +464,8 @@ pub async fn resolve(
 /// Newest first; `after` is the number of the last version of the previous page.
 pub async fn list_versions(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    prompt_id: Uuid,
+    tenant_id: TenantId,
+    prompt_id: PromptId,
     after: Option<i32>,
     limit: i64,
 ) -> QueryResult<Page<PromptVersion>> {
@@ -486,14 +486,14 @@ pub async fn list_versions(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VersionRef {
     Number(i32),
-    Id(Uuid),
+    Id(VersionId),
 }
 
 impl std::str::FromStr for VersionRef {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        match (text.parse::<i32>(), text.parse::<Uuid>()) {
+        match (text.parse::<i32>(), text.parse::<VersionId>()) {
             (Ok(number), _) => Ok(VersionRef::Number(number)),
             (_, Ok(id)) => Ok(VersionRef::Id(id)),
             _ => Err(format!(
@@ -523,8 +523,8 @@ impl<'de> serde::Deserialize<'de> for VersionRef {
 
 pub async fn get_version(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    prompt_id: Uuid,
+    tenant_id: TenantId,
+    prompt_id: PromptId,
     version: VersionRef,
 ) -> QueryResult<Option<PromptVersion>> {
     let query = prompt_versions::table
@@ -542,8 +542,8 @@ pub async fn get_version(
 /// A version by id alone (evaluations name versions by id).
 pub async fn get_version_by_id(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    id: Uuid,
+    tenant_id: TenantId,
+    id: VersionId,
 ) -> QueryResult<Option<PromptVersion>> {
     prompt_versions::table
         .filter(prompt_versions::tenant_id.eq(tenant_id))

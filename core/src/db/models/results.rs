@@ -12,10 +12,10 @@ use diesel::sql_types::{Double, Int8, Nullable, Text, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use uuid::Uuid;
 
 use super::Page;
 use crate::db::schema::{evaluation_results, evaluations};
+use crate::ids::{DatasetId, EvaluationId, TenantId};
 
 /// Outcome of one item x model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,11 +62,11 @@ pub struct CallFigures {
 #[derive(Debug, Clone, Insertable)]
 #[diesel(table_name = evaluation_results)]
 pub struct NewResult {
-    pub evaluation_id: Uuid,
+    pub evaluation_id: EvaluationId,
     pub model: String,
     pub item_position: i32,
     pub repeat_index: i32,
-    pub tenant_id: Uuid,
+    pub tenant_id: TenantId,
     pub item_key: String,
     pub status: &'static str,
     pub output: Option<String>,
@@ -193,8 +193,8 @@ fn replace_nul_in_json(value: &mut Value) {
 /// NUL characters, which PostgreSQL cannot store, are written as U+FFFD.
 pub async fn insert_batch(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    evaluation_id: Uuid,
+    tenant_id: TenantId,
+    evaluation_id: EvaluationId,
     rows: &[NewResult],
 ) -> QueryResult<Written> {
     debug_assert!(
@@ -258,8 +258,8 @@ pub type RunKey = (i32, i32);
 /// re-run chunk must not do again.
 pub async fn existing_keys(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    evaluation_id: Uuid,
+    tenant_id: TenantId,
+    evaluation_id: EvaluationId,
     model: &str,
     first: i32,
     last: i32,
@@ -281,8 +281,8 @@ pub async fn existing_keys(
 /// `model`'s result rows for items in `first..=last` (every repeat).
 pub async fn count_in_range(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    evaluation_id: Uuid,
+    tenant_id: TenantId,
+    evaluation_id: EvaluationId,
     model: &str,
     first: i32,
     last: i32,
@@ -313,8 +313,8 @@ pub struct StoredOutput {
 /// `model`'s stored outputs of items in `first..=last`, by run.
 pub async fn stored_outputs(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    evaluation_id: Uuid,
+    tenant_id: TenantId,
+    evaluation_id: EvaluationId,
     model: &str,
     first: i32,
     last: i32,
@@ -365,8 +365,8 @@ impl ResultCursor {
 /// Results in (position, model, repeat) order, after `after`.
 pub async fn page(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    evaluation_id: Uuid,
+    tenant_id: TenantId,
+    evaluation_id: EvaluationId,
     after: Option<&ResultCursor>,
     limit: i64,
 ) -> QueryResult<Page<EvaluationResult>> {
@@ -384,8 +384,8 @@ type PageQuery = evaluation_results::BoxedQuery<
 /// after `after`, one row over `limit` (to tell whether a next page exists):
 /// the keyset both [`page`] and [`page_filtered`] read.
 fn page_query(
-    tenant_id: Uuid,
-    evaluation_id: Uuid,
+    tenant_id: TenantId,
+    evaluation_id: EvaluationId,
     after: Option<&ResultCursor>,
     limit: i64,
 ) -> PageQuery {
@@ -466,8 +466,8 @@ pub struct ModelSummary {
 /// Per-model figures, computed by PostgreSQL from the rows themselves.
 pub async fn summarize(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    evaluation_id: Uuid,
+    tenant_id: TenantId,
+    evaluation_id: EvaluationId,
 ) -> QueryResult<Vec<ModelSummary>> {
     diesel::sql_query(
         "SELECT model,
@@ -540,8 +540,8 @@ pub struct GraderSummary {
 /// graders by type.
 pub async fn summarize_graders(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    evaluation_id: Uuid,
+    tenant_id: TenantId,
+    evaluation_id: EvaluationId,
 ) -> QueryResult<Vec<GraderSummary>> {
     diesel::sql_query(
         "WITH grades AS (
@@ -596,8 +596,8 @@ pub struct Progress {
 /// One aggregate over the evaluation's results (by its primary key prefix).
 pub async fn progress(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    evaluation_id: Uuid,
+    tenant_id: TenantId,
+    evaluation_id: EvaluationId,
 ) -> QueryResult<Progress> {
     diesel::sql_query(
         "SELECT count(*) AS completed,
@@ -629,8 +629,8 @@ pub struct ItemRuns {
 
 pub async fn item_runs(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    evaluation_id: Uuid,
+    tenant_id: TenantId,
+    evaluation_id: EvaluationId,
 ) -> QueryResult<Vec<ItemRuns>> {
     diesel::sql_query(
         "SELECT model, min(item_key) AS item_key,
@@ -743,9 +743,9 @@ fn like_pattern(text: &str) -> String {
 /// whose items' variables the text search reads.
 pub async fn page_filtered(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    evaluation_id: Uuid,
-    dataset_id: Uuid,
+    tenant_id: TenantId,
+    evaluation_id: EvaluationId,
+    dataset_id: DatasetId,
     filter: &ResultFilter,
     after: Option<&ResultCursor>,
     limit: i64,
@@ -795,8 +795,8 @@ pub async fn page_filtered(
 /// The variables of some items of a dataset, by position (one page's worth).
 pub async fn item_vars(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    dataset_id: Uuid,
+    tenant_id: TenantId,
+    dataset_id: DatasetId,
     positions: &[i32],
 ) -> QueryResult<HashMap<i32, Value>> {
     use crate::db::schema::dataset_items;
@@ -847,8 +847,8 @@ struct LatencyBucket {
 /// most `buckets` rows per model come back. None when no call was answered.
 pub async fn latency_histogram(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    evaluation_id: Uuid,
+    tenant_id: TenantId,
+    evaluation_id: EvaluationId,
     buckets: i32,
 ) -> QueryResult<Option<LatencyHistogram>> {
     let rows: Vec<LatencyBucket> = diesel::sql_query(

@@ -4,9 +4,9 @@
 
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use uuid::Uuid;
 
 use crate::db::schema::{evaluations, tenant_limits};
+use crate::ids::TenantId;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Queryable, Selectable, serde::Serialize)]
 #[diesel(table_name = tenant_limits, check_for_backend(diesel::pg::Pg))]
@@ -32,7 +32,7 @@ pub struct LimitsChange {
 }
 
 /// The tenant's overrides (all None when it has none).
-pub async fn get(conn: &mut AsyncPgConnection, tenant_id: Uuid) -> QueryResult<TenantLimits> {
+pub async fn get(conn: &mut AsyncPgConnection, tenant_id: TenantId) -> QueryResult<TenantLimits> {
     Ok(tenant_limits::table
         .filter(tenant_limits::tenant_id.eq(tenant_id))
         .select(TenantLimits::as_select())
@@ -45,7 +45,7 @@ pub async fn get(conn: &mut AsyncPgConnection, tenant_id: Uuid) -> QueryResult<T
 /// Applies `change` to the tenant's overrides; returns them as they are now.
 pub async fn set(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
+    tenant_id: TenantId,
     change: &LimitsChange,
 ) -> QueryResult<TenantLimits> {
     diesel::insert_into(tenant_limits::table)
@@ -69,7 +69,10 @@ pub async fn set(
 }
 
 /// The tenant's evaluations that are queued or running now.
-pub async fn active_evaluations(conn: &mut AsyncPgConnection, tenant_id: Uuid) -> QueryResult<i64> {
+pub async fn active_evaluations(
+    conn: &mut AsyncPgConnection,
+    tenant_id: TenantId,
+) -> QueryResult<i64> {
     evaluations::table
         .filter(evaluations::tenant_id.eq(tenant_id))
         .filter(evaluations::status.eq_any(["queued", "running"]))

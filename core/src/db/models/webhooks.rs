@@ -25,6 +25,7 @@ use uuid::Uuid;
 use super::Page;
 use super::events::NewEvent;
 use crate::db::schema::{webhook_attempts, webhook_deliveries, webhook_events, webhooks};
+use crate::ids::{EvaluationId, TenantId};
 use crate::webhooks::{event_body, is_webhook_event};
 
 #[derive(Debug, Clone, Queryable, Selectable, Serialize)]
@@ -33,7 +34,7 @@ use crate::webhooks::{event_body, is_webhook_event};
 pub struct Webhook {
     pub id: Uuid,
     #[serde(skip)]
-    pub tenant_id: Uuid,
+    pub tenant_id: TenantId,
     pub url: String,
     /// Shown once, at creation.
     #[serde(skip)]
@@ -41,7 +42,7 @@ pub struct Webhook {
     /// Event types sent; None: every type.
     pub events: Option<Value>,
     /// Set for an evaluation's own webhook (`webhook_url`).
-    pub evaluation_id: Option<Uuid>,
+    pub evaluation_id: Option<EvaluationId>,
     pub created_at: DateTime<Utc>,
     #[serde(skip)]
     pub deleted_at: Option<DateTime<Utc>>,
@@ -51,11 +52,11 @@ pub struct Webhook {
 #[diesel(table_name = webhooks)]
 pub struct NewWebhook {
     pub id: Uuid,
-    pub tenant_id: Uuid,
+    pub tenant_id: TenantId,
     pub url: String,
     pub secret: String,
     pub events: Option<Value>,
-    pub evaluation_id: Option<Uuid>,
+    pub evaluation_id: Option<EvaluationId>,
 }
 
 pub async fn create(conn: &mut AsyncPgConnection, new: &NewWebhook) -> QueryResult<Webhook> {
@@ -70,7 +71,7 @@ pub async fn create(conn: &mut AsyncPgConnection, new: &NewWebhook) -> QueryResu
 /// written before an evaluation that then could not be recorded.
 pub async fn forget_unused(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
+    tenant_id: TenantId,
     id: Uuid,
 ) -> QueryResult<()> {
     diesel::delete(
@@ -89,7 +90,7 @@ pub async fn forget_unused(
 /// A webhook that was not deleted.
 pub async fn get(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
+    tenant_id: TenantId,
     id: Uuid,
 ) -> QueryResult<Option<Webhook>> {
     webhooks::table
@@ -105,7 +106,7 @@ pub async fn get(
 /// Webhooks not deleted, newest first.
 pub async fn list(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
+    tenant_id: TenantId,
     after: Option<Uuid>,
     limit: i64,
 ) -> QueryResult<Page<Webhook>> {
@@ -116,7 +117,11 @@ pub async fn list(
 
 /// Deletes a webhook: nothing more is sent to it, and its pending
 /// deliveries end `failed`. False when there was no such webhook.
-pub async fn delete(conn: &mut AsyncPgConnection, tenant_id: Uuid, id: Uuid) -> QueryResult<bool> {
+pub async fn delete(
+    conn: &mut AsyncPgConnection,
+    tenant_id: TenantId,
+    id: Uuid,
+) -> QueryResult<bool> {
     conn.transaction(async |conn| {
         let deleted = diesel::update(
             webhooks::table
@@ -225,7 +230,7 @@ pub async fn enqueue_for_event(
 #[derive(Debug, Clone, Copy, PartialEq, Eq, QueryableByName)]
 pub struct DuePush {
     #[diesel(sql_type = SqlUuid)]
-    pub tenant_id: Uuid,
+    pub tenant_id: TenantId,
     #[diesel(sql_type = SqlUuid)]
     pub id: Uuid,
     #[diesel(sql_type = SqlUuid)]
@@ -310,7 +315,7 @@ pub struct Claimed {
     #[diesel(sql_type = SqlUuid)]
     pub id: Uuid,
     #[diesel(sql_type = SqlUuid)]
-    pub tenant_id: Uuid,
+    pub tenant_id: TenantId,
     /// This attempt's number, from 1.
     #[diesel(sql_type = Int4)]
     pub attempt: i32,
@@ -337,7 +342,7 @@ pub struct Claimed {
 /// duplicate push: it does nothing).
 pub async fn claim(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
+    tenant_id: TenantId,
     id: Uuid,
     hold: Duration,
 ) -> QueryResult<Option<Claimed>> {
@@ -478,7 +483,7 @@ pub struct Attempt {
 /// A webhook's deliveries, newest first, each with its attempts.
 pub async fn deliveries(
     conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
+    tenant_id: TenantId,
     webhook_id: Uuid,
     after: Option<Uuid>,
     limit: i64,

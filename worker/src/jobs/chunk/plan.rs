@@ -51,7 +51,7 @@ impl From<diesel::result::Error> for PlanError {
 /// of one evaluation share one template, grader set and model list.
 #[derive(Default)]
 pub struct PlanCache {
-    plans: std::sync::Mutex<std::collections::HashMap<uuid::Uuid, Arc<Plan>>>,
+    plans: std::sync::Mutex<std::collections::HashMap<assay_core::ids::EvaluationId, Arc<Plan>>>,
 }
 
 /// Plans kept at most; the cache is cleared when it grows past this (a
