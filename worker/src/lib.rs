@@ -151,13 +151,11 @@ pub async fn run(config: WorkerConfig) -> anyhow::Result<()> {
             .clone()
             .watch_redis(redis.clone(), Duration::from_secs(1)),
     );
-    // The gate looks one *small* chunk ahead, not one configured chunk: a
-    // small evaluation is cut into chunks of down to MIN_RUNS_PER_CHUNK
-    // runs so that it spreads over the replicas, and a gate open for a whole
-    // configured chunk's worth (250 runs) would let the first worker to poll
-    // take several of them at once. A large evaluation's 250-run chunks still
-    // arrive while the permits have `permits + 25` runs waiting.
-    let chunk_runs = usize::try_from(
+    // The gate looks one chunk ahead: a configured chunk after a full-size
+    // one, a small one (MIN_RUNS_PER_CHUNK) after a chunk cut small and
+    // before the first (see GateLayer::for_priority).
+    let full_chunk_runs = usize::try_from(settings.runs_per_chunk).unwrap_or(1);
+    let small_chunk_runs = usize::try_from(
         assay_core::db::models::chunks::MIN_RUNS_PER_CHUNK.min(settings.runs_per_chunk),
     )
     .unwrap_or(1);
@@ -168,8 +166,13 @@ pub async fn run(config: WorkerConfig) -> anyhow::Result<()> {
         let storage =
             assay_core::queue::chunk_storage(conn.clone(), &settings.queue_prefix, priority);
         let queue = assay_core::queue::chunk_queue(&settings.queue_prefix, priority);
-        let gate =
-            GateLayer::for_priority(backlog.clone(), priority, config.concurrency, chunk_runs);
+        let gate = GateLayer::for_priority(
+            backlog.clone(),
+            priority,
+            config.concurrency,
+            small_chunk_runs,
+            full_chunk_runs,
+        );
         let (env, wakers, process_name) = (env.clone(), wakers.clone(), process_name.clone());
         let chunk_kind = chunk_kind.clone();
         let (jobs, poll_interval) = (config.jobs, config.poll_interval);

@@ -44,7 +44,7 @@ pub(super) async fn produce(
     let priority = chunk.priority();
     let repeats = evaluation.repeats;
     let runs = usize::try_from(i64::from(chunk.items()) * i64::from(repeats)).unwrap_or(0);
-    env.backlog.add(runs);
+    env.backlog.add_chunk(runs);
     let mut accounted = 0;
     let mut calls = JoinSet::new();
     let mut from = chunk.first_position;
