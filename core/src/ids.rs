@@ -26,7 +26,8 @@ macro_rules! id_types {
 
         impl $name {
             /// A new id, time-ordered (UUIDv7), so id order is creation order.
-            pub fn new() -> Self {
+            /// No `Default`: a derived default would mint ids unnoticed.
+            pub fn now_v7() -> Self {
                 Self(Uuid::now_v7())
             }
 
@@ -36,12 +37,6 @@ macro_rules! id_types {
 
             pub const fn uuid(self) -> Uuid {
                 self.0
-            }
-        }
-
-        impl Default for $name {
-            fn default() -> Self {
-                Self::new()
             }
         }
 
@@ -133,8 +128,8 @@ mod tests {
 
     #[test]
     fn new_ids_are_in_creation_order() {
-        let first = TenantId::new();
-        let second = TenantId::new();
+        let first = TenantId::now_v7();
+        let second = TenantId::now_v7();
         assert!(first < second);
     }
 }

@@ -247,7 +247,7 @@ pub async fn bare_evaluation(
     conn: &mut AsyncPgConnection,
     items: usize,
 ) -> anyhow::Result<(TenantId, EvaluationId)> {
-    let (tenant, evaluation) = (TenantId::new(), EvaluationId::new());
+    let (tenant, evaluation) = (TenantId::now_v7(), EvaluationId::now_v7());
     for statement in [
         format!("INSERT INTO tenants (id, name) VALUES ('{tenant}', 't-{tenant}')"),
         format!("INSERT INTO prompts (id, tenant_id, name) VALUES ('{tenant}', '{tenant}', 'p')"),

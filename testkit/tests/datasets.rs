@@ -11,7 +11,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde_json::json;
 
 async fn tenant(conn: &mut AsyncPgConnection) -> TenantId {
-    let tenant = TenantId::new();
+    let tenant = TenantId::now_v7();
     diesel::sql_query(format!(
         "INSERT INTO tenants (id, name) VALUES ('{tenant}', 't-{tenant}')"
     ))

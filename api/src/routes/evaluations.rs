@@ -226,7 +226,7 @@ pub async fn create(
         None
     };
     let new = NewEvaluation {
-        id: EvaluationId::new(),
+        id: EvaluationId::now_v7(),
         tenant_id: caller.tenant_id,
         prompt_version_id: version.id,
         dataset_id: dataset.id,
@@ -633,7 +633,7 @@ pub async fn regrade(
     validate_threshold(body.threshold)?;
     let graders = validate_graders(&state.catalog, &body.graders, &dataset.shape())?;
     let new = NewEvaluation {
-        id: EvaluationId::new(),
+        id: EvaluationId::now_v7(),
         tenant_id: caller.tenant_id,
         prompt_version_id: source.prompt_version_id,
         dataset_id: source.dataset_id,

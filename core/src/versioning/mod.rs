@@ -219,7 +219,7 @@ pub async fn evaluation_for(
     let total =
         i64::from(dataset.item_count) * setup.models.len() as i64 * i64::from(setup.repeats());
     let new = NewEvaluation {
-        id: EvaluationId::new(),
+        id: EvaluationId::now_v7(),
         tenant_id,
         prompt_version_id: version_id,
         dataset_id: dataset.id,

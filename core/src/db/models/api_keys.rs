@@ -343,7 +343,7 @@ pub async fn check(conn: &mut AsyncPgConnection, key: &str) -> QueryResult<KeyCh
 /// The tenant named `name`, created if new.
 pub async fn ensure_tenant(conn: &mut AsyncPgConnection, name: &str) -> QueryResult<Tenant> {
     diesel::insert_into(tenants::table)
-        .values((tenants::id.eq(TenantId::new()), tenants::name.eq(name)))
+        .values((tenants::id.eq(TenantId::now_v7()), tenants::name.eq(name)))
         .on_conflict(tenants::name)
         .do_nothing()
         .execute(conn)

@@ -147,7 +147,7 @@ where
         .transaction::<_, CreateError, _>(async |conn| {
             let dataset: Dataset = diesel::insert_into(datasets::table)
                 .values((
-                    datasets::id.eq(DatasetId::new()),
+                    datasets::id.eq(DatasetId::now_v7()),
                     datasets::tenant_id.eq(new.tenant_id),
                     datasets::name.eq(new.name),
                     datasets::description.eq(new.description),

@@ -63,7 +63,7 @@ pub async fn create(
     conn.transaction(async |conn| {
         let prompt: Prompt = diesel::insert_into(prompts::table)
             .values((
-                prompts::id.eq(PromptId::new()),
+                prompts::id.eq(PromptId::now_v7()),
                 prompts::tenant_id.eq(tenant_id),
                 prompts::name.eq(name),
                 prompts::description.eq(description),
@@ -246,7 +246,7 @@ pub async fn commit(
             .await?;
         let version: PromptVersion = diesel::insert_into(prompt_versions::table)
             .values((
-                prompt_versions::id.eq(VersionId::new()),
+                prompt_versions::id.eq(VersionId::now_v7()),
                 prompt_versions::tenant_id.eq(tenant_id),
                 prompt_versions::prompt_id.eq(prompt_id),
                 prompt_versions::version.eq(latest.map_or(1, |number| number + 1)),
