@@ -182,11 +182,17 @@ async fn three_workers_one_killed_one_stopped_finish_exactly_once() {
     let id = submit(&stack, ITEMS, &["slow"], json!({}), json!({})).await;
 
     wait_until_completed(&stack, &id, 1000).await;
-    let killed = chunks_held_by(&stack, &id, stack.workers[0].0.pid()).await;
     stack.workers[0].0.signal("KILL").unwrap();
+    // Read after the kill: its leases stay until another worker takes the
+    // chunks over (read before, a chunk it finished in between would count).
+    let killed = chunks_held_by(&stack, &id, stack.workers[0].0.pid()).await;
     wait_until_completed(&stack, &id, 2000).await;
     let stopped = chunks_held_by(&stack, &id, stack.workers[1].0.pid()).await;
     stack.workers[1].0.signal("TERM").unwrap();
+    assert!(
+        completed(&stack, &id).await < ITEMS as u64,
+        "the failures happened mid-run"
+    );
     let code = stack.workers[1]
         .0
         .wait(Duration::from_secs(20))
@@ -196,10 +202,6 @@ async fn three_workers_one_killed_one_stopped_finish_exactly_once() {
         code,
         Some(0),
         "a worker told to stop hands its chunks back and exits 0"
-    );
-    assert!(
-        completed(&stack, &id).await < ITEMS as u64,
-        "the failures happened mid-run"
     );
     // Operators restart what they stopped.
     stack.start_worker(&["--concurrency", "16"]).await;
@@ -263,6 +265,23 @@ async fn chunk_starts(stack: &Stack, id: &str) -> HashMap<i32, i32> {
         .collect()
 }
 
+/// Chunks of the evaluations `ids` queued (their jobs pushed to Redis, not yet started).
+async fn queued_chunks(stack: &Stack, ids: &[&str]) -> i64 {
+    use assay_core::db::schema::evaluation_chunks::dsl;
+    use diesel::prelude::*;
+    use diesel_async::RunQueryDsl;
+    let ids: Vec<uuid::Uuid> = ids.iter().map(|id| id.parse().unwrap()).collect();
+    let pool = stack.database.pool(1);
+    let mut conn = pool.get().await.unwrap();
+    dsl::evaluation_chunks
+        .filter(dsl::evaluation_id.eq_any(ids))
+        .filter(dsl::status.eq("queued"))
+        .count()
+        .get_result(&mut conn)
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_that_loses_everything_mid_run_loses_no_work() {
     const ITEMS: usize = 3000;
@@ -288,8 +307,8 @@ async fn a_redis_that_loses_everything_mid_run_loses_no_work() {
     )
     .await;
     let id = submit(&stack, ITEMS, &["slow"], json!({}), json!({})).await;
-    // A low-priority evaluation beside it: busy workers leave its chunks in
-    // the queue, so the flush certainly loses queued work.
+    // A low-priority evaluation beside it, so that two evaluations have
+    // chunks waiting.
     let low = submit(
         &stack,
         SIDE_ITEMS,
@@ -299,23 +318,18 @@ async fn a_redis_that_loses_everything_mid_run_loses_no_work() {
     )
     .await;
     wait_until_completed(&stack, &id, 800).await;
-    let queue = assay_core::queue::JobQueue::connect(&redis.url, &stack.redis.prefix)
-        .await
-        .unwrap();
-    eventually(
-        Duration::from_secs(30),
-        "a low-priority chunk in the queue",
-        || async {
-            Ok((queue.depth(assay_core::domain::Priority::Low).await?.ready > 0).then_some(()))
-        },
-    )
-    .await
-    .unwrap();
+    // Starting a chunk queues the evaluation's next in the same transaction,
+    // so mid-run a chunk is always queued, its job in Redis (waiting, or
+    // fetched and not yet started): the flush certainly loses queued work.
+    // (Waiting for a job in one queue instead raced the workers, which take
+    // chunks a whole chunk ahead, and the evaluation could end first.)
+    let queued = queued_chunks(&stack, &[&id, &low]).await;
     redis.flush_all().unwrap();
     assert!(
         completed(&stack, &id).await < ITEMS as u64,
         "flushed mid-run"
     );
+    assert!(queued > 0, "a chunk was queued when Redis lost everything");
     assert_exactly_once(&stack, &server, "mock", &id, ITEMS).await;
     assert_exactly_once(&stack, &server, "mock:seed=1", &low, SIDE_ITEMS).await;
     let requeued = stack
