@@ -292,6 +292,31 @@ async fn cpu_per_call(registry_extra: &str, label: &str, items: usize) -> anyhow
         .evaluate_polling(&version, &dataset, "bench", Duration::from_millis(500))
         .await?;
     let raw = cpu()? - before.0;
+    if std::env::var("ASSAY_BENCH_PRESSURE_CPU_ONLY").is_ok() {
+        // Which Redis commands the run (with its idle 5 s) sent, busiest first.
+        let client = redis::Client::open(redis.url.as_str())?;
+        let mut conn = client.get_connection_with_timeout(Duration::from_secs(5))?;
+        let info: String = redis::cmd("INFO").arg("commandstats").query(&mut conn)?;
+        let mut commands: Vec<(u64, &str)> = info
+            .lines()
+            .filter_map(|line| {
+                let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+                let calls = stats
+                    .strip_prefix("calls=")?
+                    .split(',')
+                    .next()?
+                    .parse()
+                    .ok()?;
+                Some((calls, name))
+            })
+            .collect();
+        commands.sort_unstable_by(|a, b| b.cmp(a));
+        let listed: Vec<String> = commands
+            .iter()
+            .map(|(calls, name)| format!("{name} {calls}"))
+            .collect();
+        eprintln!("    Redis commands: {}", listed.join(", "));
+    }
     let elapsed = before.1.elapsed().as_secs_f64();
     let stats = stats(&mock).await?;
     let run = CpuRun {
@@ -312,7 +337,8 @@ async fn cpu_per_call(registry_extra: &str, label: &str, items: usize) -> anyhow
 
 /// Runs every case; returns the Markdown section.
 pub async fn run() -> anyhow::Result<String> {
-    // For profiling the limiter: the CPU cases alone, printed to stderr.
+    // For profiling the limiter: the CPU cases alone, printed to stderr with
+    // the Redis commands each sent.
     if std::env::var("ASSAY_BENCH_PRESSURE_CPU_ONLY").is_ok() {
         cpu_per_call(
             "limits = { requests_per_minute = 600, burst = 2 }",
