@@ -128,14 +128,7 @@ pub fn versioning_storage(
     prefix: &str,
     kind: VersioningKind,
 ) -> RedisStorage<VersioningJob> {
-    let config = Config::default()
-        .queue(versioning_queue(prefix, kind))
-        .heartbeat_interval(HEARTBEAT_INTERVAL)
-        .missed_heartbeats(MISSED_HEARTBEATS)
-        .batch_size(1)
-        .persist_results(true)
-        .emit_events(false);
-    RedisStorage::new(conn).with_config(config)
+    queue_storage(conn, versioning_queue(prefix, kind))
 }
 
 /// A chunk to push, under the task id its row records.
@@ -174,18 +167,24 @@ pub async fn connect(redis_url: &str) -> redis::RedisResult<ConnectionManager> {
         .await
 }
 
-/// The apalis storage of chunk jobs of `priority`. One job per fetch: a
-/// worker takes a chunk only when it can start it (apalis-redis moves each
-/// fetched batch into the worker's in-flight set at once, where ids wait
-/// for a free slot while other replicas idle), so chunks spread over every
-/// replica.
+/// The apalis storage of chunk jobs of `priority`.
 pub fn chunk_storage(
     conn: ConnectionManager,
     prefix: &str,
     priority: Priority,
 ) -> RedisStorage<ChunkJob> {
+    queue_storage(conn, chunk_queue(prefix, priority))
+}
+
+/// The apalis storage of one queue, configured alike for every job kind
+/// (chunks, versioning steps, webhook attempts).
+/// One job per fetch: a worker takes a job only when it can start it
+/// (apalis-redis moves each fetched batch into the worker's in-flight set at
+/// once, where ids wait for a free slot while other replicas idle), so jobs
+/// spread over every replica.
+pub fn queue_storage<Job>(conn: ConnectionManager, queue: String) -> RedisStorage<Job> {
     let config = Config::default()
-        .queue(chunk_queue(prefix, priority))
+        .queue(queue)
         .heartbeat_interval(HEARTBEAT_INTERVAL)
         .missed_heartbeats(MISSED_HEARTBEATS)
         .batch_size(1)

@@ -15,7 +15,7 @@
 
 use std::time::Duration;
 
-use apalis_redis::{Config, ConnectionManager, RedisStorage};
+use apalis_redis::{ConnectionManager, RedisStorage};
 use chrono::{DateTime, Utc};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -352,14 +352,7 @@ pub fn webhook_queue(prefix: &str) -> String {
 /// The apalis storage of webhook attempts, configured like the other
 /// queues (same heartbeats, one job per fetch, acks kept).
 pub fn webhook_storage(conn: ConnectionManager, prefix: &str) -> RedisStorage<WebhookJob> {
-    let config = Config::default()
-        .queue(webhook_queue(prefix))
-        .heartbeat_interval(crate::queue::HEARTBEAT_INTERVAL)
-        .missed_heartbeats(crate::queue::MISSED_HEARTBEATS)
-        .batch_size(1)
-        .persist_results(true)
-        .emit_events(false);
-    RedisStorage::new(conn).with_config(config)
+    crate::queue::queue_storage(conn, webhook_queue(prefix))
 }
 
 #[cfg(test)]
