@@ -294,26 +294,11 @@ async fn cpu_per_call(registry_extra: &str, label: &str, items: usize) -> anyhow
     let raw = cpu()? - before.0;
     if std::env::var("ASSAY_BENCH_PRESSURE_CPU_ONLY").is_ok() {
         // Which Redis commands the run (with its idle 5 s) sent, busiest first.
-        let client = redis::Client::open(redis.url.as_str())?;
-        let mut conn = client.get_connection_with_timeout(Duration::from_secs(5))?;
-        let info: String = redis::cmd("INFO").arg("commandstats").query(&mut conn)?;
-        let mut commands: Vec<(u64, &str)> = info
-            .lines()
-            .filter_map(|line| {
-                let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
-                let calls = stats
-                    .strip_prefix("calls=")?
-                    .split(',')
-                    .next()?
-                    .parse()
-                    .ok()?;
-                Some((calls, name))
-            })
-            .collect();
-        commands.sort_unstable_by(|a, b| b.cmp(a));
+        let mut commands = assay_testkit::redis_command_calls(&redis.url)?;
+        commands.sort_unstable_by_key(|(_, calls)| std::cmp::Reverse(*calls));
         let listed: Vec<String> = commands
             .iter()
-            .map(|(calls, name)| format!("{name} {calls}"))
+            .map(|(name, calls)| format!("{name} {calls}"))
             .collect();
         eprintln!("    Redis commands: {}", listed.join(", "));
     }

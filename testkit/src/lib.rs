@@ -35,7 +35,7 @@ pub use client::Client;
 pub use process::{Process, binary, free_port};
 pub use proxy::Proxy;
 pub use receiver::{Received, Receiver};
-pub use servers::{PrivatePostgres, PrivateRedis};
+pub use servers::{PrivatePostgres, PrivateRedis, redis_command_calls};
 
 fn admin_url() -> String {
     std::env::var("ASSAY_TEST_ADMIN_DATABASE_URL")

@@ -93,6 +93,27 @@ impl PrivateRedis {
     }
 }
 
+/// Calls served per command (`INFO commandstats`) by the Redis at `url`,
+/// for tests and benchmarks that count what a component sends.
+pub fn redis_command_calls(url: &str) -> anyhow::Result<Vec<(String, u64)>> {
+    let client = redis::Client::open(url)?;
+    let mut conn = client.get_connection_with_timeout(Duration::from_secs(5))?;
+    let info: String = redis::cmd("INFO").arg("commandstats").query(&mut conn)?;
+    Ok(info
+        .lines()
+        .filter_map(|line| {
+            let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = stats
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect())
+}
+
 impl Drop for PrivateRedis {
     fn drop(&mut self) {
         let _ = self.child.kill();

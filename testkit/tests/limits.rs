@@ -285,26 +285,11 @@ async fn callers_learn_a_hard_cap_the_registry_does_not_know() {
 
 /// Calls Redis has served of `commands`, from its command statistics.
 fn redis_calls(url: &str, commands: &[&str]) -> u64 {
-    let client = redis::Client::open(url).unwrap();
-    let mut conn = client.get_connection().unwrap();
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut conn)
-        .unwrap();
-    info.lines()
-        .filter(|line| {
-            commands
-                .iter()
-                .any(|command| line.starts_with(&format!("cmdstat_{command}:")))
-        })
-        .filter_map(|line| {
-            line.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
+    assay_testkit::redis_command_calls(url)
+        .unwrap()
+        .into_iter()
+        .filter(|(name, _)| commands.contains(&name.as_str()))
+        .map(|(_, calls)| calls)
         .sum()
 }
 
